@@ -1,0 +1,429 @@
+"""The wire format: a versioned msgpack frame holding a batch of events of one run from one producer.
+
+A frame is one stream entry (field ``f``)::
+
+    {"v": 1, "project": str, "run": str, "producer": str, "seq": int, "events": [bytes, ...]}
+
+``producer`` is a random id per client ``Run`` object and ``seq`` the sequence number of the frame's first
+event; sequence numbers are contiguous per producer, so a worker skips a frame it has already applied by
+``(producer, seq)``. Each event is itself msgpack-encoded bytes: its size is known without decoding it, and a
+malformed or oversized event is dead-lettered alone while the rest of the frame is applied.
+
+Event kinds (field ``k``): ``start``, ``log``, ``logs``, ``define_metric``, ``config``, ``summary``,
+``finish``. ``logs`` is the column-wise form of consecutive ``log`` calls with the same keys: the keys once,
+then one column per key (a float64/int64 numpy array when the column allows, else a list), so a worker can decode
+and align a whole block with vectorised code. A ``logs`` block of ``n`` calls counts as one event (one ``seq``).
+
+:func:`decode_frame` validates the envelope strictly and every event it can; a bad event comes back as a
+:class:`BadEvent` in place (``strict=True`` raises instead). Anything malformed raises :class:`SchemaError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import LimitError, SchemaError
+from .keys import check_key
+from .limits import DEFAULT_LIMITS, Limits
+from .values import Media, kind_of, packb, unpackb, values_equal
+
+FRAME_VERSION = 1
+#: The one field of a stream entry that holds the frame bytes.
+FRAME_FIELD = b"f"
+SUMMARY_MODES = frozenset({"min", "max", "mean", "first", "last", "none"})
+
+
+def _req(m: dict[str, Any], name: str, types: type | tuple[type, ...], what: str) -> Any:
+    if name not in m:
+        raise SchemaError(f"{what} lacks field {name!r}", code="bad_event")
+    v = m[name]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in _as_tuple(types)):
+        raise SchemaError(f"{what} field {name!r} has type {type(v).__name__}", code="bad_event")
+    return v
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _opt(m: dict[str, Any], name: str, types: type | tuple[type, ...], what: str) -> Any:
+    if m.get(name) is None:
+        return None
+    return _req(m, name, types, what)
+
+
+def _check_data(data: Any, what: str, limits: Limits) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SchemaError(f"{what} data must be a map", code="bad_event")
+    for k, v in data.items():
+        check_key(k, limits)
+        kind_of(v)  # raises SchemaError on anything that is not a wire value
+    return data
+
+
+class Event:
+    """Base of the event value objects; equality is structural (NaN equals NaN)."""
+
+    KIND: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and values_equal(self.to_wire(), other.to_wire())  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False, slots=True)
+class Start(Event):
+    KIND: ClassVar[str] = "start"
+    ts: float
+    name: str | None = None
+    resume: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "ts": self.ts, "name": self.name, "resume": self.resume, "config": self.config}
+
+
+@dataclass(eq=False, slots=True)
+class Log(Event):
+    KIND: ClassVar[str] = "log"
+    ts: float
+    data: dict[str, Any]
+    step: int | None = None
+    commit: bool | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "ts": self.ts, "step": self.step, "commit": self.commit, "data": self.data}
+
+
+@dataclass(eq=False, slots=True)
+class LogBlock(Event):
+    """``n`` consecutive log calls with the same keys, column-wise. ``cols[j][i]`` is key ``j`` of call ``i``."""
+
+    KIND: ClassVar[str] = "logs"
+    keys: list[str]
+    ts: list[float] | np.ndarray[Any, Any]
+    step: list[int | None]
+    commit: list[bool | None]
+    cols: list[list[Any] | np.ndarray[Any, Any]]
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "k": self.KIND,
+            "keys": self.keys,
+            "ts": self.ts,
+            "step": self.step,
+            "commit": self.commit,
+            "cols": self.cols,
+        }
+
+    def calls(self) -> list[Log]:
+        """The block as individual log calls (the general path; the columnar path must agree with it)."""
+        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in self.cols]
+        ts = self.ts.tolist() if isinstance(self.ts, np.ndarray) else self.ts
+        return [
+            Log(ts=ts[i], data={k: cols[j][i] for j, k in enumerate(self.keys)}, step=self.step[i],
+                commit=self.commit[i])
+            for i in range(len(self.step))
+        ]
+
+
+@dataclass(eq=False, slots=True)
+class DefineMetric(Event):
+    KIND: ClassVar[str] = "define_metric"
+    name: str
+    step_metric: str | None = None
+    summary: str | None = None
+    hidden: bool = False
+    goal: str | None = None
+    step_sync: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "k": self.KIND,
+            "name": self.name,
+            "step_metric": self.step_metric,
+            "summary": self.summary,
+            "hidden": self.hidden,
+            "goal": self.goal,
+            "step_sync": self.step_sync,
+        }
+
+
+@dataclass(eq=False, slots=True)
+class Config(Event):
+    KIND: ClassVar[str] = "config"
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "data": self.data}
+
+
+@dataclass(eq=False, slots=True)
+class Summary(Event):
+    """Explicit summary updates (``run.summary[k] = v``); a ``None`` value removes the key."""
+
+    KIND: ClassVar[str] = "summary"
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "data": self.data}
+
+
+@dataclass(eq=False, slots=True)
+class Finish(Event):
+    KIND: ClassVar[str] = "finish"
+    ts: float
+    exit_code: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "ts": self.ts, "exit_code": self.exit_code}
+
+
+@dataclass(eq=False, slots=True)
+class BadEvent(Event):
+    """An event that failed to decode or validate; the worker dead-letters it with ``error.code``."""
+
+    KIND: ClassVar[str] = "bad"
+    raw: bytes
+    error: SchemaError
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "raw": self.raw, "error": str(self.error)}
+
+
+AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish
+
+
+def _num(v: Any, what: str) -> float:
+    if type(v) is float or type(v) is int:
+        return float(v)
+    raise SchemaError(f"{what} must be a number, got {type(v).__name__}", code="bad_event")
+
+
+def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
+    """Decode and validate one event's bytes."""
+    if len(raw) > limits.max_event_bytes:
+        raise LimitError(f"event is {len(raw)} bytes, the limit is {limits.max_event_bytes}", code="event_too_large")
+    m = unpackb(raw)
+    if not isinstance(m, dict):
+        raise SchemaError("an event must be a map", code="bad_event")
+    k = m.get("k")
+    if k == "log":
+        step = _opt(m, "step", int, "log")
+        if step is not None and step < 0:
+            raise SchemaError(f"step must be >= 0, got {step}", code="bad_step")
+        return Log(
+            ts=_num(m.get("ts"), "log ts"),
+            data=_check_data(m.get("data"), "log", limits),
+            step=step,
+            commit=_opt(m, "commit", bool, "log"),
+        )
+    if k == "logs":
+        return _decode_block(m, limits)
+    if k == "start":
+        cfg = m.get("config") or {}
+        if not isinstance(cfg, dict):
+            raise SchemaError("start config must be a map", code="bad_event")
+        return Start(
+            ts=_num(m.get("ts"), "start ts"),
+            name=_opt(m, "name", str, "start"),
+            resume=_opt(m, "resume", str, "start"),
+            config=cfg,
+        )
+    if k == "define_metric":
+        name = _req(m, "name", str, "define_metric")
+        if not name or len(name) > limits.max_key_length:
+            raise SchemaError(f"bad metric name {name!r:.80}", code="bad_event")
+        summary = _opt(m, "summary", str, "define_metric")
+        if summary is not None:
+            bad = {s.strip() for s in summary.split(",") if s.strip()} - SUMMARY_MODES
+            if bad:
+                raise SchemaError(f"unknown summary modes {sorted(bad)}", code="bad_event")
+        goal = _opt(m, "goal", str, "define_metric")
+        if goal is not None and goal not in ("minimize", "maximize"):
+            raise SchemaError(f"goal must be minimize or maximize, got {goal!r}", code="bad_event")
+        return DefineMetric(
+            name=name,
+            step_metric=_opt(m, "step_metric", str, "define_metric"),
+            summary=summary,
+            hidden=bool(m.get("hidden") or False),
+            goal=goal,
+            step_sync=bool(m.get("step_sync", True)),
+        )
+    if k == "config":
+        data = m.get("data")
+        if not isinstance(data, dict) or not all(isinstance(x, str) for x in data):
+            raise SchemaError("config data must be a map with str keys", code="bad_event")
+        return Config(data=data)
+    if k == "summary":
+        data = m.get("data")
+        if not isinstance(data, dict):
+            raise SchemaError("summary data must be a map", code="bad_event")
+        for key, v in data.items():
+            check_key(key, limits)
+            if v is not None:
+                kind_of(v)
+        return Summary(data=data)
+    if k == "finish":
+        code = m.get("exit_code", 0)
+        if type(code) is not int:
+            raise SchemaError("finish exit_code must be an int", code="bad_event")
+        return Finish(ts=_num(m.get("ts"), "finish ts"), exit_code=code)
+    raise SchemaError(f"unknown event kind {k!r:.40}", code="unknown_event")
+
+
+def _decode_block(m: dict[str, Any], limits: Limits) -> LogBlock:
+    keys = _req(m, "keys", list, "logs")
+    steps = _req(m, "step", list, "logs")
+    commits = _req(m, "commit", list, "logs")
+    ts = m.get("ts")
+    cols = _req(m, "cols", list, "logs")
+    n = len(steps)
+    if not isinstance(ts, list | np.ndarray) or len(ts) != n or len(commits) != n or len(cols) != len(keys):
+        raise SchemaError("logs block: ts, step, commit and cols lengths disagree", code="bad_event")
+    if isinstance(ts, np.ndarray):
+        if ts.dtype.kind != "f" or ts.ndim != 1:
+            raise SchemaError("logs block: ts must be float", code="bad_event")
+    elif not all(type(t) is float or type(t) is int for t in ts):
+        raise SchemaError("logs block: ts must be numbers", code="bad_event")
+    for s in steps:
+        if s is not None and (type(s) is not int or s < 0):
+            raise SchemaError(f"logs block: bad step {s!r:.40}", code="bad_step")
+    for c in commits:
+        if c is not None and type(c) is not bool:
+            raise SchemaError(f"logs block: bad commit {c!r:.40}", code="bad_event")
+    seen: set[str] = set()
+    for key in keys:
+        check_key(key, limits)
+        if key in seen:
+            raise SchemaError(f"logs block: key {key!r} twice", code="key_collision")
+        seen.add(key)
+    for col in cols:
+        if isinstance(col, np.ndarray):
+            if col.ndim != 1 or col.dtype.kind not in "fi" or len(col) != n:
+                raise SchemaError("logs block: array columns must be 1-d float or int of length n", code="bad_event")
+        elif isinstance(col, list):
+            if len(col) != n:
+                raise SchemaError("logs block: column length differs from step count", code="bad_event")
+            for v in col:
+                kind_of(v)
+        else:
+            raise SchemaError("logs block: a column must be a list or an array", code="bad_event")
+    return LogBlock(keys=keys, ts=ts, step=steps, commit=commits, cols=cols)
+
+
+def encode_event(event: AnyEvent, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    raw = packb(event.to_wire())
+    if len(raw) > limits.max_event_bytes:
+        raise LimitError(f"event is {len(raw)} bytes, the limit is {limits.max_event_bytes}", code="event_too_large")
+    return raw
+
+
+@dataclass(eq=False, slots=True)
+class Frame:
+    project: str
+    run: str
+    producer: str
+    seq: int
+    events: list[AnyEvent | BadEvent]
+    v: int = FRAME_VERSION
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Frame)
+            and (self.v, self.project, self.run, self.producer, self.seq)
+            == (other.v, other.project, other.run, other.producer, other.seq)
+            and self.events == other.events
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def encode(self, limits: Limits = DEFAULT_LIMITS) -> bytes:
+        raws = [e.raw if isinstance(e, BadEvent) else encode_event(e, limits) for e in self.events]
+        return encode_frame_raw(self.project, self.run, self.producer, self.seq, raws, limits)
+
+
+def check_run_id(value: Any, what: str) -> str:
+    if type(value) is not str or not value or len(value) > 128 or "/" in value or value != value.strip():
+        raise SchemaError(
+            f"{what} must be a non-empty str of at most 128 characters without '/' or outer spaces, got {value!r:.60}",
+            code="bad_frame",
+        )
+    return value
+
+
+def encode_frame_raw(
+    project: str, run: str, producer: str, seq: int, events: list[bytes], limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """Encode a frame from already-encoded events (what the SDK's sender does)."""
+    raw = packb({"v": FRAME_VERSION, "project": project, "run": run, "producer": producer, "seq": seq,
+                 "events": events})
+    if len(raw) > limits.max_frame_bytes:
+        raise LimitError(f"frame is {len(raw)} bytes, the limit is {limits.max_frame_bytes}", code="frame_too_large")
+    return raw
+
+
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS, *, strict: bool = False) -> Frame:
+    """Decode a frame; bad events become :class:`BadEvent` unless ``strict``. Raises :class:`SchemaError`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SchemaError("a frame must be bytes", code="bad_frame")
+    if len(data) > limits.max_frame_bytes:
+        raise LimitError(f"frame is {len(data)} bytes, the limit is {limits.max_frame_bytes}", code="frame_too_large")
+    m = unpackb(bytes(data))
+    if not isinstance(m, dict):
+        raise SchemaError("a frame must be a map", code="bad_frame")
+    v = m.get("v")
+    if v != FRAME_VERSION or type(v) is not int:
+        raise SchemaError(f"unknown frame version {v!r:.20}", code="unknown_version")
+    project = check_run_id(m.get("project"), "project")
+    run = check_run_id(m.get("run"), "run")
+    producer = m.get("producer")
+    if type(producer) is not str or not producer or len(producer) > 64:
+        raise SchemaError("producer must be a non-empty str of at most 64 characters", code="bad_frame")
+    seq = m.get("seq")
+    if type(seq) is not int or seq < 0:
+        raise SchemaError(f"seq must be an int >= 0, got {seq!r:.20}", code="bad_frame")
+    raws = m.get("events")
+    if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
+        raise SchemaError("events must be a list of encoded events", code="bad_frame")
+    events: list[AnyEvent | BadEvent] = []
+    for raw in raws:
+        try:
+            events.append(decode_event(raw, limits))
+        except SchemaError as e:
+            if strict:
+                raise
+            events.append(BadEvent(raw=raw, error=e))
+    return Frame(project=project, run=run, producer=producer, seq=seq, events=events)
+
+
+__all__ = [
+    "FRAME_FIELD",
+    "FRAME_VERSION",
+    "AnyEvent",
+    "BadEvent",
+    "Config",
+    "DefineMetric",
+    "Event",
+    "Finish",
+    "Frame",
+    "Log",
+    "LogBlock",
+    "Media",
+    "Start",
+    "Summary",
+    "decode_event",
+    "decode_frame",
+    "encode_event",
+    "encode_frame_raw",
+]

@@ -1,0 +1,35 @@
+"""Size limits shared by the SDK, the gateway and the workers.
+
+The defaults are chosen so that one frame stays far below Redis's 512 MB bulk limit and one history row stays
+cheap to hold in a worker's memory. Exceeding a limit is a :class:`~schemas.errors.LimitError` at the client
+and a 413/422 at the gateway; the worker dead-letters an oversized event it receives anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Longest key, in characters, after flattening nested dicts.
+MAX_KEY_LENGTH = 256
+#: Largest encoded value (one list, array, table or media reference), in bytes.
+MAX_VALUE_BYTES = 1 << 20
+#: Largest encoded event (one log call, or one block of log calls), in bytes.
+MAX_EVENT_BYTES = 4 << 20
+#: Largest encoded frame (one stream entry), in bytes.
+MAX_FRAME_BYTES = 8 << 20
+#: Deepest nesting of dicts (flattened) and lists inside one logged value.
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits, as one value object so a deployment can override them in one place."""
+
+    max_key_length: int = MAX_KEY_LENGTH
+    max_value_bytes: int = MAX_VALUE_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_depth: int = MAX_DEPTH
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,60 @@
+"""Every Redis key stepline uses, built in one place (DESIGN §4).
+
+All keys of one partition share the hash tag ``{pNN}`` so that they live in one Redis Cluster slot and
+per-partition operations (XADD of a frame with its blobs, lease checks) never cross slots. The partition of a run
+is a stable hash (CRC-32 of ``project/run``) so every process, on any host and Python version, agrees on it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+DEFAULT_NAMESPACE = "sl"
+DEFAULT_PARTITIONS = 16
+
+
+def partition_of(project: str, run: str, partitions: int) -> int:
+    """The partition of a run: stable across processes, hosts and versions (not Python's salted ``hash``)."""
+    return zlib.crc32(f"{project}/{run}".encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Key builder for one deployment (namespace + partition count)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    partitions: int = DEFAULT_PARTITIONS
+
+    def __post_init__(self) -> None:
+        if not self.namespace or any(c in self.namespace for c in "{}: "):
+            raise ValueError(f"namespace {self.namespace!r} must be non-empty without '{{', '}}', ':' or spaces")
+        if not 1 <= self.partitions <= 4096:
+            raise ValueError(f"partitions must be within 1..4096, got {self.partitions}")
+
+    def tag(self, p: int) -> str:
+        return f"{{p{p:02d}}}"
+
+    def stream(self, p: int) -> str:
+        """The partition stream of frames."""
+        return f"{self.namespace}:{self.tag(p)}:ev"
+
+    def dlq(self, p: int) -> str:
+        """Dead letters of a partition: original id, reason code, message, raw frame or event."""
+        return f"{self.namespace}:{self.tag(p)}:dlq"
+
+    def lease(self, p: int) -> str:
+        """The owning worker's id, ``SET NX PX ttl``, renewed by the owner."""
+        return f"{self.namespace}:{self.tag(p)}:lease"
+
+    def blob(self, p: int, sha256: str) -> str:
+        """A media blob waiting for a worker to move it into the data directory (buffer, like the stream)."""
+        return f"{self.namespace}:{self.tag(p)}:blob:{sha256}"
+
+    @property
+    def workers(self) -> str:
+        """Hash of live workers: worker id → heartbeat (epoch milliseconds)."""
+        return f"{self.namespace}:workers"
+
+    def partition(self, project: str, run: str) -> int:
+        return partition_of(project, run, self.partitions)
