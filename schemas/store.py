@@ -1,0 +1,144 @@
+"""The storage format of history: SQL metadata tables and Parquet segment files.
+
+Workers write this format and the query library in ``ingest`` reads it; both build on these definitions, so
+neither imports the other.
+
+**Metadata** (SQLAlchemy Core; SQLite by default, PostgreSQL for several hosts):
+
+- ``partitions``: per partition its fencing ``epoch`` and committed stream ``offset``.
+- ``runs``: one row per run: state, counters, and ``info`` (msgpack: config, summary, columns, conflicts,
+  warnings, rejection counts, metric definitions) plus ``state`` (msgpack: the aligner's per-run state).
+- ``segments``: immutable Parquet files of a run with their step range and level (0 fresh, 1+ compacted).
+- ``rejections``: every rejected call with its reason, tried step and cursor.
+- ``garbage``: files no longer referenced, removed after a grace period.
+- ``api_keys``: hashed API keys (the gateway's).
+
+**Segments**: one Parquet file holds rows of one run ordered by ``_step`` (unique). Columns: ``_step`` int64,
+``_timestamp`` float64, ``_runtime`` float64, then one column per (key, kind): number → int64 while every value
+is an int, else float64; string → string; bool → bool; other and media kinds → binary holding the msgpack value
+(:func:`schemas.packb`). A number column is named after the key's display spelling; a column of another kind is
+named ``"<key>:<kind>"``; field metadata (``key``, ``kind``) is authoritative. A missing value is null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from .values import NUMBER
+
+SCHEMA_VERSION: Final = 1
+STEP: Final = "_step"
+TIMESTAMP: Final = "_timestamp"
+RUNTIME: Final = "_runtime"
+SPECIAL_COLUMNS: Final = (STEP, TIMESTAMP, RUNTIME)
+
+metadata = MetaData()
+
+partitions = Table(
+    "sl_partitions",
+    metadata,
+    Column("p", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("offset", String(48), nullable=False),
+    Column("owner", String(128)),
+    Column("updated_at", Float),
+)
+
+runs = Table(
+    "sl_runs",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("run", String(128), primary_key=True),
+    Column("name", String(256)),
+    Column("state", String(16), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("created_at", Float),
+    Column("updated_at", Float),
+    Column("last_step", BigInteger),
+    Column("rows", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("info", LargeBinary, nullable=False),
+    Column("state_blob", LargeBinary, nullable=False),
+)
+
+segments = Table(
+    "sl_segments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(128), nullable=False),
+    Column("run", String(128), nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("min_step", BigInteger, nullable=False),
+    Column("max_step", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("file", String(512), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_sl_segments_run", "project", "run", "min_step"),
+)
+
+rejections = Table(
+    "sl_rejections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(128), nullable=False),
+    Column("run", String(128), nullable=False),
+    Column("entry_id", String(48), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("step", BigInteger),
+    Column("cursor", BigInteger),
+    Column("message", Text, nullable=False),
+    Column("ts", Float),
+    Index("ix_sl_rejections_run", "project", "run"),
+)
+
+garbage = Table(
+    "sl_garbage",
+    metadata,
+    Column("file", String(512), primary_key=True),
+    Column("deleted_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "sl_api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("project", String(128), nullable=False),
+    Column("scopes", String(64), nullable=False),
+    Column("hash", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+
+def run_dir(project: str, run: str) -> str:
+    """The directory of a run's segments, relative to the data directory (hashed: names may hold any text)."""
+    h = hashlib.sha256(f"{project}/{run}".encode()).hexdigest()
+    return f"segments/{h[:2]}/{h[2:20]}"
+
+
+def field_name(display: str, kind: str) -> str:
+    return display if kind == NUMBER else f"{display}:{kind}"
+
+
+def blob_path(sha256: str) -> str:
+    """Where a media blob lives, relative to the data directory."""
+    return f"blobs/{sha256[:2]}/{sha256}"
+
+
+def column_info(display: str, kind: str) -> dict[str, Any]:
+    return {"key": display, "kind": kind, "field": field_name(display, kind)}

@@ -1,0 +1,436 @@
+"""The step aligner: W&B's logging semantics (DESIGN §2), one run at a time, deterministically.
+
+Guarantees:
+
+- :meth:`RunAligner.apply` implements the table of DESIGN §2 exactly: a call with a step lower than the cursor
+  is rejected whole (``non_monotonic_step``, with the step it tried and the cursor), never partly applied.
+- Processing is a pure function of (state, events): the same events applied to the same state give the same rows,
+  rejections and state, so replay, redelivery after a crash and a fenced zombie converge to identical history.
+- The whole state round-trips through :meth:`RunAligner.dump` / :meth:`RunAligner.load` (msgpack), which is
+  what a commit stores next to the partition offset.
+
+Columns are identified by ``(key identity, kind)``: a key logged with two kinds gives two columns and a recorded
+conflict; ``My-Metric`` and ``my-metric`` are one column (first spelling kept) and the second spelling is recorded
+as a run warning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from schemas import (
+    Config,
+    DefineMetric,
+    Finish,
+    Log,
+    LogBlock,
+    Media,
+    Start,
+    Summary,
+    key_ident,
+    kind_of,
+    packb,
+    unpackb,
+)
+from schemas.values import NUMBER
+
+ColId = tuple[str, str]  # (key identity, kind)
+MAX_WARNINGS = 200
+
+
+@dataclass(slots=True)
+class Row:
+    """One history row: step, client timestamp, runtime, and values by column."""
+
+    step: int
+    ts: float
+    runtime: float
+    values: dict[ColId, Any]
+
+
+@dataclass(slots=True)
+class Rejection:
+    reason: str
+    step: int | None
+    cursor: int | None
+    message: str
+    ts: float | None
+
+
+@dataclass(slots=True)
+class _Agg:
+    """Summary aggregates of one key identity (NaN skipped for min/max/mean)."""
+
+    first: Any = None
+    has_first: bool = False
+    last: Any = None
+    min: float | None = None
+    max: float | None = None
+    total: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class RunAligner:
+    """The per-run state of the aligner (DESIGN §2) and what it produced since the last :meth:`take`."""
+
+    cursor: int = 0
+    pending: dict[ColId, Any] = field(default_factory=dict)
+    pending_ts: float | None = None
+    start_ts: float | None = None
+    state: str = "running"
+    exit_code: int | None = None
+    name: str | None = None
+    producers: dict[str, int] = field(default_factory=dict)
+    displays: dict[ColId, str] = field(default_factory=dict)
+    spellings: dict[str, str] = field(default_factory=dict)  # identity -> first spelling
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # identity of name -> definition
+    step_values: dict[str, Any] = field(default_factory=dict)  # identity -> latest written value
+    aggs: dict[str, _Agg] = field(default_factory=dict)
+    explicit_summary: dict[str, tuple[str, Any]] = field(default_factory=dict)  # identity -> (key, value)
+    config: dict[str, Any] = field(default_factory=dict)
+    rows: int = 0
+    last_step: int | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    created_at: float | None = None
+    updated_at: float | None = None
+    # Output since the last take(); not part of the persisted state.
+    out_rows: list[Row] = field(default_factory=list)
+    out_rejections: list[Rejection] = field(default_factory=list)
+
+    # --- events --------------------------------------------------------------------------------------------
+
+    def check_seq(self, producer: str, seq: int, n: int) -> int:
+        """How many leading events of a frame to skip as already applied (``n`` = all: a duplicate frame)."""
+        nxt = self.producers.get(producer)
+        if nxt is None:
+            if seq != 0:
+                self.warn(f"producer {producer}: first frame seen has seq {seq}; events 0..{seq - 1} are missing")
+            self.producers[producer] = seq + n
+            return 0
+        if seq + n <= nxt:
+            return n
+        if seq < nxt:
+            self.producers[producer] = seq + n
+            return nxt - seq
+        if seq > nxt:
+            self.warn(f"producer {producer}: events {nxt}..{seq - 1} are missing (lost or trimmed before commit)")
+        self.producers[producer] = seq + n
+        return 0
+
+    def apply(self, event: Any) -> None:
+        if isinstance(event, LogBlock):
+            self.apply_block(event)
+        elif isinstance(event, Log):
+            self.apply_log(event.ts, event.data, event.step, event.commit)
+        elif isinstance(event, Start):
+            self.apply_start(event)
+        elif isinstance(event, DefineMetric):
+            self.apply_define_metric(event)
+        elif isinstance(event, Config):
+            self.config.update(event.data)
+        elif isinstance(event, Summary):
+            for k, v in event.data.items():
+                if v is None:
+                    self.explicit_summary.pop(key_ident(k), None)
+                else:
+                    self.explicit_summary[key_ident(k)] = (k, v)
+        elif isinstance(event, Finish):
+            self._touch(event.ts)
+            if self.pending_has_user():
+                self._write(self.cursor)
+                self.cursor += 1
+            self.state = "finished" if event.exit_code == 0 else "crashed"
+            self.exit_code = event.exit_code
+        else:  # pragma: no cover - decode_frame only yields the kinds above
+            raise TypeError(f"unknown event {type(event).__name__}")
+
+    def apply_start(self, event: Start) -> None:
+        if self.start_ts is None:
+            self.start_ts = event.ts
+        elif event.resume is None and self.state != "running":
+            self.warn("run started again without resume: history continues from the current step")
+        self._touch(event.ts)
+        self.state = "running"
+        self.exit_code = None
+        if event.name:
+            self.name = event.name
+        self.config.update(event.config)
+
+    def apply_define_metric(self, event: DefineMetric) -> None:
+        self.metrics[key_ident(event.name)] = {
+            "name": event.name,
+            "step_metric": event.step_metric,
+            "summary": event.summary,
+            "hidden": event.hidden,
+            "goal": event.goal,
+            "step_sync": event.step_sync,
+        }
+
+    def apply_block(self, block: LogBlock) -> None:
+        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in block.cols]
+        ts = block.ts.tolist() if isinstance(block.ts, np.ndarray) else block.ts
+        keys = block.keys
+        for i, step in enumerate(block.step):
+            self.apply_log(ts[i], {k: cols[j][i] for j, k in enumerate(keys)}, step, block.commit[i])
+
+    def apply_log(self, ts: float, data: dict[str, Any], step: int | None, commit: bool | None) -> None:
+        c = self.cursor
+        if step is not None and step < c:
+            self.reject("non_monotonic_step", step, c, ts,
+                        f"step {step} is lower than the run's current step {c}: the whole call is rejected")
+            return
+        self._touch(ts)
+        if step is None:
+            self._merge(ts, data)
+            if commit is not False:
+                self._write(c)
+                self.cursor = c + 1
+            return
+        if step > c:
+            if self.pending_has_user():
+                self._write(c)
+            self.cursor = step
+        self._merge(ts, data)
+        if commit is True:
+            self._write(step)
+            self.cursor = step + 1
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _touch(self, ts: float) -> None:
+        if self.start_ts is None:
+            self.start_ts = ts
+        if self.created_at is None:
+            self.created_at = ts
+        self.updated_at = ts
+
+    def pending_has_user(self) -> bool:
+        return bool(self.pending)
+
+    def _merge(self, ts: float, data: dict[str, Any]) -> None:
+        pending = self.pending
+        for key, value in data.items():
+            kind = kind_of(value)
+            if kind is None:  # None logs nothing (W&B shows no point either)
+                continue
+            ident = key_ident(key)
+            col = (ident, kind)
+            if col not in self.displays:
+                self._new_column(key, ident, kind)
+            pending[col] = value
+        self.pending_ts = ts
+
+    def _new_column(self, key: str, ident: str, kind: str) -> None:
+        first = self.spellings.get(ident)
+        if first is None:
+            self.spellings[ident] = key
+            first = key
+        elif first != key:
+            self.warn(f"key {key!r} differs from {first!r} only by case: both are stored as {first!r}")
+        other_kinds = sorted(k for (i, k) in self.displays if i == ident)
+        if other_kinds:
+            self.warn(f"key {first!r} logged as {kind} and as {', '.join(other_kinds)}: one column per kind")
+        self.displays[(ident, kind)] = first
+
+    def _metric_for(self, ident: str) -> dict[str, Any] | None:
+        exact = self.metrics.get(ident)
+        if exact is not None:
+            return exact
+        best: dict[str, Any] | None = None
+        best_len = -1
+        for name_ident, definition in self.metrics.items():
+            if name_ident.endswith("*"):
+                prefix = name_ident[:-1]
+                if ident.startswith(prefix) and len(prefix) > best_len:
+                    best, best_len = definition, len(prefix)
+        return best
+
+    def _write(self, step: int) -> None:
+        values = self.pending
+        self.pending = {}
+        ts = self.pending_ts if self.pending_ts is not None else (self.updated_at or 0.0)
+        self.pending_ts = None
+        start = self.start_ts if self.start_ts is not None else ts
+        # Summaries and step metrics see only what was logged, not the step_sync fill-ins below.
+        for (ident, kind), v in values.items():
+            agg = self.aggs.get(ident)
+            if agg is None:
+                agg = self.aggs[ident] = _Agg()
+            if not agg.has_first:
+                agg.first, agg.has_first = v, True
+            agg.last = v
+            if kind == NUMBER and not (isinstance(v, float) and math.isnan(v)):
+                fv = float(v)
+                agg.min = fv if agg.min is None or fv < agg.min else agg.min
+                agg.max = fv if agg.max is None or fv > agg.max else agg.max
+                agg.total += fv
+                agg.count += 1
+            self.explicit_summary.pop(ident, None)
+        if self.metrics:
+            self._step_sync(values)
+        self.out_rows.append(Row(step=step, ts=ts, runtime=ts - start, values=values))
+        self.rows += 1
+        self.last_step = step
+
+    def _step_sync(self, values: dict[ColId, Any]) -> None:
+        present = {ident for ident, _ in values}
+        for ident, kind in list(values):
+            if kind != NUMBER:
+                continue
+            if any(d.get("step_metric") and key_ident(d["step_metric"]) == ident for d in self.metrics.values()):
+                self.step_values[ident] = values[(ident, kind)]
+        for ident in list(present):
+            definition = self._metric_for(ident)
+            if definition is None or not definition["step_metric"] or not definition["step_sync"]:
+                continue
+            sm = key_ident(definition["step_metric"])
+            if sm in present or sm not in self.step_values:
+                continue
+            col = (sm, NUMBER)
+            if col not in self.displays:
+                self._new_column(definition["step_metric"], sm, NUMBER)
+            values[col] = self.step_values[sm]
+            present.add(sm)
+
+    def reject(self, reason: str, step: int | None, cursor: int | None, ts: float | None, message: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.out_rejections.append(Rejection(reason, step, cursor, message, ts))
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+
+    def take(self) -> tuple[list[Row], list[Rejection]]:
+        rows, rej = self.out_rows, self.out_rejections
+        self.out_rows, self.out_rejections = [], []
+        return rows, rej
+
+    # --- summary and info -------------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for ident, agg in self.aggs.items():
+            display = self.spellings.get(ident, ident)
+            definition = self._metric_for(ident)
+            spec = definition.get("summary") if definition else None
+            modes = [m.strip() for m in spec.split(",") if m.strip()] if spec else ["last"]
+            if "none" in modes:
+                continue
+            if modes == ["last"]:
+                out[display] = agg.last
+                continue
+            val: dict[str, Any] = {}
+            for m in modes:
+                if m == "last":
+                    val["last"] = agg.last
+                elif m == "first":
+                    val["first"] = agg.first
+                elif m == "min" and agg.min is not None:
+                    val["min"] = agg.min
+                elif m == "max" and agg.max is not None:
+                    val["max"] = agg.max
+                elif m == "mean" and agg.count:
+                    val["mean"] = agg.total / agg.count
+            out[display] = val
+        for _ident, (key, v) in self.explicit_summary.items():
+            out[self.spellings.get(key_ident(key), key)] = v
+        return out
+
+    def columns(self) -> list[dict[str, Any]]:
+        from schemas.store import column_info
+
+        return [column_info(display, kind) for (_ident, kind), display in self.displays.items()]
+
+    def conflicts(self) -> list[str]:
+        kinds: dict[str, int] = {}
+        for ident, _kind in self.displays:
+            kinds[ident] = kinds.get(ident, 0) + 1
+        return sorted(self.spellings.get(i, i) for i, n in kinds.items() if n > 1)
+
+    def info(self) -> dict[str, Any]:
+        """What readers see of the run (``runs.info``)."""
+        return {
+            "config": self.config,
+            "summary": self.summary(),
+            "columns": self.columns(),
+            "conflicts": self.conflicts(),
+            "warnings": list(self.warnings),
+            "rejected": dict(self.rejected),
+            "metrics": list(self.metrics.values()),
+            "start_ts": self.start_ts,
+            "exit_code": self.exit_code,
+            "cursor": self.cursor,
+        }
+
+    # --- persistence ------------------------------------------------------------------------------------------
+
+    def dump(self) -> bytes:
+        return packb({
+            "cursor": self.cursor,
+            "pending": [[i, k, v] for (i, k), v in self.pending.items()],
+            "pending_ts": self.pending_ts,
+            "start_ts": self.start_ts,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "name": self.name,
+            "producers": self.producers,
+            "displays": [[i, k, d] for (i, k), d in self.displays.items()],
+            "spellings": self.spellings,
+            "metrics": self.metrics,
+            "step_values": self.step_values,
+            "aggs": {i: [a.first, a.has_first, a.last, a.min, a.max, a.total, a.count] for i, a in self.aggs.items()},
+            "explicit_summary": {i: [k, v] for i, (k, v) in self.explicit_summary.items()},
+            "config": self.config,
+            "rows": self.rows,
+            "last_step": self.last_step,
+            "rejected": self.rejected,
+            "warnings": self.warnings,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+
+    @classmethod
+    def load(cls, blob: bytes) -> RunAligner:
+        d = unpackb(blob)
+        return cls(
+            cursor=d["cursor"],
+            pending={(i, k): v for i, k, v in d["pending"]},
+            pending_ts=d["pending_ts"],
+            start_ts=d["start_ts"],
+            state=d["state"],
+            exit_code=d["exit_code"],
+            name=d["name"],
+            producers=d["producers"],
+            displays={(i, k): disp for i, k, disp in d["displays"]},
+            spellings=d["spellings"],
+            metrics=d["metrics"],
+            step_values=d["step_values"],
+            aggs={i: _Agg(*a) for i, a in d["aggs"].items()},
+            explicit_summary={i: (kv[0], kv[1]) for i, kv in d["explicit_summary"].items()},
+            config=d["config"],
+            rows=d["rows"],
+            last_step=d["last_step"],
+            rejected=d["rejected"],
+            warnings=d["warnings"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+        )
+
+
+def media_blobs(value: Any) -> list[str]:
+    """sha256 of every blob a value references (images, HTML, and media inside tables)."""
+    out: list[str] = []
+    if isinstance(value, Media):
+        sha = value.payload.get("sha256")
+        if isinstance(sha, str):
+            out.append(sha)
+        for row in value.payload.get("data", []) if value.kind == "table" else []:
+            for cell in row:
+                out.extend(media_blobs(cell))
+    return out
