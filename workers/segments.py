@@ -1,0 +1,91 @@
+"""Segment files: rows of one run as an immutable Parquet file (format in :mod:`schemas.store`).
+
+A segment is written to a temporary name, fsync'd and renamed, so a file that exists under its final name is
+complete; the metadata commit that references it comes after. Files are never modified: compaction writes a new
+file and swaps the references in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import packb
+from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name, run_dir
+from schemas.values import BOOL, NUMBER, STRING
+
+from .align import ColId, Row
+
+COMPRESSION = "zstd"
+
+
+def _column(kind: str, values: list[Any]) -> pa.Array:
+    if kind == NUMBER:
+        present = [v for v in values if v is not None]
+        if all(type(v) is int for v in present):
+            return pa.array(values, type=pa.int64())
+        return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+    if kind == STRING:
+        return pa.array(values, type=pa.string())
+    if kind == BOOL:
+        return pa.array(values, type=pa.bool_())
+    return pa.array([None if v is None else packb(v) for v in values], type=pa.binary())
+
+
+def rows_to_table(rows: list[Row], displays: dict[ColId, str]) -> pa.Table:
+    """Rows (ascending, unique steps) → an Arrow table in the segment format."""
+    cols: dict[ColId, list[Any]] = {}
+    n = len(rows)
+    for i, row in enumerate(rows):
+        for col, v in row.values.items():
+            lst = cols.get(col)
+            if lst is None:
+                lst = cols[col] = [None] * n
+            lst[i] = v
+    arrays: list[pa.Array] = [
+        pa.array([r.step for r in rows], type=pa.int64()),
+        pa.array([r.ts for r in rows], type=pa.float64()),
+        pa.array([r.runtime for r in rows], type=pa.float64()),
+    ]
+    fields = [pa.field(STEP, pa.int64()), pa.field(TIMESTAMP, pa.float64()), pa.field(RUNTIME, pa.float64())]
+    for (ident, kind) in sorted(cols, key=lambda c: (displays[c], c[1])):
+        arr = _column(kind, cols[(ident, kind)])
+        display = displays[(ident, kind)]
+        fields.append(pa.field(field_name(display, kind), arr.type, metadata={"key": display, "kind": kind}))
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_table(data_dir: Path, project: str, run: str, table: pa.Table, level: int) -> tuple[str, int]:
+    """Write a segment file durably; return its path relative to ``data_dir`` and its size."""
+    rel = f"{run_dir(project, run)}/L{level}-{uuid.uuid4().hex}.parquet"
+    path = data_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=False, write_statistics=False)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return rel, path.stat().st_size
+
+
+def read_table(data_dir: Path, rel: str) -> pa.Table:
+    return pq.read_table(data_dir / rel)
+
+
+def merge_tables(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate segments of one run (disjoint step ranges) into one table, sorted by step.
+
+    A number column that is int64 in one segment and float64 in another becomes float64 (int64 only while every
+    value is an int).
+    """
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    return merged.sort_by(STEP)

@@ -1,0 +1,245 @@
+"""The metadata store: partition epochs and offsets, runs, segments and rejections in SQL.
+
+One code path for SQLite (default, WAL, file in the data directory) and PostgreSQL (several hosts), through
+SQLAlchemy Core with synchronous drivers; async callers run these methods in a thread (``asyncio.to_thread``)
+so the event loop never blocks.
+
+Guarantees:
+
+- :meth:`MetaStore.take_partition` bumps the partition's epoch in a transaction and returns it with the offset.
+- :meth:`MetaStore.commit` writes segments, per-run state, rejections and the partition offset in ONE
+  transaction, conditional on the epoch still being the caller's; otherwise it raises :class:`FencedError` and
+  writes nothing. The work of a commit grows with the runs it names, not with all runs.
+- :meth:`MetaStore.swap_segments` (compaction) replaces segments of a run in one transaction, also fenced, and
+  queues the old files for deletion after a grace period, so a reader that listed them can still read them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy.pool import NullPool
+
+from schemas import FencedError, packb
+from schemas.store import garbage, metadata, partitions, rejections, runs, segments
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'meta.sqlite'}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block the writer."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+            # Let SQLAlchemy's "begin" event below emit BEGIN: pysqlite's deferred BEGIN lets two writers
+            # both read and then fail to upgrade; BEGIN IMMEDIATE makes them queue on busy_timeout instead.
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    project: str
+    run: str
+    partition: int
+    name: str | None
+    state: str
+    created_at: float | None
+    updated_at: float | None
+    last_step: int | None
+    rows: int
+    rejected: int
+    info: dict[str, Any]
+    state_blob: bytes
+
+
+@dataclass(slots=True)
+class SegmentRef:
+    project: str
+    run: str
+    level: int
+    min_step: int
+    max_step: int
+    rows: int
+    bytes: int
+    file: str
+
+
+@dataclass(slots=True)
+class RejectionRow:
+    project: str
+    run: str
+    entry_id: str
+    reason: str
+    step: int | None
+    cursor: int | None
+    message: str
+    ts: float | None
+
+
+@dataclass(slots=True)
+class Commit:
+    partition: int
+    epoch: int
+    offset: str
+    runs: list[RunUpdate] = field(default_factory=list)
+    segments: list[SegmentRef] = field(default_factory=list)
+    rejections: list[RejectionRow] = field(default_factory=list)
+
+
+class MetaStore:
+    """Synchronous metadata access; one instance per process, safe to use from worker threads."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._owns_engine = engine is None
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # --- partitions --------------------------------------------------------------------------------------------
+
+    def take_partition(self, p: int, owner: str) -> tuple[int, str]:
+        """Bump the partition's epoch (fencing out any previous owner); return ``(epoch, committed offset)``."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(partitions.c.epoch, partitions.c.offset).where(partitions.c.p == p).with_for_update()
+            ).first()
+            now = time.time()
+            if row is None:
+                conn.execute(insert(partitions).values(p=p, epoch=1, offset="0-0", owner=owner, updated_at=now))
+                return 1, "0-0"
+            epoch = int(row.epoch) + 1
+            conn.execute(
+                update(partitions).where(partitions.c.p == p).values(epoch=epoch, owner=owner, updated_at=now)
+            )
+            return epoch, str(row.offset)
+
+    def release_partition(self, p: int, epoch: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(partitions).where(partitions.c.p == p, partitions.c.epoch == epoch).values(owner=None)
+            )
+
+    def partitions(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(partitions).order_by(partitions.c.p))]
+
+    # --- runs --------------------------------------------------------------------------------------------------
+
+    def load_states(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        keys = list(keys)
+        out: dict[tuple[str, str], bytes] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 200):
+                chunk = keys[i:i + 200]
+                projects = {k[0] for k in chunk}
+                names = {k[1] for k in chunk}
+                q = select(runs.c.project, runs.c.run, runs.c.state_blob).where(
+                    runs.c.project.in_(projects), runs.c.run.in_(names)
+                )
+                wanted = set(chunk)
+                for r in conn.execute(q):
+                    if (r.project, r.run) in wanted:
+                        out[(r.project, r.run)] = bytes(r.state_blob)
+        return out
+
+    # --- the commit --------------------------------------------------------------------------------------------
+
+    def commit(self, c: Commit) -> None:
+        """Apply one commit atomically, or raise :class:`FencedError` (nothing written) if the epoch moved."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(partitions)
+                .where(partitions.c.p == c.partition, partitions.c.epoch == c.epoch)
+                .values(offset=c.offset, updated_at=now)
+            )
+            if res.rowcount != 1:
+                raise FencedError(f"partition {c.partition}: epoch {c.epoch} is no longer current")
+            if c.segments:
+                conn.execute(insert(segments), [
+                    {"project": s.project, "run": s.run, "level": s.level, "min_step": s.min_step,
+                     "max_step": s.max_step, "rows": s.rows, "bytes": s.bytes, "file": s.file, "created_at": now}
+                    for s in c.segments
+                ])
+            if c.rejections:
+                conn.execute(insert(rejections), [
+                    {"project": r.project, "run": r.run, "entry_id": r.entry_id, "reason": r.reason,
+                     "step": r.step, "cursor": r.cursor, "message": r.message, "ts": r.ts}
+                    for r in c.rejections
+                ])
+            for u in c.runs:
+                values = {
+                    "name": u.name, "state": u.state, "partition": u.partition, "created_at": u.created_at,
+                    "updated_at": u.updated_at, "last_step": u.last_step, "rows": u.rows,
+                    "rejected": u.rejected, "info": packb(u.info), "state_blob": u.state_blob,
+                }
+                res = conn.execute(
+                    update(runs).where(runs.c.project == u.project, runs.c.run == u.run).values(**values)
+                )
+                if res.rowcount == 0:
+                    conn.execute(insert(runs).values(project=u.project, run=u.run, **values))
+
+    # --- segments and compaction -------------------------------------------------------------------------------
+
+    def segments_of(self, project: str, run: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = select(segments).where(segments.c.project == project, segments.c.run == run)
+            return [dict(r._mapping) for r in conn.execute(q.order_by(segments.c.min_step))]
+
+    def swap_segments(self, p: int, epoch: int, old_ids: list[int], new: SegmentRef) -> None:
+        """Replace ``old_ids`` by ``new`` in one transaction, fenced by the partition epoch."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            cur = conn.execute(select(partitions.c.epoch).where(partitions.c.p == p).with_for_update()).first()
+            if cur is None or int(cur.epoch) != epoch:
+                raise FencedError(f"partition {p}: epoch {epoch} is no longer current")
+            old_files = [
+                r.file for r in conn.execute(select(segments.c.file).where(segments.c.id.in_(old_ids)))
+            ]
+            if len(old_files) != len(old_ids):
+                raise FencedError(f"partition {p}: segments changed under compaction")
+            conn.execute(delete(segments).where(segments.c.id.in_(old_ids)))
+            conn.execute(insert(segments).values(
+                project=new.project, run=new.run, level=new.level, min_step=new.min_step, max_step=new.max_step,
+                rows=new.rows, bytes=new.bytes, file=new.file, created_at=now,
+            ))
+            for f in old_files:
+                conn.execute(insert(garbage).values(file=f, deleted_at=now))
+
+    def collect_garbage(self, data_dir: Path, grace_s: float) -> int:
+        """Delete files dropped more than ``grace_s`` ago; return how many."""
+        cutoff = time.time() - grace_s
+        with self.engine.begin() as conn:
+            files = [r.file for r in conn.execute(select(garbage.c.file).where(garbage.c.deleted_at < cutoff))]
+            for f in files:
+                (data_dir / f).unlink(missing_ok=True)
+            if files:
+                conn.execute(delete(garbage).where(garbage.c.file.in_(files)))
+        return len(files)
