@@ -1,0 +1,43 @@
+"""``python -m workers``: run one worker process (the same as ``stepline worker``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .settings import WorkerSettings
+from .worker import Worker
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--redis-url", help="Redis URL (STEPLINE_REDIS_URL)")
+    ap.add_argument("--namespace", help="key namespace (STEPLINE_NAMESPACE, default sl)")
+    ap.add_argument("--partitions", type=int, help="partition count (STEPLINE_PARTITIONS, default 16)")
+    ap.add_argument("--data-dir", type=Path, help="data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
+    ap.add_argument("--db-url", help="metadata SQLAlchemy URL (STEPLINE_DB_URL; default SQLite in the data dir)")
+    ap.add_argument("--worker-id", help="worker id (default host-pid-random)")
+    ap.add_argument("--lease-ttl-ms", type=int, help="lease time to live in ms (default 10000)")
+    ap.add_argument("--commit-interval", type=float, dest="commit_interval_s", help="seconds between commits")
+    ap.add_argument("--retention", type=float, dest="retention_s", help="seconds of stream kept for replay")
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    return WorkerSettings.from_env(
+        redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
+        db_url=args.db_url, worker_id=args.worker_id, lease_ttl_ms=args.lease_ttl_ms,
+        commit_interval_s=args.commit_interval_s, retention_s=args.retention_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stepline worker", description="Consume partition streams into history.")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    Worker(settings_from_args(args)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""The worker process: owns partitions by lease, consumes their streams, commits, compacts and trims.
+
+Guarantees:
+
+- A partition is processed by one worker at a time: its lease (``SET NX PX``, renewed by the owner) says who
+  may read it, and its epoch in the metadata store, bumped on every take, refuses the commits of a worker that
+  lost it without noticing (a paused or partitioned zombie): see :meth:`MetaStore.commit`.
+- Partitions are spread over the live workers by rendezvous hashing; on join/leave the old owner commits its
+  batch, then releases, then the new owner takes over from the committed offset.
+- Consumption restarts from the committed offset, so a crash at any point loses nothing and duplicates nothing.
+- The stream is trimmed (``XTRIM MINID``) only behind the committed offset and the retention window.
+- SIGTERM: stop reading, commit, release leases, exit within ``drain_timeout_s``. kill -9: the leases expire and
+  other workers resume from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas import FencedError
+
+from .partition import PartitionProcessor, id_tuple
+from .segments import merge_tables, read_table, write_table
+from .settings import WorkerSettings
+from .store import MetaStore, SegmentRef
+
+log = logging.getLogger("stepline.worker")
+
+# Renew only while we still own the lease; release only our own lease.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def rendezvous_owner(workers: list[str], p: int) -> str | None:
+    """The worker a partition belongs to: highest hash of (worker, partition); stable as workers come and go."""
+    best: tuple[bytes, str] | None = None
+    for w in workers:
+        score = hashlib.blake2b(f"{w}|{p}".encode(), digest_size=8).digest()
+        if best is None or score > best[0]:
+            best = (score, w)
+    return best[1] if best else None
+
+
+class Worker:
+    """Consume and commit partitions until stopped. ``run()`` for processes, ``async_run()`` inside a loop."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        redis: aioredis.Redis | None = None,
+        store: MetaStore | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self.id = settings.worker_id
+        self._redis = redis
+        self._owns_redis = redis is None
+        self._store = store
+        self._owns_store = store is None
+        self.handle_signals = handle_signals
+        self.owned: dict[int, PartitionProcessor] = {}
+        self.desired: set[int] = set()
+        self.lost: set[int] = set()
+        self._stopping = asyncio.Event()
+        self.commits = 0
+        self.fenced = 0
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None
+        return self._redis
+
+    @property
+    def store(self) -> MetaStore:
+        assert self._store is not None
+        return self._store
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit (safe from a signal handler)."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        asyncio.run(self.async_run())
+
+    async def async_run(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+            )
+        if self._store is None:
+            self._store = await asyncio.to_thread(MetaStore, s.metadata_url)
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        membership = asyncio.create_task(self._membership_loop(), name="stepline-membership")
+        housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stepline-housekeeping")
+        try:
+            await self._heartbeat()
+            await self._main_loop()
+        finally:
+            membership.cancel()
+            housekeeping.cancel()
+            for t in (membership, housekeeping):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            try:
+                await asyncio.wait_for(self._drain(), timeout=s.drain_timeout_s)
+            except (TimeoutError, RedisError, OSError) as e:
+                log.error("worker %s: drain did not finish cleanly: %r", self.id, e)
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            if self._owns_redis and self._redis is not None:
+                await self._redis.aclose()
+            if self._owns_store and self._store is not None:
+                self._store.close()
+
+    async def _drain(self) -> None:
+        for p in list(self.owned):
+            await self._release(p, commit=p not in self.lost)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.hdel(self.names.workers, self.id)
+
+    # --- membership and leases -------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        ttl = self.settings.lease_ttl_ms
+        now = int(time.time() * 1000)
+        await self.redis.hset(self.names.workers, self.id, str(now))
+        beats = await self.redis.hgetall(self.names.workers)
+        live = []
+        for w, hb in beats.items():
+            if now - int(hb) <= ttl:
+                live.append(w.decode())
+            else:
+                await self.redis.hdel(self.names.workers, w)
+        self.desired = {p for p in range(self.names.partitions) if rendezvous_owner(live, p) == self.id}
+        for p in list(self.owned):
+            ok = await self.redis.eval(_RENEW, 1, self.names.lease(p), self.id, str(ttl))  # type: ignore[misc]
+            if not ok:
+                log.warning("worker %s lost the lease of partition %d", self.id, p)
+                self.lost.add(p)
+
+    async def _membership_loop(self) -> None:
+        interval = self.settings.lease_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: heartbeat failed: %r", self.id, e)
+
+    async def _acquire(self, p: int) -> None:
+        ok = await self.redis.set(self.names.lease(p), self.id, nx=True, px=self.settings.lease_ttl_ms)
+        if not ok:
+            return
+        epoch, offset = await asyncio.to_thread(self.store.take_partition, p, self.id)
+        self.owned[p] = PartitionProcessor(
+            p=p, epoch=epoch, offset=offset, names=self.names, store=self.store,
+            data_dir=self.settings.data_dir, redis=self.redis, limits=self.settings.limits,
+        )
+        self.lost.discard(p)
+        log.info("worker %s took partition %d (epoch %d, offset %s)", self.id, p, epoch, offset)
+
+    async def _release(self, p: int, *, commit: bool) -> None:
+        proc = self.owned.pop(p, None)
+        if proc is None:
+            return
+        if commit:
+            try:
+                await self._commit(proc)
+            except FencedError:
+                pass
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.release_partition, p, proc.epoch)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)  # type: ignore[misc]
+        self.lost.discard(p)
+        log.info("worker %s released partition %d", self.id, p)
+
+    async def _commit(self, proc: PartitionProcessor) -> None:
+        try:
+            if await proc.commit():
+                self.commits += 1
+        except FencedError:
+            self.fenced += 1
+            log.warning("worker %s fenced on partition %d (epoch %d): dropping it", self.id, proc.p, proc.epoch)
+            self.owned.pop(proc.p, None)
+            raise
+
+    # --- the main loop ---------------------------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            try:
+                await self._round()
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: Redis error %r; dropping uncommitted work and retrying", self.id, e)
+                await self._reset_all()
+                await self._sleep(0.5)
+            except FencedError:
+                continue
+            except Exception:
+                # Metadata store or file system trouble: nothing uncommitted can be trusted; start over from
+                # the committed offsets after a pause.
+                log.exception("worker %s: unexpected error; dropping uncommitted work", self.id)
+                await self._reset_all()
+                await self._sleep(1.0)
+        del s
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _reset_all(self) -> None:
+        for p in list(self.owned):
+            self.owned.pop(p, None)
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)  # type: ignore[misc]
+
+    async def _round(self) -> None:
+        s = self.settings
+        for p in list(self.lost):
+            self.owned.pop(p, None)
+            self.lost.discard(p)
+        for p in sorted(set(self.owned) - self.desired):
+            await self._release(p, commit=True)
+        for p in sorted(self.desired - set(self.owned)):
+            await self._acquire(p)
+        if not self.owned:
+            await self._sleep(0.2)
+            return
+        streams: dict[Any, Any] = {self.names.stream(p): proc.read_id for p, proc in self.owned.items()}
+        # Block briefly when idle, but commit on time even while data keeps arriving.
+        reply = await self.redis.xread(streams, count=s.read_count, block=100)
+        for stream_key, entries in reply or []:
+            p = self._partition_of_stream(stream_key)
+            proc = self.owned.get(p)
+            if proc is not None and entries:
+                await proc.process(entries)
+        for proc in list(self.owned.values()):
+            if proc.commit_due(s.commit_interval_s, s.commit_entries):
+                await self._commit(proc)
+
+    def _partition_of_stream(self, key: bytes | str) -> int:
+        k = key.decode() if isinstance(key, bytes) else key
+        tag = k.split("{p", 1)[1].split("}", 1)[0]
+        return int(tag)
+
+    # --- housekeeping: trimming, compaction, garbage ---------------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        s = self.settings
+        last_trim = last_gc = time.monotonic()
+        while True:
+            await asyncio.sleep(s.compaction_interval_s)
+            try:
+                for proc in list(self.owned.values()):
+                    await self._compact(proc)
+                if time.monotonic() - last_trim >= s.trim_interval_s:
+                    last_trim = time.monotonic()
+                    for proc in list(self.owned.values()):
+                        await self._trim(proc)
+                if time.monotonic() - last_gc >= s.gc_grace_s / 4:
+                    last_gc = time.monotonic()
+                    await asyncio.to_thread(self.store.collect_garbage, s.data_dir, s.gc_grace_s)
+            except FencedError:
+                continue
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: housekeeping failed: %r", self.id, e)
+            except Exception:
+                log.exception("worker %s: housekeeping failed", self.id)
+
+    async def _trim(self, proc: PartitionProcessor) -> None:
+        if proc.offset == "0-0":
+            return
+        horizon = (int((time.time() - self.settings.retention_s) * 1000), 0)
+        minid = min(id_tuple(proc.offset), horizon)
+        if minid > (0, 0):
+            await self.redis.xtrim(self.names.stream(proc.p), minid=f"{minid[0]}-{minid[1]}", approximate=False)
+
+    async def _compact(self, proc: PartitionProcessor) -> None:
+        runs = sorted(proc.touched)
+        proc.touched.clear()
+        for project, run in runs:
+            if self.owned.get(proc.p) is not proc:
+                return
+            await asyncio.to_thread(self._compact_run, proc.p, proc.epoch, project, run)
+
+    def _compact_run(self, p: int, epoch: int, project: str, run: str) -> None:
+        """Tiered compaction: ``fanin`` segments of one level become one segment of the next level."""
+        fanin = self.settings.compaction_fanin
+        segs = self.store.segments_of(project, run)
+        by_level: dict[int, list[dict[str, Any]]] = {}
+        for seg in segs:
+            by_level.setdefault(int(seg["level"]), []).append(seg)
+        for level in sorted(by_level):
+            group = by_level[level]
+            if len(group) < fanin:
+                continue
+            data_dir = self.settings.data_dir
+            table = merge_tables([read_table(data_dir, g["file"]) for g in group])
+            rel, size = write_table(data_dir, project, run, table, level=level + 1)
+            steps = table.column("_step")
+            new = SegmentRef(project, run, level + 1, int(steps[0].as_py()), int(steps[-1].as_py()),
+                             table.num_rows, size, rel)
+            try:
+                self.store.swap_segments(p, epoch, [int(g["id"]) for g in group], new)
+            except FencedError:
+                (data_dir / rel).unlink(missing_ok=True)
+                raise
+            return
