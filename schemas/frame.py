@@ -73,7 +73,7 @@ class Event:
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and values_equal(self.to_wire(), other.to_wire())  # type: ignore[attr-defined]
+        return isinstance(other, Event) and type(self) is type(other) and values_equal(self.to_wire(), other.to_wire())
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -80,12 +80,13 @@ class Image:
             try:
                 with open(data_or_path, "rb") as f:
                     raw = f.read()
-                with PILImage.open(io.BytesIO(raw)) as im:
-                    width, height = im.size
-                    fmt = (im.format or "png").lower()
+                with PILImage.open(io.BytesIO(raw)) as opened:
+                    width, height = opened.size
+                    fmt = (opened.format or "png").lower()
             except OSError as err:
                 raise SchemaError(f"cannot read image {data_or_path!s}: {err}", code="bad_media") from err
         else:
+            im: Any
             if hasattr(data_or_path, "save") and hasattr(data_or_path, "size"):  # a PIL image
                 im = data_or_path
             else:

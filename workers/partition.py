@@ -15,16 +15,17 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, decode_frame, packb
+from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, decode_frame
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
@@ -196,10 +197,13 @@ class PartitionProcessor:
                     shas.update(media_blobs(v))
         todo = [s for s in sorted(shas) if not (self.data_dir / blob_path(s)).exists()]
         for sha in todo:
-            data = await self.redis.get(self.names.blob(self.p, sha))
+            data = cast("bytes | None", await self.redis.get(self.names.blob(self.p, sha)))
             if data is None:
                 log.warning("partition %d: blob %s is referenced but not in Redis (expired or never sent)",
                             self.p, sha)
+                continue
+            if hashlib.sha256(data).hexdigest() != sha:
+                log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
                 continue
             await asyncio.to_thread(_write_blob, self.data_dir / blob_path(sha), data)
 
@@ -209,7 +213,3 @@ def _write_blob(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-
-
-def encode_dlq_fields(fields: dict[str, Any]) -> dict[bytes, bytes]:
-    return {k.encode(): packb(v) for k, v in fields.items()}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 
-from .partition import PartitionProcessor, id_tuple
+from .partition import Entry, PartitionProcessor, id_tuple
 from .settings import WorkerSettings
 from .store import MetaStore
 
@@ -54,7 +55,7 @@ async def replay(
             )
             start = "-"
             while True:
-                entries = await redis.xrange(names.stream(p), min=start, max="+", count=chunk)
+                entries = cast("list[Entry]", await redis.xrange(names.stream(p), min=start, max="+", count=chunk))
                 entries = [e for e in entries if id_tuple(e[0].decode()) <= end]
                 if not entries:
                     break

@@ -21,14 +21,14 @@ import hashlib
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import FencedError
 
-from .partition import PartitionProcessor, id_tuple
+from .partition import Entry, PartitionProcessor, id_tuple
 from .segments import merge_tables, read_table, write_table
 from .settings import WorkerSettings
 from .store import MetaStore, SegmentRef
@@ -36,7 +36,9 @@ from .store import MetaStore, SegmentRef
 log = logging.getLogger("stepline.worker")
 
 # Renew only while we still own the lease; release only our own lease.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -141,7 +143,7 @@ class Worker:
         ttl = self.settings.lease_ttl_ms
         now = int(time.time() * 1000)
         await self.redis.hset(self.names.workers, self.id, str(now))
-        beats = await self.redis.hgetall(self.names.workers)
+        beats = cast("dict[bytes, bytes]", await self.redis.hgetall(self.names.workers))
         live = []
         for w, hb in beats.items():
             if now - int(hb) <= ttl:
@@ -150,7 +152,7 @@ class Worker:
                 await self.redis.hdel(self.names.workers, w)
         self.desired = {p for p in range(self.names.partitions) if rendezvous_owner(live, p) == self.id}
         for p in list(self.owned):
-            ok = await self.redis.eval(_RENEW, 1, self.names.lease(p), self.id, str(ttl))  # type: ignore[misc]
+            ok = await self.redis.eval(_RENEW, 1, self.names.lease(p), self.id, str(ttl))
             if not ok:
                 log.warning("worker %s lost the lease of partition %d", self.id, p)
                 self.lost.add(p)
@@ -181,14 +183,12 @@ class Worker:
         if proc is None:
             return
         if commit:
-            try:
+            with contextlib.suppress(FencedError):
                 await self._commit(proc)
-            except FencedError:
-                pass
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.release_partition, p, proc.epoch)
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)  # type: ignore[misc]
+            await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)
         self.lost.discard(p)
         log.info("worker %s released partition %d", self.id, p)
 
@@ -231,7 +231,7 @@ class Worker:
         for p in list(self.owned):
             self.owned.pop(p, None)
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)  # type: ignore[misc]
+                await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)
 
     async def _round(self) -> None:
         s = self.settings
@@ -247,7 +247,8 @@ class Worker:
             return
         streams: dict[Any, Any] = {self.names.stream(p): proc.read_id for p, proc in self.owned.items()}
         # Block briefly when idle, but commit on time even while data keeps arriving.
-        reply = await self.redis.xread(streams, count=s.read_count, block=100)
+        reply = cast("list[tuple[bytes, list[Entry]]]",
+                     await self.redis.xread(streams, count=s.read_count, block=100))
         for stream_key, entries in reply or []:
             p = self._partition_of_stream(stream_key)
             proc = self.owned.get(p)
