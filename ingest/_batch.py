@@ -1,0 +1,188 @@
+"""Caller-side buffer of one run and the packer that turns it into frames (shared by both transports).
+
+``log()`` appends a row (values list, step, commit, timestamp) to the open *block* of calls with the same keys;
+other events are encoded at call time and queued as raw bytes. :meth:`Batcher.pack` (run by the sender, or by
+the caller under backpressure) seals the open block, encodes every queued item, numbers the events (``seq``,
+contiguous per producer, one per event, a block being one event) and cuts them into frames of about
+``frame_target_bytes``. Packing is serialised by ``pack_lock``, so frames reach the outbox in ``seq`` order even
+when two threads pack.
+
+Block columns are float64 arrays when every value of the column is a ``float``, int64 arrays when every value is
+an ``int`` (never ``bool``), else lists; ``ts`` is a float64 array (the wire contract of ``schemas.LogBlock``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from schemas import LimitError, Limits, LogBlock, Media, encode_event, encode_frame_raw
+
+from .spill import Entry
+
+logger = logging.getLogger("ingest")
+
+#: One log call in a block: (values in key order, step, commit, client timestamp).
+Row = tuple[list[Any], int | None, bool | None, float]
+#: A queued item: ("e", event bytes, blobs) or ("b", keys, rows).
+Item = tuple[str, Any, Any]
+
+_F64 = np.float64
+_I64 = np.int64
+
+
+def collect_blobs(value: Any, out: dict[str, bytes]) -> None:
+    """Gather media blobs (sha256 → bytes) held anywhere in a captured value, table cells included."""
+    if isinstance(value, Media):
+        out.update(value.blobs)
+        collect_blobs(value.payload, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            collect_blobs(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            collect_blobs(v, out)
+
+
+def _column(col: tuple[Any, ...]) -> Any:
+    types = set(map(type, col))
+    if len(types) == 1:
+        t = types.pop()
+        if t is float:
+            return np.array(col, dtype=_F64)
+        if t is int:  # capture() / the fast path already checked the int64 range
+            return np.array(col, dtype=_I64)
+    return list(col)
+
+
+def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits) -> list[bytes]:
+    """Encode rows as one ``logs`` event, split in halves while an event would pass the event size limit."""
+    vals = [r[0] for r in rows]
+    cols = [_column(c) for c in zip(*vals, strict=True)] if keys else []
+    ev = LogBlock(
+        keys=list(keys),
+        ts=np.array([r[3] for r in rows], dtype=_F64),
+        step=[r[1] for r in rows],
+        commit=[r[2] for r in rows],
+        cols=cols,
+    )
+    try:
+        return [encode_event(ev, limits)]
+    except LimitError:
+        if len(rows) == 1:
+            raise
+        half = len(rows) // 2
+        return encode_block(keys, rows[:half], limits) + encode_block(keys, rows[half:], limits)
+
+
+class Batcher:
+    """Pending log calls and events of one producer. ``lock`` guards the buffers; hold it briefly."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        run: str,
+        producer: str,
+        stream: str,
+        blob_key: Any,
+        limits: Limits,
+        frame_target_bytes: int,
+        max_block_rows: int,
+    ) -> None:
+        self.project = project
+        self.run = run
+        self.producer = producer
+        self.stream = stream
+        self._blob_key = blob_key
+        self.limits = limits
+        self.frame_target_bytes = frame_target_bytes
+        self.max_block_rows = max_block_rows
+        self.lock = threading.Lock()
+        self.pack_lock = threading.Lock()
+        #: Keys of the open block (validated); a plain dict with exactly these keys may take the fast path.
+        self.block_keys: tuple[str, ...] | None = None
+        self.rows: list[Row] = []
+        self.items: list[Item] = []
+        #: Rows sealed into ``items`` and not yet packed (the backpressure measure).
+        self.sealed_rows = 0
+        #: The next event's sequence number.
+        self.seq = 0
+        self.dropped_events = 0
+
+    # -- caller side (hold ``lock``) ------------------------------------------------------------------------
+
+    def seal_locked(self) -> None:
+        if self.rows:
+            self.items.append(("b", self.block_keys, self.rows))
+            self.sealed_rows += len(self.rows)
+            self.rows = []
+
+    def add_event_locked(self, raw: bytes, blobs: dict[str, bytes]) -> None:
+        self.seal_locked()  # keep the order of calls: the open block comes before this event
+        self.items.append(("e", raw, blobs))
+
+    def add_row_locked(self, keys: tuple[str, ...], row: Row) -> bool:
+        """Append a row; return True when a block was sealed (the caller may want to wake the sender)."""
+        if keys != self.block_keys:
+            self.seal_locked()
+            self.block_keys = keys
+        self.rows.append(row)
+        if len(self.rows) >= self.max_block_rows:
+            self.seal_locked()
+            return True
+        return False
+
+    # -- packer side ------------------------------------------------------------------------------------------
+
+    def pack(self) -> list[Entry]:
+        """Seal and encode everything pending into frames, in ``seq`` order. Call with ``pack_lock`` held."""
+        with self.lock:
+            self.seal_locked()
+            items = self.items
+            self.items = []
+            self.sealed_rows = 0
+        if not items:
+            return []
+        events: list[tuple[bytes, dict[str, bytes]]] = []
+        for kind, a, b in items:
+            if kind == "e":
+                events.append((a, b))
+                continue
+            try:
+                events.extend((raw, {}) for raw in encode_block(a, b, self.limits))
+            except LimitError as e:
+                # One call bigger than an event: log() rejects these up front, so this is a bug; say it loudly
+                # rather than kill the sender (no seq is used, so the producer's numbering stays contiguous).
+                self.dropped_events += 1
+                logger.error("stepline: dropped a log call of run %s that cannot be encoded: %s", self.run, e)
+        return self._frames(events)
+
+    def _frames(self, events: list[tuple[bytes, dict[str, bytes]]]) -> list[Entry]:
+        out: list[Entry] = []
+        cur: list[bytes] = []
+        blobs: dict[str, bytes] = {}
+        size = 0
+        first = self.seq
+        target = self.frame_target_bytes
+        for raw, ev_blobs in events:
+            if cur and size + len(raw) > target:
+                out.append(self._entry(first, cur, blobs))
+                first += len(cur)
+                cur, blobs, size = [], {}, 0
+            cur.append(raw)
+            size += len(raw)
+            for sha, data in ev_blobs.items():
+                blobs[self._blob_key(sha)] = data
+        if cur:
+            out.append(self._entry(first, cur, blobs))
+            first += len(cur)
+        self.seq = first
+        return out
+
+    def _entry(self, seq: int, raws: list[bytes], blobs: dict[str, bytes]) -> Entry:
+        frame = encode_frame_raw(self.project, self.run, self.producer, seq, raws, self.limits)
+        return Entry(stream=self.stream, frame=frame, blobs=blobs)

@@ -1,0 +1,692 @@
+"""The W&B-shaped client: ``init()`` → :class:`Run` (``log``, ``config``, ``summary``, ``define_metric``, ``finish``).
+
+Guarantees:
+
+- ``log()`` validates and captures its values before returning: a bad value raises :class:`~schemas.SchemaError`
+  naming the key and *nothing* of that call is sent; mutating an object afterwards cannot change what was logged.
+- ``log()`` never does network I/O. It costs a few microseconds on its fast path (a plain ``dict`` with the same
+  keys as the previous call and only ``float``/``int``/``str``/``bool``/``None`` values, which are immutable, so
+  flattening and capture can be skipped). Under backpressure (``max_pending_rows`` calls not yet packed because
+  the sender is stalled) ``log()`` packs the pending calls itself, which may write the spill file.
+- Every call is sent in call order, including a call whose step is below the client's cursor (DESIGN §2): the
+  worker rejects it and records the reason; the client only logs a warning.
+- ``finish()`` flushes and waits (``timeout``); what could not be sent is kept in the spill file and reported
+  (:class:`FinishResult`, a warning naming the file). An ``atexit`` handler finishes every unfinished run.
+
+Memory: unacknowledged frames are held in memory up to ``ClientSettings.memory_cap_bytes`` (64 MiB by default);
+beyond that they spill to ``<data_dir>/spill/<project>/<run>-<producer>.spill``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import secrets
+import string
+import threading
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from schemas import (
+    Config,
+    DefineMetric,
+    Finish,
+    Log,
+    SchemaError,
+    Start,
+    SteplineError,
+    Summary,
+    capture,
+    check_key,
+    decode_event,
+    encode_event,
+    flatten,
+)
+from schemas.frame import check_run_id
+
+from ._batch import Batcher, collect_blobs
+from .sender import AsyncSender, Core, ThreadSender
+from .settings import ClientSettings, SettingsError
+from .spill import Outbox
+
+logger = logging.getLogger("ingest")
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_NONE = type(None)
+#: Immutable scalar types the fast path accepts without capture.
+_FAST_TYPES = frozenset({float, int, str, bool, _NONE})
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_RESUME = {"allow", "must", "never", "auto"}
+#: W&B ``init`` keywords that have no meaning here; accepted (and ignored) so W&B scripts run unchanged.
+_WANDB_IGNORED = frozenset({
+    "entity", "group", "job_type", "tags", "notes", "dir", "mode", "reinit", "save_code", "anonymous",
+    "allow_val_change", "magic", "monitor_gym", "sync_tensorboard", "force", "tensorboard", "fork_from",
+    "resume_from",
+})
+
+_time = time.time
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    """What ``finish()`` achieved: frames acknowledged by Redis, frames left unsent and where they are."""
+
+    sent_frames: int
+    unsent_frames: int
+    spill_path: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return self.unsent_frames == 0
+
+
+def _check_step_commit(step: Any, commit: Any) -> tuple[int | None, bool | None]:
+    if step is not None:
+        if type(step) is not int:
+            if isinstance(step, bool) or not hasattr(step, "__index__"):
+                raise SchemaError(f"step must be an int, got {type(step).__name__}", code="bad_step")
+            step = step.__index__()
+        if not 0 <= step <= _INT64_MAX:
+            raise SchemaError(f"step must be within 0..2**63-1, got {step}", code="bad_step")
+    if commit is not None and type(commit) is not bool:
+        if not isinstance(commit, np.bool_):
+            raise SchemaError(f"commit must be a bool or None, got {type(commit).__name__}", code="bad_event")
+        commit = bool(commit)
+    return step, commit
+
+
+class _EventMap(MutableMapping[str, Any]):
+    """A dict-like view whose writes become events (base of ``run.config`` and ``run.summary``)."""
+
+    _run: Run
+    _data: dict[str, Any]
+
+    def __init__(self, run: Run, initial: dict[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "_data", dict(initial or {}))
+
+    def _emit(self, changes: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _capture(self, key: Any, value: Any) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"{type(self).__name__} keys cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Set several keys as one event (all are validated first: a bad value sends nothing)."""
+        src: dict[Any, Any] = {}
+        for a in args:
+            if a is None:
+                continue
+            if not isinstance(a, Mapping) and hasattr(a, "__dict__"):  # argparse.Namespace, W&B accepts it
+                a = vars(a)
+            src.update(a)
+        src.update(kwargs)
+        changes = {k: self._capture(k, v) for k, v in src.items()}
+        if changes:
+            self._emit(changes)
+            self._data.update(changes)
+
+    def setdefaults(self, d: Mapping[str, Any]) -> None:
+        """W&B's ``config.setdefaults``: set only the keys not set yet."""
+        self.update({k: v for k, v in d.items() if k not in self._data})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self.update({name: value})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+
+class RunConfig(_EventMap):
+    """``run.config``: dict-like with attribute access; every write sends a ``Config`` event."""
+
+    def _capture(self, key: Any, value: Any) -> Any:
+        if type(key) is not str or not key:
+            raise SchemaError(f"config keys must be non-empty str, got {key!r:.60}", code="bad_key")
+        return capture(value, key, self._run.settings.limits)
+
+    def _emit(self, changes: dict[str, Any]) -> None:
+        self._run._emit(Config(data=changes))
+
+
+class RunSummary(_EventMap):
+    """``run.summary``: explicit summary values; every write sends a ``Summary`` event.
+
+    Reads return the values set through this object (the worker derives the rest from the history).
+    """
+
+    def _capture(self, key: Any, value: Any) -> Any:
+        check_key(key, self._run.settings.limits)
+        if isinstance(value, Mapping):
+            raise SchemaError(f"summary value of {key!r} is a dict; set flattened keys instead", key=key)
+        return capture(value, key, self._run.settings.limits)
+
+    def _emit(self, changes: dict[str, Any]) -> None:
+        self._run._emit(Summary(data=changes))
+
+    def __delitem__(self, key: str) -> None:
+        self.update({key: None})  # a None value removes the key (schemas.Summary)
+        self._data.pop(key, None)
+
+
+class Run:
+    """One run of one producer. Create it with :func:`ingest.init`; thread-safe for concurrent ``log()``."""
+
+    _sender: ThreadSender | AsyncSender | None
+
+    def __init__(
+        self,
+        *,
+        settings: ClientSettings,
+        project: str,
+        run_id: str,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        resume: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.project = check_run_id(project, "project")
+        self.id = check_run_id(run_id, "run id")
+        self.name = name if name is not None else run_id
+        self.resume = resume
+        self.producer = secrets.token_hex(8)
+        names = settings.names
+        self.partition = names.partition(self.project, self.id)
+        self.stream = names.stream(self.partition)
+        p = self.partition
+        self.spill_path = settings.data_dir / "spill" / self.project / f"{self.id}-{self.producer}.spill"
+        self._b = Batcher(
+            project=self.project,
+            run=self.id,
+            producer=self.producer,
+            stream=self.stream,
+            blob_key=lambda sha: names.blob(p, sha),
+            limits=settings.limits,
+            frame_target_bytes=settings.frame_target_bytes,
+            max_block_rows=settings.max_block_rows,
+        )
+        self._core = Core(self._b, Outbox(self.spill_path, settings.memory_cap_bytes), settings)
+        self._step = 0
+        self._max_pending = settings.max_pending_rows
+        # Longest string (in characters) the fast path takes without an exact size check.
+        self._fast_str_chars = min(settings.limits.max_value_bytes, settings.limits.max_event_bytes // 8) // 4
+        self._warned_steps = 0
+        self.start_time = _time()
+        self.finished = False
+        self.result: FinishResult | None = None
+        cfg = {k: capture(v, k, settings.limits) for k, v in _as_mapping(config).items()}
+        self.config = RunConfig(self, cfg)
+        self.summary = RunSummary(self)
+        self._sender = None
+        self._emit(Start(ts=self.start_time, name=self.name, resume=resume, config=cfg))
+
+    # -- logging ----------------------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The client's view of the step cursor (DESIGN §2): the step the next ``log(d)`` writes at."""
+        return self._step
+
+    def log(self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+        """Log a dict of values at ``step`` (W&B semantics, DESIGN §2). Raises :class:`SchemaError` on bad input."""
+        if self.finished:
+            raise SteplineError(f"run {self.id} is finished; log() after finish() is not allowed")
+        b = self._b
+        if type(data) is dict:
+            keys = tuple(data)
+            if keys == b.block_keys:
+                vals = list(data.values())
+                types = set(map(type, vals))
+                if (
+                    types <= _FAST_TYPES
+                    and (int not in types or self._ints_ok(vals))
+                    and (str not in types or self._strs_ok(vals))
+                ):
+                    if step is not None or commit is not None:
+                        step, commit = _check_step_commit(step, commit)
+                    t = _time()
+                    with b.lock:
+                        if step is None and commit is None:
+                            self._step += 1
+                        else:
+                            self._advance(step, commit)
+                        sealed = b.add_row_locked(keys, (vals, step, commit, t))
+                    if sealed:
+                        self._after_seal()
+                    return
+        self._log_slow(data, step, commit)
+
+    @staticmethod
+    def _ints_ok(vals: list[Any]) -> bool:
+        return all(_INT64_MIN <= v <= _INT64_MAX for v in vals if type(v) is int)
+
+    def _strs_ok(self, vals: list[Any]) -> bool:
+        limit = self._fast_str_chars
+        total = 0
+        for v in vals:
+            if type(v) is str:
+                total += len(v)
+        return total <= limit
+
+    def _log_slow(self, data: Any, step: Any, commit: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise SchemaError(f"log() takes a dict, got {type(data).__name__}", code="bad_event")
+        step, commit = _check_step_commit(step, commit)
+        limits = self.settings.limits
+        flat = flatten(data, limits)
+        captured = {k: capture(v, k, limits) for k, v in flat.items()}
+        t = _time()
+        vals = list(captured.values())
+        scalar = set(map(type, vals)) <= _FAST_TYPES and self._strs_ok(vals)
+        if scalar:
+            keys = tuple(captured)
+            with self._b.lock:
+                self._advance(step, commit)
+                sealed = self._b.add_row_locked(keys, (vals, step, commit, t))
+            if sealed:
+                self._after_seal()
+            return
+        # Arrays, media, lists or long strings: one Log event, encoded now so a size limit fails in the caller.
+        raw = encode_event(Log(ts=t, data=captured, step=step, commit=commit), limits)
+        blobs: dict[str, bytes] = {}
+        collect_blobs(captured, blobs)
+        with self._b.lock:
+            self._advance(step, commit)
+            self._b.add_event_locked(raw, blobs)
+
+    def _advance(self, step: int | None, commit: bool | None) -> None:
+        """Move the client-side cursor as the worker will (call with the batcher lock held)."""
+        c = self._step
+        if step is None:
+            if commit is not False:
+                self._step = c + 1
+            return
+        if step < c:
+            self._warned_steps += 1
+            n = self._warned_steps
+            if n <= 10 or n % 1000 == 0:
+                logger.warning(
+                    "stepline: run %s logged step %d below the current step %d; the call is sent and the worker "
+                    "will reject it (non_monotonic_step)%s",
+                    self.id, step, c, f" [{n} such calls]" if n > 10 else "",
+                )
+            return
+        self._step = step + 1 if commit else step
+
+    def _after_seal(self) -> None:
+        sender = self._sender
+        if self._b.sealed_rows >= self._max_pending:
+            # Backpressure: the sender is stalled (inside a network call); pack here so memory stays bounded.
+            self._core.pump()
+        elif sender is not None:
+            sender.wake()
+
+    def _emit(self, event: Start | Config | Summary | DefineMetric | Finish) -> None:
+        raw = encode_event(event, self.settings.limits)  # raises in the caller: nothing is queued
+        blobs: dict[str, bytes] = {}
+        if isinstance(event, Config | Summary):
+            collect_blobs(event.data, blobs)
+        with self._b.lock:
+            self._b.add_event_locked(raw, blobs)
+
+    def define_metric(
+        self,
+        name: str,
+        step_metric: str | None = None,
+        step_sync: bool | None = None,
+        hidden: bool | None = None,
+        summary: str | None = None,
+        goal: str | None = None,
+        **_ignored: Any,
+    ) -> None:
+        """Declare a metric (``name`` may end in ``*``); invalid arguments raise :class:`SchemaError`."""
+        ev = DefineMetric(
+            name=name,
+            step_metric=step_metric,
+            summary=summary,
+            hidden=bool(hidden),
+            goal=goal,
+            step_sync=True if step_sync is None else bool(step_sync),
+        )
+        decode_event(encode_event(ev, self.settings.limits), self.settings.limits)  # the worker's own checks
+        self._emit(ev)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def _start_thread_sender(self) -> None:
+        self._sender = ThreadSender(self._core)
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames produced and not yet acknowledged by Redis (memory and spill file)."""
+        return len(self._core.outbox)
+
+    @property
+    def sent_frames(self) -> int:
+        return self._core.sent_frames
+
+    def _close_log_side(self, exit_code: int) -> bool:
+        if self.finished:
+            return False
+        self._emit(Finish(ts=_time(), exit_code=int(exit_code)))
+        self.finished = True
+        return True
+
+    def _result(self) -> FinishResult:
+        path = self._core.outbox.close()
+        unsent = len(self._core.outbox)
+        res = FinishResult(sent_frames=self._core.sent_frames, unsent_frames=unsent, spill_path=path)
+        if unsent:
+            logger.warning(
+                "stepline: run %s finished with %d frames not acknowledged by Redis; they are kept in %s "
+                "(resend with `stepline sync %s`)", self.id, unsent, path, path,
+            )
+        self.result = res
+        _forget(self)
+        return res
+
+    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
+        """Send ``Finish``, flush, wait up to ``timeout`` seconds (default ``settings.finish_timeout``), close.
+
+        Returns what was achieved; frames still unsent are in the spill file named in the result.
+        """
+        if not self._close_log_side(exit_code):
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+        t = self.settings.finish_timeout if timeout is None else timeout
+        sender = self._sender
+        if isinstance(sender, ThreadSender):
+            sender.close(t)
+        elif sender is None:
+            self._core.pump()
+        self._sender = None
+        return self._result()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.project}/{self.id} step={self._step} producer={self.producer}>"
+
+
+class AsyncRun(Run):
+    """A run for asyncio programs: ``log()`` is the same cheap sync call; flushing and finishing are awaited.
+
+    Create it with ``await ingest.async_init(...)``. The sender is an asyncio task of the loop it was created in,
+    using ``redis.asyncio``; use ``await run.aflush()`` and ``await run.afinish()`` (or ``async with``).
+    """
+
+    def _start_async_sender(self) -> None:
+        self._sender = AsyncSender(self._core)
+
+    # ``timeout`` is not a cancellation: past it, what is unsent stays in the outbox / spill file and is reported.
+    async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Send everything logged so far; True when all of it is acknowledged within ``timeout``."""
+        sender = self._sender
+        if not isinstance(sender, AsyncSender):
+            return len(self._core.outbox) == 0
+        return await sender.flush(self.settings.finish_timeout if timeout is None else timeout)
+
+    async def afinish(self, exit_code: int = 0, timeout: float | None = None) -> FinishResult:  # noqa: ASYNC109
+        if not self._close_log_side(exit_code):
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+        sender = self._sender
+        self._sender = None
+        if isinstance(sender, AsyncSender):
+            await sender.close(self.settings.finish_timeout if timeout is None else timeout)
+        return await asyncio.to_thread(self._result)
+
+    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
+        """Outside a running loop (e.g. at exit): send with a sync client, then spill what is left."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise SteplineError("AsyncRun.finish() inside a running event loop: use `await run.afinish()`")
+        if not self._close_log_side(exit_code):
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+        self._sender = None  # its loop is gone or not ours to drive
+        t = self.settings.finish_timeout if timeout is None else timeout
+        from .sender import sync_client
+
+        client = sync_client(self.settings)
+        try:
+            deadline = time.monotonic() + t
+            while time.monotonic() < deadline:
+                self._core.pump()
+                self._core.drain_sync(client, deadline)
+                if len(self._core.outbox) == 0:
+                    break
+                time.sleep(max(0.01, min(0.5, self._core.next_attempt - time.monotonic())))
+        finally:
+            client.close()
+        return self._result()
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.afinish(exit_code=0 if exc_type is None else 1)
+
+
+# -- module state: the current run, every unfinished run (for atexit) --------------------------------------------
+
+_lock = threading.Lock()
+_current: Run | None = None
+_live: dict[int, Run] = {}
+
+
+def current_run() -> Run | None:
+    return _current
+
+
+def _remember(run: Run) -> None:
+    global _current
+    with _lock:
+        _live[id(run)] = run
+        _current = run
+
+
+def _forget(run: Run) -> None:
+    global _current
+    with _lock:
+        _live.pop(id(run), None)
+        if _current is run:
+            _current = None
+
+
+def _finish_all() -> None:
+    """``atexit``: finish every unfinished run (exit code 0; W&B does the same)."""
+    with _lock:
+        runs = list(_live.values())
+    for r in runs:
+        try:
+            r.finish()
+        except Exception:
+            logger.exception("stepline: finishing run %s at exit failed", r.id)
+
+
+atexit.register(_finish_all)
+
+
+def _as_mapping(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        out = dict(config)
+    elif hasattr(config, "__dict__"):  # argparse.Namespace and friends, as W&B accepts
+        out = dict(vars(config))
+    else:
+        raise SchemaError(f"config must be a dict, got {type(config).__name__}", code="bad_event")
+    for k in out:
+        if type(k) is not str or not k:
+            raise SchemaError(f"config keys must be non-empty str, got {k!r:.60}", code="bad_key")
+    return out
+
+
+def _random_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def _resume_mode(resume: Any) -> str | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        return "allow"
+    if isinstance(resume, str) and resume in _RESUME:
+        return resume
+    raise SettingsError(f"resume must be None, a bool or one of {sorted(_RESUME)}, got {resume!r}")
+
+
+def _build(
+    cls: type[Run],
+    project: str | None,
+    name: str | None,
+    id: str | None,
+    config: Any,
+    resume: Any,
+    redis_url: str | None,
+    url: str | None,
+    settings: ClientSettings | Mapping[str, Any] | None,
+    namespace: str | None,
+    data_dir: str | Path | None,
+    wandb_kwargs: dict[str, Any],
+) -> Run:
+    if url is not None:
+        raise SettingsError(
+            "the HTTP gateway transport (url=...) is not available yet; log straight to Redis with redis_url="
+        )
+    unknown = set(wandb_kwargs) - _WANDB_IGNORED
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword arguments {sorted(unknown)}")
+    if wandb_kwargs:
+        logger.debug("stepline: ignoring W&B init arguments %s", sorted(wandb_kwargs))
+    base = settings if isinstance(settings, ClientSettings) else ClientSettings.from_env(**dict(settings or {}))
+    s = base.replace(redis_url=redis_url, namespace=namespace, data_dir=Path(data_dir) if data_dir else None)
+    s = s.replace(data_dir=s.data_dir.absolute())
+    return cls(
+        settings=s,
+        project=project or "uncategorized",
+        run_id=id or _random_id(),
+        name=name,
+        config=_as_mapping(config),
+        resume=_resume_mode(resume),
+    )
+
+
+def init(
+    project: str | None = None,
+    name: str | None = None,
+    id: str | None = None,
+    config: Any = None,
+    resume: Any = None,
+    redis_url: str | None = None,
+    url: str | None = None,
+    settings: ClientSettings | Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+    data_dir: str | Path | None = None,
+    **wandb_kwargs: Any,
+) -> Run:
+    """Start a run and make it the current one (``ingest.run``). Sends ``Start``; never blocks on the network.
+
+    Settings come from ``STEPLINE_*`` variables (read once, here), then ``settings`` (a :class:`ClientSettings`
+    or a mapping of overrides), then the explicit ``redis_url``/``namespace``/``data_dir`` arguments. Several runs
+    may be live at once (e.g. one per thread); the last one started is the current one.
+    """
+    run = _build(Run, project, name, id, config, resume, redis_url, url, settings, namespace, data_dir,
+                 wandb_kwargs)
+    run._start_thread_sender()
+    _remember(run)
+    return run
+
+
+async def async_init(
+    project: str | None = None,
+    name: str | None = None,
+    id: str | None = None,
+    config: Any = None,
+    resume: Any = None,
+    redis_url: str | None = None,
+    url: str | None = None,
+    settings: ClientSettings | Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+    data_dir: str | Path | None = None,
+    **wandb_kwargs: Any,
+) -> AsyncRun:
+    """Like :func:`init` for asyncio programs: the sender is a task of the running loop (``redis.asyncio``)."""
+    run = _build(AsyncRun, project, name, id, config, resume, redis_url, url, settings, namespace, data_dir,
+                 wandb_kwargs)
+    assert isinstance(run, AsyncRun)
+    run._start_async_sender()
+    _remember(run)
+    return run
+
+
+def _require() -> Run:
+    r = _current
+    if r is None:
+        raise SteplineError("call ingest.init() first")
+    return r
+
+
+def log(data: Mapping[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+    """``ingest.log``: log to the current run."""
+    _require().log(data, step=step, commit=commit)
+
+
+def define_metric(name: str, step_metric: str | None = None, step_sync: bool | None = None,
+                  hidden: bool | None = None, summary: str | None = None, goal: str | None = None,
+                  **kwargs: Any) -> None:
+    """``ingest.define_metric``: declare a metric on the current run."""
+    _require().define_metric(name, step_metric=step_metric, step_sync=step_sync, hidden=hidden,
+                             summary=summary, goal=goal, **kwargs)
+
+
+def finish(exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult | None:
+    """``ingest.finish``: finish the current run (a no-op without one, as in W&B)."""
+    r = _current
+    if r is None:
+        return None
+    return r.finish(exit_code=exit_code, timeout=timeout)

@@ -1,0 +1,302 @@
+"""Transports: move a run's frames from its outbox into Redis, in order, surviving outages.
+
+Two transports share one core (:class:`Core`: batcher → outbox → pipelined send):
+
+- :class:`ThreadSender` — a daemon thread per run with the synchronous redis-py client, for ordinary
+  (synchronous) training loops. ``log()`` never waits for it and never does network I/O.
+- :class:`AsyncSender` — an asyncio task with ``redis.asyncio``; file I/O (packing under memory pressure, the
+  spill file) runs in worker threads so the event loop never blocks on disk.
+
+Delivery: each round trip is one ``MULTI``/``EXEC`` holding, per frame, ``SET blob NX EX ttl`` for every media
+blob it references and then ``XADD stream * f <frame>``. All keys of a run share the partition's hash tag, so the
+transaction stays in one Cluster slot. Frames leave the outbox only after ``EXEC`` succeeded; on any error the
+whole batch is sent again later (at-least-once; workers skip duplicates by ``(producer, seq)``), oldest first,
+so a producer's frames enter the stream in order. While Redis fails, sends are retried with exponential backoff
+(``backoff_initial`` doubling up to ``backoff_max``); after ``spill_after_seconds`` of failure, or past the
+memory cap, frames go to the spill file (see :mod:`ingest.spill`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from schemas import FRAME_FIELD
+
+from ._batch import Batcher
+from .settings import ClientSettings
+from .spill import Entry, Outbox
+
+logger = logging.getLogger("ingest")
+
+#: What a failed round trip can raise: Redis errors (connection, timeout, error replies) and socket errors.
+SEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+
+
+def sync_client(settings: ClientSettings) -> redis.Redis:
+    """A sync client that fails fast (no hidden retries: the sender owns retrying and ordering)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def async_client(settings: ClientSettings) -> redis.asyncio.Redis:
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+        retry=AsyncRetry(NoBackoff(), 0),
+    )
+
+
+def queue_batch(pipe: Any, batch: list[Entry], blob_ttl: int) -> None:
+    """Queue one batch on a (sync or async) pipeline: blobs before the frame that references them."""
+    for e in batch:
+        for key, data in e.blobs.items():
+            pipe.set(key, data, nx=True, ex=blob_ttl)
+        pipe.xadd(e.stream, {FRAME_FIELD: e.frame})
+
+
+class Core:
+    """Batcher + outbox + health of one run; the part both transports share."""
+
+    def __init__(self, batcher: Batcher, outbox: Outbox, settings: ClientSettings) -> None:
+        self.batcher = batcher
+        self.outbox = outbox
+        self.settings = settings
+        self.sent_frames = 0
+        self.sent_bytes = 0
+        self.failures = 0
+        self.down_since: float | None = None
+        self.next_attempt = 0.0
+        self._delay = settings.backoff_initial
+
+    def pump(self) -> int:
+        """Pack pending calls into frames and move them to the outbox; returns the number of frames."""
+        with self.batcher.pack_lock:
+            entries = self.batcher.pack()
+            self.outbox.put(entries)
+        return len(entries)
+
+    def peek(self) -> list[Entry]:
+        return self.outbox.peek(self.settings.batch_max_bytes)
+
+    def on_success(self, batch: list[Entry]) -> None:
+        self.outbox.ack(batch[-1].idx)
+        self.sent_frames += len(batch)
+        self.sent_bytes += sum(len(e.frame) for e in batch)
+        if self.down_since is not None:
+            logger.warning("stepline: Redis is reachable again after %.1f s; resending in order",
+                        time.monotonic() - self.down_since)
+        self.down_since = None
+        self._delay = self.settings.backoff_initial
+        self.next_attempt = 0.0
+
+    def on_failure(self, err: BaseException) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = now
+            logger.warning("stepline: cannot send to Redis (%s: %s); retrying with backoff",
+                        type(err).__name__, err)
+        # Jitter keeps many clients of one dead server from reconnecting in lockstep.
+        self.next_attempt = now + self._delay * (0.5 + random.random() / 2)
+        self._delay = min(self._delay * 2, self.settings.backoff_max)
+
+    def should_spill(self) -> bool:
+        return (
+            self.down_since is not None
+            and time.monotonic() - self.down_since >= self.settings.spill_after_seconds
+            and self.outbox.memory_frames > 0
+        )
+
+    def send_sync(self, client: redis.Redis) -> int:
+        """One round trip; returns frames acknowledged (0 if nothing to send). Raises on failure."""
+        batch = self.peek()
+        if not batch:
+            return 0
+        pipe = client.pipeline(transaction=True)
+        queue_batch(pipe, batch, self.settings.blob_ttl_seconds)
+        pipe.execute()
+        self.on_success(batch)
+        return len(batch)
+
+    def drain_sync(self, client: redis.Redis, deadline: float | None) -> None:
+        """Send until the outbox is empty, or a failure, or the backoff says wait."""
+        while time.monotonic() >= self.next_attempt:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            try:
+                if self.send_sync(client) == 0:
+                    return
+            except SEND_ERRORS as e:
+                self.on_failure(e)
+                if self.should_spill():
+                    self.outbox.spill()
+                return
+
+
+class ThreadSender:
+    """A daemon thread that packs every ``flush_interval`` and sends; one per run."""
+
+    def __init__(self, core: Core, client: redis.Redis | None = None) -> None:
+        self.core = core
+        self._owns_client = client is None
+        self._client = client if client is not None else sync_client(core.settings)
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"stepline-sender-{core.batcher.run}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        core = self.core
+        interval = core.settings.flush_interval
+        while True:
+            closing = self._closing.is_set()
+            try:
+                core.pump()
+                core.drain_sync(self._client, self._deadline if closing else None)
+                if core.should_spill():
+                    core.outbox.spill()
+            except Exception:  # the sender must outlive any bug in one batch; it retries after backoff
+                logger.exception("stepline: sender error")
+                core.on_failure(RuntimeError("sender error"))
+            if closing:
+                left = len(core.outbox) + core.batcher.sealed_rows + len(core.batcher.rows)
+                if left == 0 or (self._deadline is not None and time.monotonic() >= self._deadline):
+                    return
+            wait = interval
+            if core.next_attempt:
+                wait = max(0.0, min(interval, core.next_attempt - time.monotonic()))
+            if closing and not core.next_attempt:
+                wait = 0.0
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def close(self, timeout: float) -> None:
+        """Flush and stop: returns when everything is acknowledged or ``timeout`` seconds have passed."""
+        self._deadline = time.monotonic() + timeout
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout + self.core.settings.socket_timeout + 1.0)
+        if self._thread.is_alive():  # stuck in a network call past its socket timeout: leave it, it is a daemon
+            logger.warning("stepline: sender thread of run %s did not stop in time", self.core.batcher.run)
+        if self._owns_client:
+            self._client.close()
+
+
+class AsyncSender:
+    """An asyncio task that packs every ``flush_interval`` and sends with ``redis.asyncio``."""
+
+    def __init__(self, core: Core, client: redis.asyncio.Redis | None = None) -> None:
+        self.core = core
+        self._owns_client = client is None
+        self._client = client if client is not None else async_client(core.settings)
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._run())
+
+    def wake(self) -> None:
+        # log() may run outside the loop's thread; only touch the event from inside the loop.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._task is not None and self._task.get_loop() is loop:
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        # Packing may spill to disk past the memory cap: keep it off the event loop.
+        await asyncio.to_thread(self.core.pump)
+
+    async def _send_some(self, deadline: float | None) -> None:
+        core = self.core
+        async with self._send_lock:
+            while time.monotonic() >= core.next_attempt:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                batch = await asyncio.to_thread(core.peek)
+                if not batch:
+                    return
+                try:
+                    pipe = self._client.pipeline(transaction=True)
+                    queue_batch(pipe, batch, core.settings.blob_ttl_seconds)
+                    await pipe.execute()
+                except SEND_ERRORS as e:
+                    core.on_failure(e)
+                    if core.should_spill():
+                        await asyncio.to_thread(core.outbox.spill)
+                    return
+                await asyncio.to_thread(core.on_success, batch)
+
+    async def _run(self) -> None:
+        interval = self.core.settings.flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self._pump()
+                await self._send_some(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("stepline: async sender error")
+                self.core.on_failure(RuntimeError("sender error"))
+
+    # ``timeout`` bounds the wait; it is not a cancellation (what is unsent stays queued).
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Pack and send until everything is acknowledged (True) or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        core = self.core
+        while True:
+            await self._pump()
+            await self._send_some(deadline)
+            if len(core.outbox) == 0 and not core.batcher.items and not core.batcher.rows:
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            await asyncio.sleep(max(0.001, min(core.settings.flush_interval, core.next_attempt - now)))
+
+    async def close(self, timeout: float) -> None:  # noqa: ASYNC109
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                # Re-raise if *we* are being cancelled, not just the task we stopped.
+                cur = asyncio.current_task()
+                if cur is not None and cur.cancelling():
+                    raise
+        try:
+            await self.flush(timeout)
+        finally:
+            if self._owns_client:
+                await self._client.aclose()
