@@ -106,6 +106,8 @@ def verify(api: Any, project: str, exp: Expected) -> list[str]:
         return problems
     for key, by_step in exp.values.items():
         col = hist.get(key)
+        if col is None:  # columns of a non-number kind may carry their kind in the name
+            col = next((v for k, v in hist.items() if k.split(":")[0] == key), None)
         if col is None:
             problems.append(f"{exp.run_id}: column {key!r} missing")
             continue
