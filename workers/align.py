@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from schemas import (
+    KINDS,
     Config,
     DefineMetric,
     Finish,
@@ -99,6 +100,8 @@ class RunAligner:
     warnings: list[str] = field(default_factory=list)
     created_at: float | None = None
     updated_at: float | None = None
+    # Key identities logged with more than one kind (derived from ``displays``; not persisted).
+    multi_kind: set[str] = field(default_factory=set)
     # Output since the last take(); not part of the persisted state.
     out_rows: list[Row] = field(default_factory=list)
     out_rejections: list[Rejection] = field(default_factory=list)
@@ -221,8 +224,15 @@ class RunAligner:
                 continue
             ident = key_ident(key)
             col = (ident, kind)
-            if col not in self.displays:
+            display = self.displays.get(col)
+            if display is None:
                 self._new_column(key, ident, kind)
+            elif display != key:  # a known column under another spelling: keep the first, record it
+                self.warn(f"key {key!r} differs from {display!r} only by case: both are stored as {display!r}")
+            if ident in self.multi_kind:  # per leaf, last write wins: drop this key's value of another kind
+                for other in KINDS:
+                    if other != kind:
+                        pending.pop((ident, other), None)
             pending[col] = value
         self.pending_ts = ts
 
@@ -235,6 +245,7 @@ class RunAligner:
             self.warn(f"key {key!r} differs from {first!r} only by case: both are stored as {first!r}")
         other_kinds = sorted(k for (i, k) in self.displays if i == ident)
         if other_kinds:
+            self.multi_kind.add(ident)
             self.warn(f"key {first!r} logged as {kind} and as {', '.join(other_kinds)}: one column per kind")
         self.displays[(ident, kind)] = first
 
@@ -398,7 +409,7 @@ class RunAligner:
     @classmethod
     def load(cls, blob: bytes) -> RunAligner:
         d = unpackb(blob)
-        return cls(
+        r = cls(
             cursor=d["cursor"],
             pending={(i, k): v for i, k, v in d["pending"]},
             pending_ts=d["pending_ts"],
@@ -421,6 +432,9 @@ class RunAligner:
             created_at=d["created_at"],
             updated_at=d["updated_at"],
         )
+        idents = [i for i, _k in r.displays]
+        r.multi_kind = {i for i in idents if idents.count(i) > 1}
+        return r
 
 
 def media_blobs(value: Any) -> list[str]:
