@@ -1,0 +1,97 @@
+"""Deterministic M4 downsampling of one line (DESIGN §6), vectorised with numpy.
+
+Guarantees, for points sorted by x (ascending, ties in any fixed order) and ``n >= 1`` buckets:
+
+- At most ``n`` points in the range: every point is returned, unchanged and in order.
+- Otherwise the range ``[lo, hi]`` is split into ``n`` buckets of equal width (:func:`bucket_edges`); per
+  non-empty bucket the first, the last, the minimum and the maximum point are kept (NaN is skipped for min/max;
+  ties go to the earliest point), plus the first and last point of the range. A spike is never hidden: every
+  bucket's extreme values are among the returned points.
+- Output positions are sorted, so the returned x are sorted too.
+- A pure function of its inputs: same arrays, same ``n``, same range → the same output, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class M4:
+    """The result of :func:`m4`: positions of kept points and, per non-empty bucket, its band."""
+
+    keep: IntArray  # ascending positions into the input arrays
+    bucket_first: IntArray  # position of each non-empty bucket's first point
+    bucket_last: IntArray  # position of each non-empty bucket's last point
+    bucket_min: FloatArray  # NaN when every y of the bucket is NaN
+    bucket_max: FloatArray
+    sampled: bool  # False: the range held at most n points and all are returned
+
+
+def bucket_edges(lo: float, hi: float, n: int) -> FloatArray:
+    """The ``n - 1`` inner edges splitting ``[lo, hi]`` into ``n`` equal buckets (non-decreasing).
+
+    Bucket ``i`` holds ``edges[i-1] <= x < edges[i]``; the last bucket also holds ``x == hi``.
+    """
+    t = np.arange(1, n, dtype=np.float64) / n
+    span = hi - lo
+    # A span that overflows (lo and hi near ±float max) would give inf/NaN edges; the convex form cannot overflow.
+    edges = lo + span * t if np.isfinite(span) else lo * (1.0 - t) + hi * t
+    # Rounding may make neighbouring edges step back by an ulp; searchsorted needs them sorted.
+    out: FloatArray = np.maximum.accumulate(edges)
+    return out
+
+
+def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None, hi: float | None = None) -> M4:
+    """Select M4 points of the line ``(x, y)``; ``x`` must be sorted ascending and free of NaN.
+
+    ``lo``/``hi`` default to the first and last x; points outside ``[lo, hi]`` must be removed by the caller.
+    """
+    if n < 1:
+        raise ValueError(f"buckets must be >= 1, got {n}")
+    count = len(x)
+    if len(y) != count:
+        raise ValueError("x and y must have the same length")
+    yf = np.asarray(y, dtype=np.float64)
+    if count <= n:
+        pos = np.arange(count, dtype=np.int64)
+        return M4(pos, pos, pos, yf.copy(), yf.copy(), sampled=False)
+    xf = np.asarray(x, dtype=np.float64)
+    lo_f = float(xf[0]) if lo is None else float(lo)
+    hi_f = float(xf[-1]) if hi is None else float(hi)
+
+    # Bucket boundaries as positions: x is sorted, so n-1 binary searches replace a per-point division.
+    inner = np.searchsorted(xf, bucket_edges(lo_f, hi_f, n), side="left").astype(np.int64)
+    starts_all = np.concatenate(([0], inner))
+    ends_all = np.concatenate((inner, [count]))
+    nonempty = ends_all > starts_all
+    # reduceat needs strictly increasing starts: an empty bucket would repeat a start and report a neighbour.
+    starts = starts_all[nonempty]
+    ends = ends_all[nonempty]
+
+    nan = np.isnan(yf)
+    y_lo = np.where(nan, np.inf, yf)
+    y_hi = np.where(nan, -np.inf, yf)
+    mins = np.minimum.reduceat(y_lo, starts)
+    maxs = np.maximum.reduceat(y_hi, starts)
+    counts = ends - starts
+    # The first position per bucket that attains the bucket's extreme (NaN never attains it); BIG when none.
+    big = np.int64(count)
+    idx = np.arange(count, dtype=np.int64)
+    arg_min = np.minimum.reduceat(np.where((y_lo == np.repeat(mins, counts)) & ~nan, idx, big), starts)
+    arg_max = np.minimum.reduceat(np.where((y_hi == np.repeat(maxs, counts)) & ~nan, idx, big), starts)
+
+    keep = np.unique(np.concatenate((
+        [0, count - 1], starts, ends - 1, arg_min[arg_min < big], arg_max[arg_max < big],
+    ))).astype(np.int64)
+    all_nan = arg_min == big
+    band_min = np.where(all_nan, np.nan, mins)
+    band_max = np.where(all_nan, np.nan, maxs)
+    return M4(keep, starts, ends - 1, band_min, band_max, sampled=True)

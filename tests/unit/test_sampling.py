@@ -1,0 +1,112 @@
+"""M4 downsampling (DESIGN §6) as properties: deterministic, ends kept, no spike hidden, small input unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest._sampling import bucket_edges, m4
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+maybe_nan = st.one_of(finite, st.just(float("nan")))
+
+
+@st.composite
+def lines(draw: st.DrawFn) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
+    """A line with sorted x (duplicates allowed, often integer steps) and y with NaN, plus a bucket count."""
+    n_points = draw(st.integers(min_value=1, max_value=300))
+    if draw(st.booleans()):
+        start = draw(st.integers(min_value=-1000, max_value=1000))
+        x = np.arange(start, start + n_points, dtype=np.float64)
+    else:
+        x = np.sort(np.array(draw(st.lists(finite, min_size=n_points, max_size=n_points)), dtype=np.float64))
+    y = np.array(draw(st.lists(maybe_nan, min_size=n_points, max_size=n_points)), dtype=np.float64)
+    return x, y, draw(st.integers(min_value=1, max_value=64))
+
+
+def _bucket_of(x: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.int64]:
+    """The reference bucketing, point by point: bucket i holds edges[i-1] <= x < edges[i]."""
+    edges = bucket_edges(float(x[0]), float(x[-1]), n)
+    return np.array([int(np.sum(edges <= v)) for v in x], dtype=np.int64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines())
+def test_m4_properties(line: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]) -> None:
+    x, y, n = line
+    r = m4(x, y, n)
+    again = m4(x.copy(), y.copy(), n)
+    np.testing.assert_array_equal(r.keep, again.keep)  # deterministic
+    np.testing.assert_array_equal(r.bucket_min, again.bucket_min)
+
+    kept = r.keep
+    assert np.all(np.diff(kept) > 0)  # positions ascending and unique...
+    assert np.all(np.diff(x[kept]) >= 0)  # ...so the output x is sorted
+    assert kept[0] == 0
+    assert kept[-1] == len(x) - 1
+
+    if len(x) <= n:
+        assert not r.sampled
+        np.testing.assert_array_equal(kept, np.arange(len(x)))  # raw points, unchanged
+        return
+    assert r.sampled
+    assert len(kept) <= 4 * n + 2
+    buckets = _bucket_of(x, n)
+    kept_set = set(kept.tolist())
+    for b in np.unique(buckets):
+        members = np.flatnonzero(buckets == b)
+        assert members[0] in kept_set
+        assert members[-1] in kept_set
+        ys = y[members]
+        if np.all(np.isnan(ys)):
+            continue
+        kept_ys = y[[i for i in members if i in kept_set]]
+        # A spike is never hidden: the bucket's extreme values are among the returned points.
+        assert np.nanmin(ys) in kept_ys
+        assert np.nanmax(ys) in kept_ys
+    bands = {int(buckets[f]): (lo, hi) for f, lo, hi in zip(r.bucket_first, r.bucket_min, r.bucket_max, strict=True)}
+    for b, (lo, hi) in bands.items():
+        ys = y[buckets == b]
+        if np.all(np.isnan(ys)):
+            assert np.isnan(lo)
+            assert np.isnan(hi)
+        else:
+            assert lo == np.nanmin(ys)
+            assert hi == np.nanmax(ys)
+
+
+@given(lines())
+def test_m4_range_wider_than_data(line: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]) -> None:
+    """A requested range beyond the data splits that range, not the data's: still ends kept, still sorted."""
+    x, y, n = line
+    r = m4(x, y, n, lo=float(x[0]) - 100.0, hi=float(x[-1]) + 100.0)
+    assert r.keep[0] == 0
+    assert r.keep[-1] == len(x) - 1
+    assert np.all(np.diff(r.keep) > 0)
+
+
+def test_m4_keeps_a_single_spike_among_a_million_points() -> None:
+    x = np.arange(1_000_000, dtype=np.float64)
+    y = np.zeros_like(x)
+    y[123_457] = 1e9
+    y[654_321] = -1e9
+    r = m4(x, y, 1000)
+    assert 123_457 in r.keep
+    assert 654_321 in r.keep
+    assert r.bucket_max.max() == 1e9
+    assert r.bucket_min.min() == -1e9
+    assert len(r.keep) <= 4002
+
+
+def test_m4_all_nan_and_constant() -> None:
+    x = np.arange(100, dtype=np.float64)
+    r = m4(x, np.full(100, np.nan), 10)
+    assert np.all(np.isnan(r.bucket_min))
+    assert set(r.keep.tolist()) >= {0, 99}
+    r = m4(x, np.ones(100), 10)
+    assert len(r.keep) <= 4 * 10 + 2
+    assert np.all(r.bucket_min == 1.0)
+    single = m4(np.full(50, 3.0), np.arange(50, dtype=np.float64), 5)  # zero-width range: one bucket
+    assert set(single.keep.tolist()) == {0, 49}
