@@ -53,9 +53,13 @@ class Histogram:
             if not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_BINS:
                 raise SchemaError(f"num_bins must be within 1..{MAX_BINS}, got {num_bins!r}", code="bad_media")
             try:
-                data = np.asarray(sequence, dtype=np.float64).ravel()
+                raw = np.asarray(sequence)
+                # Casting complex to float drops the imaginary part (with only a warning): refuse instead.
+                if raw.dtype.kind == "c":
+                    raise TypeError("complex values have no histogram")
+                data = raw.astype(np.float64).ravel()
             except (TypeError, ValueError) as err:
-                raise SchemaError(f"Histogram needs numbers: {err}", code="bad_media") from err
+                raise SchemaError(f"Histogram needs real numbers: {err}", code="bad_media") from err
             data = data[np.isfinite(data)]
             c, e = np.histogram(data, bins=num_bins)
         if len(c) > MAX_BINS:

@@ -1,0 +1,235 @@
+"""Property tests of the wire codec as the SDK uses it.
+
+- Every value the SDK accepts (``capture``) round-trips exactly through ``encode_event`` → ``encode_frame_raw`` →
+  ``decode_frame`` (NaN, ±inf, int64 extremes, unicode keys, nested dicts, numpy arrays of every numeric dtype,
+  media).
+- Arbitrary bytes and mutated valid frames never make ``decode_frame`` raise anything but ``SchemaError``.
+- A literal dotted key and a nested path to the same key in one call is a ``SchemaError``, never a silent pick.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from schemas import (
+    RESERVED_KEYS,
+    Histogram,
+    Html,
+    Image,
+    Log,
+    LogBlock,
+    SchemaError,
+    Table,
+    capture,
+    decode_frame,
+    encode_event,
+    encode_frame_raw,
+    flatten,
+    line_series,
+    values_equal,
+)
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+NUMERIC_DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128", ">i4", ">f8",
+]
+
+keys = st.text(min_size=1, max_size=40).filter(lambda k: k not in RESERVED_KEYS)
+scalars = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(INT64_MIN, INT64_MAX),
+    st.sampled_from([INT64_MIN, INT64_MAX, 0, -1]),
+    st.text(max_size=50),
+    st.booleans(),
+    st.none(),
+)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
+    dtype = np.dtype(draw(st.sampled_from(NUMERIC_DTYPES)))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6))
+    return draw(hnp.arrays(dtype, shape))
+
+
+plain = st.recursive(
+    st.one_of(scalars, arrays()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner)),
+    max_leaves=12,
+)
+nested = st.recursive(
+    plain,
+    lambda inner: st.dictionaries(keys, inner, max_size=4),
+    max_leaves=20,
+)
+log_data = st.dictionaries(keys, nested, max_size=8)
+
+
+def _roundtrip(events: list[Any]) -> list[Any]:
+    raws = [encode_event(e) for e in events]
+    frame = decode_frame(encode_frame_raw("proj", "run-1", "prod", 7, raws), strict=True)
+    assert (frame.project, frame.run, frame.producer, frame.seq) == ("proj", "run-1", "prod", 7)
+    return frame.events
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=log_data, step=st.one_of(st.none(), st.integers(0, INT64_MAX)),
+       commit=st.one_of(st.none(), st.booleans()), ts=st.floats(allow_nan=False))
+def test_captured_log_values_round_trip_exactly(data: dict[str, Any], step: int | None, commit: bool | None,
+                                                ts: float) -> None:
+    try:
+        captured = {k: capture(v, k) for k, v in flatten(data).items()}
+    except SchemaError:  # not accepted (a collision, a big complex array): only accepted values must round-trip
+        assume(False)
+        raise
+    (got,) = _roundtrip([Log(ts=ts, data=captured, step=step, commit=commit)])
+    assert isinstance(got, Log)
+    assert got.step == step and got.commit == commit and values_equal(got.ts, ts)
+    assert values_equal(got.data, captured)
+
+
+@given(st.lists(st.floats(), min_size=1, max_size=50), st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=1))
+def test_block_columns_round_trip(floats: list[float], ints: list[int]) -> None:
+    n = min(len(floats), len(ints))
+    block = LogBlock(
+        keys=["f", "i", "mixed"],
+        ts=np.arange(n, dtype=np.float64),
+        step=[None] * n,
+        commit=[None] * n,
+        cols=[np.array(floats[:n]), np.array(ints[:n], dtype=np.int64), [True, "x", 1.5, None][:1] * n],
+    )
+    (got,) = _roundtrip([block])
+    assert got == block
+
+
+def test_extremes_and_specials() -> None:
+    data = {
+        "nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "max": INT64_MAX, "min": INT64_MIN,
+        "ключ/λ": "ünïcødé ✓", "empty": [], "nested": {"a": {"b": 1.0}}, "arr": np.arange(5, dtype=np.uint64),
+    }
+    captured = {k: capture(v, k) for k, v in flatten(data).items()}
+    assert "nested.a.b" in captured
+    (got,) = _roundtrip([Log(ts=1.0, data=captured)])
+    assert values_equal(got.data, captured)
+    assert flatten({"empty": {}}) == {}
+
+
+@pytest.mark.parametrize("dtype", NUMERIC_DTYPES)
+def test_numpy_arrays_of_every_numeric_dtype(dtype: str) -> None:
+    arr = (np.arange(12) % 3).astype(dtype).reshape(3, 4)
+    v = capture(arr, "a")
+    assert isinstance(v, np.ndarray) and v.shape == (3, 4)
+    (got,) = _roundtrip([Log(ts=0.0, data={"a": v})])
+    assert values_equal(got.data["a"], v)
+    assert got.data["a"].dtype == np.dtype(dtype).newbyteorder("=")
+
+
+def test_big_complex_arrays_are_rejected_not_truncated() -> None:
+    with pytest.raises(SchemaError):
+        capture(np.ones(100, dtype=np.complex128), "z")
+
+
+def test_media_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    table = Table(columns=["name", "page", "score"])
+    table.add_data("a", Html("<b>hello</b>"), 0.5)
+    table.add_data("b", Html("<i>bye</i>"), float("nan"))
+    media = {
+        "hist": Histogram(rng.normal(size=1000), num_bins=20),
+        "hist_np": Histogram(np_histogram=([1, 2, 3], [0.0, 1.0, 2.0, 3.0])),
+        "big_array": rng.normal(size=100),  # > 32 elements: a histogram, W&B's rule
+        "img": Image(rng.integers(0, 255, size=(8, 6, 3), dtype=np.uint8), caption="c"),
+        "img_float": Image(rng.random((5, 5))),
+        "table": table,
+        "html": Html("<p>x</p>"),
+        "plot": line_series([0, 1, 2], [[1, 2, 3], [3, 2, 1]], keys=["up", "down"], title="t"),
+    }
+    captured = {k: capture(v, k) for k, v in media.items()}
+    assert captured["big_array"].kind == "histogram"
+    assert captured["img"].blobs and captured["table"].blobs
+    assert captured["img"].payload["width"] == 6 and captured["img"].payload["height"] == 8
+    (got,) = _roundtrip([Log(ts=0.0, data=captured)])
+    assert values_equal(got.data, captured)
+    for v in got.data.values():
+        assert v.blobs == {}  # blobs travel next to the frame, never inside it
+
+
+def _check_decode(data: bytes) -> None:
+    for strict in (False, True):
+        try:
+            decode_frame(data, strict=strict)
+        except SchemaError:
+            pass
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_schema_error(data: bytes) -> None:
+    _check_decode(data)
+
+
+def _valid_frame() -> bytes:
+    block = LogBlock(keys=["a", "b"], ts=np.array([1.0, 2.0]), step=[None, 3], commit=[None, True],
+                     cols=[np.array([1.0, 2.0]), ["x", None]])
+    log = Log(ts=1.0, data={"arr": np.arange(3, dtype=np.int16), "m": capture(Histogram([1, 2, 3], num_bins=3))},
+              step=4)
+    return encode_frame_raw("p", "r", "prod", 0, [encode_event(block), encode_event(log)])
+
+
+VALID = _valid_frame()
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate"]),
+                          st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=4))
+def test_mutated_frames_raise_only_schema_error(ops: list[tuple[str, int, int]]) -> None:
+    data = bytearray(VALID)
+    for op, pos, byte in ops:
+        pos = min(pos, max(len(data) - 1, 0))
+        if op == "flip" and data:
+            data[pos] = byte
+        elif op == "insert":
+            data.insert(pos, byte)
+        elif op == "delete" and data:
+            del data[pos]
+        elif op == "truncate":
+            del data[pos:]
+    _check_decode(bytes(data))
+
+
+def test_mutated_event_bytes_inside_a_valid_envelope() -> None:
+    # Corrupt an event but keep the envelope valid: non-strict decoding yields a BadEvent in its place.
+    raw = bytearray(encode_event(Log(ts=1.0, data={"a": 1.0})))
+    for i in range(len(raw)):
+        for b in (0x00, 0xC1, 0xFF, 0x92):
+            bad = bytearray(raw)
+            bad[i] = b
+            _check_decode(encode_frame_raw("p", "r", "prod", 0, [bytes(bad)]))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"a.b": 1, "a": {"b": 2}},
+        {"a": {"b": 2}, "a.b": 1},
+        {"x": {"y.z": 1, "y": {"z": 2}}},
+    ],
+)
+def test_flatten_collisions_raise(data: dict[str, Any]) -> None:
+    with pytest.raises(SchemaError) as e:
+        flatten(data)
+    assert e.value.code == "key_collision"
+
+
+def test_flatten_rejects_reserved_and_empty_keys() -> None:
+    for bad in ({"_step": 1}, {"": 1}, {1: 2}, {"": {"a": 1}}):
+        with pytest.raises(SchemaError):
+            flatten(bad)
