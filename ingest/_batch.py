@@ -26,7 +26,7 @@ from .spill import Entry
 logger = logging.getLogger("ingest")
 
 #: One log call in a block: (values in key order, step, commit, client timestamp).
-Row = tuple[list[Any], int | None, bool | None, float]
+Row = tuple[tuple[Any, ...], int | None, bool | None, float]
 #: A queued item: ("e", event bytes, blobs) or ("b", keys, rows).
 Item = tuple[str, Any, Any]
 

@@ -270,7 +270,9 @@ class Run:
         if type(data) is dict:
             keys = tuple(data)
             if keys == b.block_keys:
-                vals = list(data.values())
+                # A tuple of immutable scalars: the garbage collector stops tracking it, so thousands of
+                # pending rows do not lengthen full collections in the training loop.
+                vals = tuple(data.values())
                 types = set(map(type, vals))
                 if (
                     types <= _FAST_TYPES
@@ -292,10 +294,10 @@ class Run:
         self._log_slow(data, step, commit)
 
     @staticmethod
-    def _ints_ok(vals: list[Any]) -> bool:
+    def _ints_ok(vals: tuple[Any, ...]) -> bool:
         return all(_INT64_MIN <= v <= _INT64_MAX for v in vals if type(v) is int)
 
-    def _strs_ok(self, vals: list[Any]) -> bool:
+    def _strs_ok(self, vals: tuple[Any, ...]) -> bool:
         limit = self._fast_str_chars
         total = 0
         for v in vals:
@@ -311,7 +313,7 @@ class Run:
         flat = flatten(data, limits)
         captured = {k: capture(v, k, limits) for k, v in flat.items()}
         t = _time()
-        vals = list(captured.values())
+        vals = tuple(captured.values())
         scalar = set(map(type, vals)) <= _FAST_TYPES and self._strs_ok(vals)
         if scalar:
             keys = tuple(captured)

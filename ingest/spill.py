@@ -210,13 +210,14 @@ class Outbox:
         with self._lock:
             self._spill_locked()
 
-    def _spill_locked(self) -> None:
+    def _spill_locked(self, quiet: bool = False) -> None:
         if not self._mem:
             return
         if self._file is None:
             self._file = SpillFile(self.spill_path)
             self._file_read_off = self._file.size
-            logger.warning("stepline: Redis is unreachable or slow; spilling frames to %s", self.spill_path)
+            if not quiet:
+                logger.warning("stepline: Redis is unreachable or slow; spilling frames to %s", self.spill_path)
         entries = list(self._mem)
         ends = self._file.append(entries)
         self._file_index.extend((e.idx, end) for e, end in zip(entries, ends, strict=True))
@@ -269,7 +270,7 @@ class Outbox:
     def close(self) -> Path | None:
         """Spill what is still in memory, fsync and close the file; return its path if frames are left."""
         with self._lock:
-            self._spill_locked()
+            self._spill_locked(quiet=True)  # finish() reports the file itself
             if self._file is None:
                 return None
             self._file.close()
