@@ -77,21 +77,37 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
     ends = ends_all[nonempty]
 
     nan = np.isnan(yf)
-    y_lo = np.where(nan, np.inf, yf)
-    y_hi = np.where(nan, -np.inf, yf)
-    mins = np.minimum.reduceat(y_lo, starts)
-    maxs = np.maximum.reduceat(y_hi, starts)
+    has_nan = bool(nan.any())
+    # NaN must never win min/max: stand it in by +inf for the min and -inf for the max (copies only if needed).
+    y_lo = np.where(nan, np.inf, yf) if has_nan else yf
+    y_hi = np.where(nan, -np.inf, yf) if has_nan else yf
     counts = ends - starts
-    # The first position per bucket that attains the bucket's extreme (NaN never attains it); BIG when none.
-    big = np.int64(count)
-    idx = np.arange(count, dtype=np.int64)
-    arg_min = np.minimum.reduceat(np.where((y_lo == np.repeat(mins, counts)) & ~nan, idx, big), starts)
-    arg_max = np.minimum.reduceat(np.where((y_hi == np.repeat(maxs, counts)) & ~nan, idx, big), starts)
+    arg_min, mins = _first_extreme(np.minimum, y_lo, nan if has_nan else None, starts, counts)
+    arg_max, maxs = _first_extreme(np.maximum, y_hi, nan if has_nan else None, starts, counts)
 
     keep = np.unique(np.concatenate((
-        [0, count - 1], starts, ends - 1, arg_min[arg_min < big], arg_max[arg_max < big],
+        [0, count - 1], starts, ends - 1, arg_min[arg_min >= 0], arg_max[arg_max >= 0],
     ))).astype(np.int64)
-    all_nan = arg_min == big
+    all_nan = arg_min < 0
     band_min = np.where(all_nan, np.nan, mins)
     band_max = np.where(all_nan, np.nan, maxs)
     return M4(keep, starts, ends - 1, band_min, band_max, sampled=True)
+
+
+def _first_extreme(
+    op: np.ufunc, y: FloatArray, nan: npt.NDArray[np.bool_] | None, starts: IntArray, counts: IntArray,
+) -> tuple[IntArray, FloatArray]:
+    """Per bucket, the first position attaining the extreme of ``y`` (-1 when every y is NaN), and the extreme."""
+    ext: FloatArray = op.reduceat(y, starts)
+    # Points equal to their bucket's extreme: usually about one per bucket, so the work after this is small.
+    hit = y == np.repeat(ext, counts)
+    if nan is not None:
+        hit &= ~nan
+    hits = np.flatnonzero(hit)
+    bucket = np.searchsorted(starts, hits, side="right") - 1
+    # hits are ascending, so the first hit of each bucket is where its bucket number first appears.
+    first = np.ones(len(hits), dtype=bool)
+    first[1:] = bucket[1:] != bucket[:-1]
+    out = np.full(len(starts), -1, dtype=np.int64)
+    out[bucket[first]] = hits[first]
+    return out, ext

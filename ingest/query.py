@@ -18,6 +18,8 @@ Guarantees:
   segments: compaction swaps references in one transaction and keeps the old files for a grace period. Should a
   file be gone anyway (a reader slower than the grace), the read lists the segments again and resumes.
 - Only the segments overlapping the requested steps are opened, and only the columns needed are decoded.
+  Decoded columns are kept in a bounded LRU cache keyed by file (segment files never change), so repeated
+  reads of a run skip decoding.
   :meth:`RunView.scan_history` streams batch by batch and never holds more than one segment's row group.
 - Columns are found through the run's column list: keys match case-insensitively (:func:`schemas.key_ident`);
   columns are named by their key, except where a key was logged with two kinds: then each column is named by
@@ -37,6 +39,8 @@ import io
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -59,6 +63,7 @@ __all__ = ["Api", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Samp
 
 Array = npt.NDArray[Any]
 DEFAULT_DATA_DIR = "./stepline-data"
+DEFAULT_CACHE_BYTES = 256 << 20
 # How often a read lists the segments again when a file it listed was garbage-collected under it.
 _RETRIES = 3
 
@@ -127,14 +132,16 @@ class Api:
 
     def __init__(
         self, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None, *,
-        engine: Engine | None = None,
+        engine: Engine | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
+        """``cache_bytes`` bounds the decoded columns kept for repeated reads (0 disables the cache)."""
         self.settings = QuerySettings.from_env(data_dir, db_url)
         self.data_dir = self.settings.data_dir
         # An engine passed in belongs to the caller, who closes it; one we create is ours.
         self._engine = engine or _reader_engine(self.settings.db_url)
         self._owns_engine = engine is None
         self._has_tables = False
+        self._cache = _ColumnCache(cache_bytes)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -217,6 +224,50 @@ def _columns(info: Mapping[str, Any]) -> list[_Col]:
     for _f, k, _kind in raw:
         per_key[key_ident(k)] = per_key.get(key_ident(k), 0) + 1
     return [_Col(f, k, kind, k if per_key[key_ident(k)] == 1 else f) for f, k, kind in raw]
+
+
+class _ColumnCache:
+    """Decoded columns of segment files, least recently used out first, within a byte budget.
+
+    Sound because a segment file never changes once it has its name (workers write a new file and swap
+    references), so ``(file, field)`` always denotes the same data. Repeated reads of a run (a chart zooming and
+    panning) then skip Parquet decoding, which is most of a read's cost.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._cols: OrderedDict[tuple[str, str], pa.ChunkedArray] = OrderedDict()
+        self._schemas: dict[str, pa.Schema] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def schema(self, file: str) -> pa.Schema | None:
+        with self._lock:
+            return self._schemas.get(file)
+
+    def get(self, file: str, field: str) -> pa.ChunkedArray | None:
+        with self._lock:
+            arr = self._cols.get((file, field))
+            if arr is not None:
+                self._cols.move_to_end((file, field))
+            return arr
+
+    def put(self, file: str, schema: pa.Schema, table: pa.Table) -> None:
+        if self.budget <= 0:
+            return
+        with self._lock:
+            self._schemas[file] = schema
+            for name in table.column_names:
+                arr = table.column(name)
+                if (file, name) in self._cols or arr.nbytes > self.budget:
+                    continue
+                self._cols[(file, name)] = arr
+                self._bytes += arr.nbytes
+            while self._bytes > self.budget and self._cols:
+                (f, _), old = self._cols.popitem(last=False)
+                self._bytes -= old.nbytes
+                if not any(k[0] == f for k in self._cols):
+                    self._schemas.pop(f, None)
 
 
 class _SegmentGone(Exception):
@@ -363,11 +414,22 @@ class RunView:
 
     def _read_segments(self, segs: list[_Seg], fields: list[str] | None, lo: int | None, hi: int | None) -> pa.Table:
         tables: list[pa.Table] = []
+        cache = self._api._cache
         for seg in segs:
-            pf = _open(self._api.data_dir / seg.file)
-            names = pf.schema_arrow.names
-            want = names if fields is None else [f for f in fields if f in names]
-            t = pf.read(columns=want, use_threads=True)
+            schema = cache.schema(seg.file)
+            pf = None
+            if schema is None:
+                pf = _open(self._api.data_dir / seg.file)
+                schema = pf.schema_arrow
+            want = schema.names if fields is None else [f for f in fields if f in schema.names]
+            got = {f: cache.get(seg.file, f) for f in want}
+            missing = [f for f, arr in got.items() if arr is None]
+            if missing:
+                pf = pf or _open(self._api.data_dir / seg.file)
+                read = pf.read(columns=missing, use_threads=True)
+                cache.put(seg.file, schema, read)
+                got.update({f: read.column(f) for f in missing})
+            t = pa.Table.from_arrays([got[f] for f in want], schema=pa.schema([schema.field(f) for f in want]))
             # The range filter on the segment list is by step range; within a file, slice exactly.
             if (lo is not None and seg.min_step < lo) or (hi is not None and seg.max_step >= hi):
                 t = _slice_steps(t, lo, hi)
@@ -628,7 +690,9 @@ def _to_numpy(table: pa.Table, col: _Col) -> Array:
         out: Array = arr.to_numpy(zero_copy_only=False)
         if col.kind == NUMBER and out.dtype == object:  # an all-null column reads as object
             out = np.full(n, np.nan)
-        return out
+        # Zero-copy views of Arrow buffers are read-only and may be shared with the column cache: callers get
+        # arrays they own, as from W&B.
+        return out if out.flags.writeable else out.copy()
     return np.array([None if v is None else unpackb(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
 
 
