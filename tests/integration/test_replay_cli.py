@@ -22,9 +22,9 @@ from workers.worker import Worker
 pytestmark = pytest.mark.integration
 
 
-async def wait_for(cond: Any, timeout: float = 60.0) -> None:
+async def wait_for(cond: Any, limit_s: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     while not await asyncio.to_thread(cond):
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
@@ -87,7 +87,8 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
             assert a == b
             cols, rej, meta = a
             assert meta["rows"] == 401
-            assert len(rej) == 8 and all(x[0] == "non_monotonic_step" for x in rej)
+            assert len(rej) == 8
+            assert all(x[0] == "non_monotonic_step" for x in rej)
             assert any("only by case" in w for w in meta["warnings"])
             assert any("logged as" in w for w in meta["warnings"])  # "tag" as number and string
             assert float(cols["epoch"][-1]) == 7  # step_sync filled the step metric on the last row
@@ -113,12 +114,16 @@ def test_demo_status_and_history_cli(tmp_path: Path) -> None:
     out = run_cli("demo", "--runs", "3", "--steps", "600", "--no-progress", cwd=tmp_path)
     assert "verified: history read back equals what was logged" in out
     data = tmp_path / "stepline-data"
-    assert (data / "meta.sqlite").exists() and list((data / "segments").rglob("*.parquet"))
+    assert (data / "meta.sqlite").exists()
+    assert list((data / "segments").rglob("*.parquet"))
     with Api(data_dir=data) as api:
         runs = api.runs("demo")
-        assert len(runs) == 3 and all(r.rows == 600 and r.state == "finished" for r in runs)
+        assert len(runs) == 3
+        assert all(r.rows == 600 and r.state == "finished" for r in runs)
         path = runs[0].path
     text = run_cli("history", path, "--keys", "train/loss", "--format", "json", "--data-dir", str(data),
                    cwd=tmp_path)
     rows = json.loads(text)
-    assert len(rows) == 600 and rows[0]["_step"] == 0 and "train/loss" in rows[0]
+    assert len(rows) == 600
+    assert rows[0]["_step"] == 0
+    assert "train/loss" in rows[0]
