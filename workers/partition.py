@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, decode_frame
 from schemas.store import blob_path
@@ -36,6 +37,8 @@ from .store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 log = logging.getLogger("stepline.worker")
 
 RunKey = tuple[str, str]
+#: Dead letters of one stream entry get ids ``<ms>-<seq * DLQ_PER_ENTRY + k>``; more than this many share the last.
+DLQ_PER_ENTRY = 1 << 16
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -60,7 +63,7 @@ class PartitionProcessor:
     runs: dict[RunKey, RunAligner] = field(default_factory=dict)
     dirty: set[RunKey] = field(default_factory=set)
     rejections: list[RejectionRow] = field(default_factory=list)
-    dlq: list[dict[bytes, bytes]] = field(default_factory=list)
+    dlq: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)  # (dead-letter id, fields)
     entries_since_commit: int = 0
     last_commit: float = field(default_factory=time.monotonic)
     touched: set[RunKey] = field(default_factory=set)  # runs with new segments since the last compaction pass
@@ -84,7 +87,15 @@ class PartitionProcessor:
             fields[b"raw"] = raw
         for k, v in extra.items():
             fields[k.encode()] = b"" if v is None else str(v).encode()
-        self.dlq.append(fields)
+        # The dead letter's id derives from its entry's id (k-th dead letter of the entry), so a replay after a
+        # crash, or a fenced zombie's attempt, writes the same ids again and Redis refuses them: no duplicates.
+        k = 0
+        for _, f in reversed(self.dlq):  # the dead letters of one entry are consecutive
+            if f[b"id"] != fields[b"id"]:
+                break
+            k += 1
+        ms, seq = id_tuple(entry_id)
+        self.dlq.append((f"{ms}-{seq * DLQ_PER_ENTRY + min(k, DLQ_PER_ENTRY - 1)}", fields))
 
     async def process(self, entries: list[Entry]) -> None:
         """Apply stream entries (ascending ids, all after ``read_id``)."""
@@ -164,9 +175,13 @@ class PartitionProcessor:
         ]
         if self.dlq:
             pipe = self.redis.pipeline(transaction=False)
-            for fields in self.dlq:
-                pipe.xadd(self.names.dlq(self.p), fields)  # type: ignore[arg-type]
-            await pipe.execute()
+            # Ascending ids (malformed frames are dead-lettered while decoding, rejections while applying).
+            for dlq_id, fields in sorted(self.dlq, key=lambda d: id_tuple(d[0])):
+                pipe.xadd(self.names.dlq(self.p), fields, id=dlq_id)  # type: ignore[arg-type]
+            for res in await pipe.execute(raise_on_error=False):
+                # "equal or smaller than the target stream top item": written by an earlier attempt.
+                if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
+                    raise res
         c = Commit(self.p, self.epoch, self.read_id, updates, segments, self.rejections)
         await asyncio.to_thread(self.store.commit, c)
         self.offset = self.read_id

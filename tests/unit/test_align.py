@@ -318,8 +318,8 @@ def test_rejections_and_bad_events_reach_the_partition_output() -> None:
     ]))
     assert [(x.entry_id, x.reason, x.step, x.cursor) for x in proc.rejections] == [
         ("5-0", NMS, 2, 5), ("5-0", "malformed", None, 5)]
-    assert [(d[b"reason"], d[b"step"], d[b"cursor"]) for d in proc.dlq] == [
-        (NMS.encode(), b"2", b"5"), (b"malformed", b"", b"5")]
+    assert [(i, d[b"reason"], d[b"step"], d[b"cursor"]) for i, d in proc.dlq] == [
+        ("5-0", NMS.encode(), b"2", b"5"), ("5-1", b"malformed", b"", b"5")]
     rows, _ = proc.runs[("p", "r")].take()
     assert [(x.step, x.values) for x in rows] == [(4, {("a", "number"): 1}), (5, {("a", "number"): 3})]
 
