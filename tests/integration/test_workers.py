@@ -1,0 +1,149 @@
+"""Real Redis, real worker processes: what is logged is what the history holds, exactly, through joins and leaves.
+
+Frames are XADDed straight into the partition streams (the SDK's wire format, built with :mod:`schemas`); the
+expected history of every run comes from the independent oracle of DESIGN §2 (``tests/history_oracle.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis
+from history_oracle import read_history
+from worker_harness import (
+    Feeder,
+    WorkerFleet,
+    check_history,
+    interleave,
+    make_run,
+    open_store,
+    wait_caught_up,
+    wait_until,
+    xadd_frames,
+)
+
+from schemas import FRAME_FIELD, Log, Names, encode_event, encode_frame_raw, packb
+
+pytestmark = pytest.mark.integration
+
+# The sizes the brief asks for; the test must stay within about a minute on two cores.
+E2E_RUNS, E2E_STEPS, E2E_FLOAT_KEYS = 50, 2_000, 18
+E2E_WORKERS, PARTITIONS = 3, 16
+
+
+def test_end_to_end_many_runs_three_workers(redis_url: str, namespace: str, data_dir: Path,
+                                           fleet: WorkerFleet) -> None:
+    names = Names(namespace, PARTITIONS)
+    rng = random.Random(20240601)
+    scripts = [make_run(rng, names, "e2e", f"run-{i:02d}", E2E_STEPS, E2E_FLOAT_KEYS) for i in range(E2E_RUNS)]
+    assert sum(len(s.oracle.rejections) for s in scripts) > 0  # the workload does hold non-monotonic calls
+    assert len({s.partition for s in scripts}) > 8
+    for _ in range(E2E_WORKERS):
+        fleet.start()
+    t = time.monotonic()
+    with redis.Redis.from_url(redis_url) as r:
+        xadd_frames(r, names, interleave(scripts, rng))
+        store = open_store(data_dir)
+        try:
+            wait_caught_up(r, names, store, fleet, timeout=90)
+            elapsed = time.monotonic() - t
+            check_history(data_dir, store, scripts)
+            owners = {row["owner"] for row in store.partitions()}
+        finally:
+            store.close()
+    assert all(w.alive() for w in fleet.procs), fleet.logs()
+    assert len(owners - {None}) == E2E_WORKERS, f"partitions should be spread over all workers: {owners}"
+    print(f"{E2E_RUNS * E2E_STEPS} calls committed in {elapsed:.1f}s")
+
+
+def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: str, data_dir: Path,
+                                                   fleet: WorkerFleet) -> None:
+    names = Names(namespace, PARTITIONS)
+    rng = random.Random(7)
+    scripts = [make_run(rng, names, "handover", f"run-{i:02d}", 1_500, 6, frame_events=20) for i in range(16)]
+    w0, _w1 = fleet.start(), fleet.start()
+    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=8)
+    store = open_store(data_dir)
+    try:
+        feeder.start()
+        # Let the first two workers own and commit some of every partition before anything changes.
+        wait_until(lambda: len([p for p in store.partitions() if p["offset"] != "0-0"]) >= 8, 20,
+                   "the first workers to commit")
+        fleet.start()  # joins: takes its share of partitions from the others
+        wait_until(lambda: "w2" in {p["owner"] for p in store.partitions()}, 20, "the new worker to own partitions")
+        assert not feeder.done.is_set(), "the feeder finished before the handover: make it slower"
+        w0.proc.send_signal(signal.SIGTERM)  # leaves: commits, releases and exits cleanly
+        assert w0.proc.wait(25) == 0, fleet.logs()
+        assert "released partition" in w0.log.read_text()
+        assert not feeder.done.is_set(), "the feeder finished before the leave: make it slower"
+        feeder.join(30)
+        assert feeder.error is None
+        with redis.Redis.from_url(redis_url) as r:
+            wait_caught_up(r, names, store, fleet, timeout=60)
+            assert {p["owner"] for p in store.partitions()} <= {"w1", "w2"}
+        check_history(data_dir, store, scripts)
+    finally:
+        store.close()
+
+
+def test_malformed_frames_go_to_the_dead_letter_stream(redis_url: str, namespace: str, data_dir: Path,
+                                                       fleet: WorkerFleet) -> None:
+    fleet.partitions = 4
+    names = Names(namespace, 4)
+    rng = random.Random(3)
+    good = make_run(rng, names, "dlq", "good-run", 300, 3, frame_events=25)
+    p = good.partition
+    half = len(good.frames) // 2
+    stream = names.stream(p)
+    bad_event_frame = encode_frame_raw("dlq", "bad-event-run", "prod-x", 0, [
+        encode_event(Log(ts=1.0, data={"a": 1})), b"\xc1\xc1", packb({"k": "nope"}), encode_event(Log(ts=2.0,
+                                                                                                     data={"a": 2})),
+    ])
+    junk: list[tuple[dict[bytes, bytes], set[str]]] = [
+        ({FRAME_FIELD: random.Random(1).randbytes(200)}, {"malformed", "bad_frame"}),
+        ({FRAME_FIELD: b"\xc1"}, {"malformed"}),
+        ({FRAME_FIELD: packb([1, 2, 3])}, {"bad_frame"}),
+        ({FRAME_FIELD: packb({"v": 99, "project": "dlq", "run": "x", "producer": "p", "seq": 0, "events": []})},
+         {"unknown_version"}),
+        ({FRAME_FIELD: packb({"v": 1, "project": "dlq", "run": "a/b", "producer": "p", "seq": 0, "events": []})},
+         {"bad_frame"}),
+        ({FRAME_FIELD: msgpack.packb({"v": 1, "project": "dlq", "run": "x", "producer": "p", "seq": -1,
+                                      "events": []})}, {"bad_frame"}),
+        ({b"other": b"field"}, {"missing_field"}),
+    ]
+    fleet.start()
+    with redis.Redis.from_url(redis_url) as r:
+        first_ids = [r.xadd(stream, {FRAME_FIELD: f}).decode() for f in good.frames[:half]]
+        junk_ids = [r.xadd(stream, fields).decode() for fields, _ in junk]
+        bad_event_id = r.xadd(stream, {FRAME_FIELD: bad_event_frame}).decode()
+        rest_ids = [r.xadd(stream, {FRAME_FIELD: f}).decode() for f in good.frames[half:]]
+        assert first_ids
+        assert rest_ids
+        store = open_store(data_dir)
+        try:
+            wait_caught_up(r, names, store, fleet, timeout=30)
+            check_history(data_dir, store, [good])  # the good frames after the junk are applied
+            dlq = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in r.xrange(names.dlq(p))]
+            by_id: dict[str, list[dict[str, bytes]]] = {}
+            for _, f in dlq:
+                by_id.setdefault(f["id"].decode(), []).append(f)
+            for entry_id, (fields, reasons) in zip(junk_ids, junk, strict=True):
+                got = by_id.get(entry_id, [])
+                assert len(got) == 1, f"entry {entry_id}: {len(got)} dead letters"
+                assert got[0]["reason"].decode() in reasons
+                assert got[0]["message"]
+                if FRAME_FIELD in fields:
+                    assert got[0]["raw"] == fields[FRAME_FIELD]  # the raw frame is kept
+            # A bad event inside a good frame is dead-lettered alone; the frame's other events are applied.
+            assert sorted(f["reason"].decode() for f in by_id.get(bad_event_id, [])) == ["malformed", "unknown_event"]
+            assert len(dlq) == len(junk) + 2 + len(good.oracle.rejections)
+            rows = [(s, v) for s, _, _, v in read_history(data_dir, store, "dlq", "bad-event-run")]
+            assert rows == [(0, {"a": 1}), (1, {"a": 2})]
+        finally:
+            store.close()
+    assert all(w.alive() for w in fleet.procs), fleet.logs()
