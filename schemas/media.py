@@ -61,7 +61,19 @@ class Histogram:
             except (TypeError, ValueError) as err:
                 raise SchemaError(f"Histogram needs real numbers: {err}", code="bad_media") from err
             data = data[np.isfinite(data)]
-            c, e = np.histogram(data, bins=num_bins)
+            try:
+                with np.errstate(over="raise", invalid="raise"):
+                    c, e = np.histogram(data, bins=num_bins)
+            except (ValueError, FloatingPointError):
+                # numpy cannot cut a range narrower than ``num_bins`` float steps (e.g. a constant 2.8e14), nor
+                # one whose width overflows (±1e308): widen it around its centre, computed without overflow.
+                lo, hi = float(data.min()), float(data.max())
+                mid = lo / 2 + hi / 2
+                half = max(hi / 2 - lo / 2, abs(mid) * 1e-12, 0.5)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    edges = mid + half * np.linspace(-1.0, 1.0, num_bins + 1)
+                fmax = float(np.finfo(np.float64).max)
+                c, e = np.histogram(data, bins=np.clip(np.nan_to_num(edges, posinf=fmax, neginf=-fmax), -fmax, fmax))
         if len(c) > MAX_BINS:
             raise SchemaError(f"a histogram has at most {MAX_BINS} bins, got {len(c)}", code="bad_media")
         self.counts = [float(x) for x in c]

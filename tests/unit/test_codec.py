@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -132,6 +133,17 @@ def test_numpy_arrays_of_every_numeric_dtype(dtype: str) -> None:
     assert got.data["a"].dtype == np.dtype(dtype).newbyteorder("=")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [[2.81474977e14] * 40, [1e308, -1e308], [1e15, 1e15 + 1], [float("nan")] * 40, [-1.7976931348623157e308] * 3],
+)
+def test_histograms_of_awkward_ranges(data: list[float]) -> None:
+    # numpy refuses to cut these ranges into 32 bins (too narrow for float steps, or overflowing): still a value.
+    m = capture(np.array(data * 20), "h")
+    assert m.kind == "histogram" and len(m.payload["values"]) == 32
+    assert sum(m.payload["values"]) == sum(1 for x in data * 20 if np.isfinite(x))
+
+
 def test_big_complex_arrays_are_rejected_not_truncated() -> None:
     with pytest.raises(SchemaError):
         capture(np.ones(100, dtype=np.complex128), "z")
@@ -164,10 +176,8 @@ def test_media_round_trip() -> None:
 
 def _check_decode(data: bytes) -> None:
     for strict in (False, True):
-        try:
+        with contextlib.suppress(SchemaError):
             decode_frame(data, strict=strict)
-        except SchemaError:
-            pass
 
 
 @settings(max_examples=500)

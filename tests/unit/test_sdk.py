@@ -118,7 +118,7 @@ def test_bad_step_or_commit_raises(tmp_path: Path, step: Any, commit: Any) -> No
 
 def test_numpy_step_and_commit_are_accepted(tmp_path: Path) -> None:
     run = make_run(tmp_path)
-    run.log({"a": 1.0}, step=np.int64(4), commit=np.bool_(True))
+    run.log({"a": 1.0}, step=np.int64(4), commit=np.bool_(True))  # type: ignore[arg-type]
     (call,) = log_calls(events(run))
     assert call.step == 4 and call.commit is True and run.step == 5
 
