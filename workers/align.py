@@ -37,7 +37,7 @@ from schemas import (
     packb,
     unpackb,
 )
-from schemas.values import NUMBER
+from schemas.values import BOOL, NUMBER, STRING
 
 ColId = tuple[str, str]  # (key identity, kind)
 MAX_WARNINGS = 200
@@ -51,6 +51,35 @@ class Row:
     ts: float
     runtime: float
     values: dict[ColId, Any]
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """Consecutive history rows written column-wise by the block fast path (same columns in every row)."""
+
+    steps: np.ndarray[Any, Any]
+    ts: np.ndarray[Any, Any]
+    runtime: np.ndarray[Any, Any]
+    values: dict[ColId, np.ndarray[Any, Any] | list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def rows(self) -> list[Row]:
+        cols = {c: (v.tolist() if isinstance(v, np.ndarray) else v) for c, v in self.values.items()}
+        steps, ts, rt = self.steps.tolist(), self.ts.tolist(), self.runtime.tolist()
+        return [Row(steps[i], ts[i], rt[i], {c: v[i] for c, v in cols.items()}) for i in range(len(steps))]
+
+
+def expand(rows: list[Row | RowBatch]) -> list[Row]:
+    """Rows and row batches as plain rows, in order."""
+    out: list[Row] = []
+    for r in rows:
+        if isinstance(r, RowBatch):
+            out.extend(r.rows())
+        else:
+            out.append(r)
+    return out
 
 
 @dataclass(slots=True)
@@ -103,7 +132,7 @@ class RunAligner:
     # Key identities logged with more than one kind (derived from ``displays``; not persisted).
     multi_kind: set[str] = field(default_factory=set)
     # Output since the last take(); not part of the persisted state.
-    out_rows: list[Row] = field(default_factory=list)
+    out_rows: list[Row | RowBatch] = field(default_factory=list)
     out_rejections: list[Rejection] = field(default_factory=list)
 
     # --- events --------------------------------------------------------------------------------------------
@@ -176,11 +205,155 @@ class RunAligner:
         }
 
     def apply_block(self, block: LogBlock) -> None:
-        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in block.cols]
-        ts = block.ts.tolist() if isinstance(block.ts, np.ndarray) else block.ts
+        """Apply a block of log calls; column-wise when the block allows it, else call by call.
+
+        The fast path covers the common shapes (every call with an explicit step and ``commit`` None, or every call
+        with ``commit=True``, or no steps at all) over columns of one kind each. It first applies calls one by one
+        until the pending row holds exactly the block's columns (or nothing), then computes acceptance, rows and
+        summaries with numpy. Both paths give identical rows, rejections and state (a property test holds them
+        to it).
+        """
+        n = len(block.step)
+        ts_arr = np.asarray(block.ts, dtype=np.float64)
+        mode = _block_mode(block)
+        kinds = [_column_kind(c) for c in block.cols] if mode is not None else []
+        if mode is None or n < 4 or any(k is None for k in kinds):
+            self._apply_block_slow(block, 0, n, ts_arr.tolist())
+            return
+        colids: list[ColId] = [(key_ident(k), str(kind)) for k, kind in zip(block.keys, kinds, strict=True)]
+        if len({ident for ident, _ in colids}) != len(colids):  # "a" and "A" in one call: per-call merge rules
+            self._apply_block_slow(block, 0, n, ts_arr.tolist())
+            return
+        want = set(colids)
+        ts_list = ts_arr.tolist()
+        i = 0
+        while i < n:
+            self._apply_block_slow(block, i, i + 1, ts_list)
+            i += 1
+            if mode == "step" and self.pending.keys() == want and self.cursor == block.step[i - 1]:
+                self._fast_steps(block, colids, ts_arr, i - 1)
+                return
+            if mode != "step" and not self.pending:
+                self._fast_commits(block, colids, ts_arr, i, mode)
+                return
+
+    def _apply_block_slow(self, block: LogBlock, lo: int, hi: int, ts: list[float]) -> None:
         keys = block.keys
-        for i, step in enumerate(block.step):
-            self.apply_log(ts[i], {k: cols[j][i] for j, k in enumerate(keys)}, step, block.commit[i])
+        cols = [c[lo:hi].tolist() if isinstance(c, np.ndarray) else c[lo:hi] for c in block.cols]
+        for i in range(hi - lo):
+            self.apply_log(ts[lo + i], {k: cols[j][i] for j, k in enumerate(keys)}, block.step[lo + i],
+                           block.commit[lo + i])
+
+    def _fast_steps(self, block: LogBlock, colids: list[ColId], ts: np.ndarray[Any, Any], k: int) -> None:
+        """Explicit steps, ``commit`` None; call ``k`` is accepted and is exactly the pending row."""
+        steps = np.asarray(block.step[k:], dtype=np.int64)
+        m = len(steps)
+        prev_max = np.maximum.accumulate(steps)
+        thr = np.empty(m, dtype=np.int64)
+        thr[0] = steps[0]
+        thr[1:] = np.maximum(prev_max[:-1], self.cursor)
+        acc = steps >= thr
+        self._reject_fast(block, k, acc, thr, ts)
+        idx = np.flatnonzero(acc)
+        acc_steps = steps[idx]
+        last_of_group = np.ones(len(idx), dtype=bool)
+        last_of_group[:-1] = acc_steps[:-1] != acc_steps[1:]
+        group_last = idx[last_of_group]
+        written, pend = group_last[:-1], int(group_last[-1])
+        self._touch(float(ts[k + int(idx[-1])]))
+        if len(written):
+            self.pending = {}
+            self._write_batch(steps[written], ts[k:][written], block, colids, k + written)
+        row = k + pend
+        self.pending = {c: _item(block.cols[j], row) for j, c in enumerate(colids)}
+        self.pending_ts = float(ts[row])
+        self.cursor = int(steps[pend])
+
+    def _fast_commits(self, block: LogBlock, colids: list[ColId], ts: np.ndarray[Any, Any], k: int,
+                      mode: str) -> None:
+        """Calls ``k:`` each write their own row (``commit=True`` with steps, or no steps); pending is empty."""
+        m = len(block.step) - k
+        if m <= 0:
+            return
+        if mode == "nostep":
+            steps = self.cursor + np.arange(m, dtype=np.int64)
+            acc = np.ones(m, dtype=bool)
+        else:
+            steps = np.asarray(block.step[k:], dtype=np.int64)
+            thr = np.empty(m, dtype=np.int64)
+            thr[0] = self.cursor
+            thr[1:] = np.maximum(np.maximum.accumulate(steps)[:-1] + 1, self.cursor)
+            acc = steps >= thr
+            self._reject_fast(block, k, acc, thr, ts)
+        idx = np.flatnonzero(acc)
+        if not len(idx):
+            return
+        self._touch(float(ts[k + int(idx[0])]))
+        self._touch(float(ts[k + int(idx[-1])]))
+        self._write_batch(steps[idx], ts[k:][idx], block, colids, k + idx)
+        self.cursor = int(steps[idx[-1]]) + 1
+
+    def _reject_fast(self, block: LogBlock, k: int, acc: np.ndarray[Any, Any], thr: np.ndarray[Any, Any],
+                     ts: np.ndarray[Any, Any]) -> None:
+        for j in np.flatnonzero(~acc).tolist():
+            step, c = int(block.step[k + j]), int(thr[j])  # type: ignore[arg-type]
+            self.reject("non_monotonic_step", step, c, float(ts[k + j]),
+                        f"step {step} is lower than the run's current step {c}: the whole call is rejected")
+
+    def _write_batch(self, steps: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], block: LogBlock,
+                     colids: list[ColId], rows: np.ndarray[Any, Any]) -> None:
+        """Write rows ``rows`` of the block at ``steps``: the column-wise twin of :meth:`_write`."""
+        values: dict[ColId, np.ndarray[Any, Any] | list[Any]] = {}
+        for j, col in enumerate(colids):
+            src = block.cols[j]
+            v = src[rows] if isinstance(src, np.ndarray) else [src[r] for r in rows.tolist()]
+            values[col] = v
+            ident, kind = col
+            agg = self.aggs.get(ident)
+            if agg is None:
+                agg = self.aggs[ident] = _Agg()
+            if not agg.has_first:
+                agg.first, agg.has_first = _item(v, 0), True
+            agg.last = _item(v, len(rows) - 1)
+            if kind == NUMBER:
+                f = np.asarray(v, dtype=np.float64)
+                f = f[~np.isnan(f)]
+                if len(f):
+                    # argmin/argmax keep the first of equal values (0.0 vs -0.0), as the per-call path does;
+                    # cumsum adds left to right, so the total is bit-identical to the per-call sum.
+                    lo, hi = float(f[int(np.argmin(f))]), float(f[int(np.argmax(f))])
+                    agg.min = lo if agg.min is None or lo < agg.min else agg.min
+                    agg.max = hi if agg.max is None or hi > agg.max else agg.max
+                    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in Python
+                        agg.total = float(np.cumsum(np.concatenate(([agg.total], f)))[-1])
+                    agg.count += len(f)
+            self.explicit_summary.pop(ident, None)
+        if self.metrics:
+            self._step_sync_batch(values, len(rows))
+        start = self.start_ts if self.start_ts is not None else float(ts[0])
+        self.out_rows.append(RowBatch(steps=steps, ts=ts, runtime=ts - start, values=values))
+        self.rows += len(rows)
+        self.last_step = int(steps[-1])
+
+    def _step_sync_batch(self, values: dict[ColId, Any], m: int) -> None:
+        present = {ident for ident, _ in values}
+        for ident, kind in list(values):
+            if kind == NUMBER and any(
+                d.get("step_metric") and key_ident(d["step_metric"]) == ident for d in self.metrics.values()
+            ):
+                self.step_values[ident] = _item(values[(ident, kind)], m - 1)
+        for ident in list(present):
+            definition = self._metric_for(ident)
+            if definition is None or not definition["step_metric"] or not definition["step_sync"]:
+                continue
+            sm = key_ident(definition["step_metric"])
+            if sm in present or sm not in self.step_values:
+                continue
+            col = (sm, NUMBER)
+            if col not in self.displays:
+                self._new_column(definition["step_metric"], sm, NUMBER)
+            values[col] = [self.step_values[sm]] * m
+            present.add(sm)
 
     def apply_log(self, ts: float, data: dict[str, Any], step: int | None, commit: bool | None) -> None:
         c = self.cursor
@@ -318,6 +491,12 @@ class RunAligner:
             self.warnings.append(message)
 
     def take(self) -> tuple[list[Row], list[Rejection]]:
+        """Rows and rejections produced since the last take, rows expanded one by one."""
+        rows, rej = self.take_columnar()
+        return expand(rows), rej
+
+    def take_columnar(self) -> tuple[list[Row | RowBatch], list[Rejection]]:
+        """Like :meth:`take`, keeping the fast path's row batches column-wise (what the segment writer wants)."""
         rows, rej = self.out_rows, self.out_rejections
         self.out_rows, self.out_rejections = [], []
         return rows, rej
@@ -448,3 +627,43 @@ def media_blobs(value: Any) -> list[str]:
             for cell in row:
                 out.extend(media_blobs(cell))
     return out
+
+
+def _item(col: Any, i: int) -> Any:
+    """Element ``i`` of a column as a Python value (what the per-call path would hold)."""
+    v = col[i]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _block_mode(block: LogBlock) -> str | None:
+    """Which fast path fits the block: ``step`` (explicit steps, commit None), ``commit`` (explicit steps,
+    commit True), ``nostep`` (no steps, commit None or True); None when calls mix these shapes."""
+    steps, commits = block.step, block.commit
+    if all(c is None for c in commits):
+        if all(s is not None for s in steps):
+            return "step"
+        if all(s is None for s in steps):
+            return "nostep"
+        return None
+    if all(c is True for c in commits):
+        if all(s is not None for s in steps):
+            return "commit"
+        if all(s is None for s in steps):
+            return "nostep"
+    return None
+
+
+def _column_kind(col: Any) -> str | None:
+    """The one kind of every value of a column, or None when it holds several kinds or a None."""
+    if isinstance(col, np.ndarray):
+        return NUMBER if col.dtype.kind in "fi" else None
+    if not col:
+        return None
+    t = type(col[0])
+    if t is str:
+        kind = STRING
+    elif t is bool:
+        kind = BOOL
+    else:
+        return None
+    return kind if all(type(v) is t for v in col) else None

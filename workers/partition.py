@@ -30,7 +30,7 @@ from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, de
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
-from .align import Row, RunAligner, media_blobs
+from .align import Row, RowBatch, RunAligner, media_blobs
 from .segments import rows_to_table, write_table
 from .store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 
@@ -89,13 +89,13 @@ class PartitionProcessor:
             fields[k.encode()] = b"" if v is None else str(v).encode()
         # The dead letter's id derives from its entry's id (k-th dead letter of the entry), so a replay after a
         # crash, or a fenced zombie's attempt, writes the same ids again and Redis refuses them: no duplicates.
-        k = 0
+        nth = 0
         for _, f in reversed(self.dlq):  # the dead letters of one entry are consecutive
             if f[b"id"] != fields[b"id"]:
                 break
-            k += 1
+            nth += 1
         ms, seq = id_tuple(entry_id)
-        self.dlq.append((f"{ms}-{seq * DLQ_PER_ENTRY + min(k, DLQ_PER_ENTRY - 1)}", fields))
+        self.dlq.append((f"{ms}-{seq * DLQ_PER_ENTRY + min(nth, DLQ_PER_ENTRY - 1)}", fields))
 
     async def process(self, entries: list[Entry]) -> None:
         """Apply stream entries (ascending ids, all after ``read_id``)."""
@@ -158,10 +158,10 @@ class PartitionProcessor:
         """Make everything processed so far durable; raise :class:`FencedError` if the partition was taken."""
         if not self.uncommitted and not self.dirty:
             return False
-        work: list[tuple[RunKey, RunAligner, list[Row]]] = []
+        work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]] = []
         for key in sorted(self.dirty):
             r = self.runs[key]
-            rows, _ = r.take()
+            rows, _ = r.take_columnar()
             work.append((key, r, rows))
         await self._copy_blobs([row for _, _, rows in work for row in rows])
         segments = await asyncio.to_thread(self._write_segments, work)
@@ -193,20 +193,24 @@ class PartitionProcessor:
         self.last_commit = time.monotonic()
         return True
 
-    def _write_segments(self, work: list[tuple[RunKey, RunAligner, list[Row]]]) -> list[SegmentRef]:
+    def _write_segments(self, work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]]) -> list[SegmentRef]:
         out = []
         for (project, run), r, rows in work:
             if not rows:
                 continue
             table = rows_to_table(rows, r.displays)
             rel, size = write_table(self.data_dir, project, run, table, level=0)
-            out.append(SegmentRef(project, run, 0, rows[0].step, rows[-1].step, len(rows), size, rel))
+            steps = table.column("_step")
+            out.append(SegmentRef(project, run, 0, int(steps[0].as_py()), int(steps[-1].as_py()), table.num_rows,
+                                  size, rel))
         return out
 
-    async def _copy_blobs(self, rows: list[Row]) -> None:
+    async def _copy_blobs(self, rows: list[Row | RowBatch]) -> None:
         """Move media blobs referenced by new rows from Redis into the data directory (content-addressed)."""
         shas: set[str] = set()
         for row in rows:
+            if isinstance(row, RowBatch):
+                continue  # the fast path never holds media
             for (_ident, kind), v in row.values.items():
                 if kind in MEDIA_KINDS:
                     shas.update(media_blobs(v))

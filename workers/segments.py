@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -19,12 +20,14 @@ from schemas import packb
 from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name, run_dir
 from schemas.values import BOOL, NUMBER, STRING
 
-from .align import ColId, Row
+from .align import ColId, Row, RowBatch
 
 COMPRESSION = "zstd"
 
 
-def _column(kind: str, values: list[Any]) -> pa.Array:
+def _column(kind: str, values: Any) -> pa.Array:
+    if isinstance(values, np.ndarray):  # a number column of the block fast path: no missing values
+        return pa.array(values, type=pa.int64() if values.dtype.kind == "i" else pa.float64())
     if kind == NUMBER:
         present = [v for v in values if v is not None]
         if all(type(v) is int for v in present):
@@ -37,8 +40,51 @@ def _column(kind: str, values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else packb(v) for v in values], type=pa.binary())
 
 
-def rows_to_table(rows: list[Row], displays: dict[ColId, str]) -> pa.Table:
-    """Rows (ascending, unique steps) → an Arrow table in the segment format."""
+def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.Table:
+    """Rows and row batches (ascending, unique steps) → an Arrow table in the segment format.
+
+    Consecutive plain rows become one chunk, each batch another; chunks are concatenated with type promotion, so
+    a number column is int64 only while every value in the segment is an int.
+    """
+    chunks: list[pa.Table] = []
+    plain: list[Row] = []
+    for r in rows:
+        if isinstance(r, RowBatch):
+            if plain:
+                chunks.append(_plain_table(plain, displays))
+                plain = []
+            chunks.append(_batch_table(r, displays))
+        else:
+            plain.append(r)
+    if plain:
+        chunks.append(_plain_table(plain, displays))
+    if len(chunks) == 1:
+        return chunks[0]
+    return _order_columns(pa.concat_tables(chunks, promote_options="permissive"))
+
+
+def _order_columns(table: pa.Table) -> pa.Table:
+    names = table.column_names
+    rest = sorted(n for n in names if n not in (STEP, TIMESTAMP, RUNTIME))
+    return table.select([STEP, TIMESTAMP, RUNTIME, *rest])
+
+
+def _schema_fields() -> list[pa.Field]:
+    return [pa.field(STEP, pa.int64()), pa.field(TIMESTAMP, pa.float64()), pa.field(RUNTIME, pa.float64())]
+
+
+def _user_columns(cols: dict[ColId, Any], displays: dict[ColId, str]) -> tuple[list[pa.Field], list[pa.Array]]:
+    fields: list[pa.Field] = []
+    arrays: list[pa.Array] = []
+    for (ident, kind) in sorted(cols, key=lambda c: field_name(displays[c], c[1])):
+        arr = _column(kind, cols[(ident, kind)])
+        display = displays[(ident, kind)]
+        fields.append(pa.field(field_name(display, kind), arr.type, metadata={"key": display, "kind": kind}))
+        arrays.append(arr)
+    return fields, arrays
+
+
+def _plain_table(rows: list[Row], displays: dict[ColId, str]) -> pa.Table:
     cols: dict[ColId, list[Any]] = {}
     n = len(rows)
     for i, row in enumerate(rows):
@@ -52,13 +98,18 @@ def rows_to_table(rows: list[Row], displays: dict[ColId, str]) -> pa.Table:
         pa.array([r.ts for r in rows], type=pa.float64()),
         pa.array([r.runtime for r in rows], type=pa.float64()),
     ]
-    fields = [pa.field(STEP, pa.int64()), pa.field(TIMESTAMP, pa.float64()), pa.field(RUNTIME, pa.float64())]
-    for (ident, kind) in sorted(cols, key=lambda c: (displays[c], c[1])):
-        arr = _column(kind, cols[(ident, kind)])
-        display = displays[(ident, kind)]
-        fields.append(pa.field(field_name(display, kind), arr.type, metadata={"key": display, "kind": kind}))
-        arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    fields, user = _user_columns(cols, displays)
+    return pa.Table.from_arrays(arrays + user, schema=pa.schema(_schema_fields() + fields))
+
+
+def _batch_table(b: RowBatch, displays: dict[ColId, str]) -> pa.Table:
+    arrays: list[pa.Array] = [
+        pa.array(b.steps, type=pa.int64()),
+        pa.array(b.ts, type=pa.float64()),
+        pa.array(b.runtime, type=pa.float64()),
+    ]
+    fields, user = _user_columns(b.values, displays)
+    return pa.Table.from_arrays(arrays + user, schema=pa.schema(_schema_fields() + fields))
 
 
 def write_table(data_dir: Path, project: str, run: str, table: pa.Table, level: int) -> tuple[str, int]:
