@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ logger = logging.getLogger("ingest")
 
 #: One log call in a block: (values in key order, step, commit, client timestamp).
 Row = tuple[tuple[Any, ...], int | None, bool | None, float]
-#: A queued item: ("e", event bytes, blobs) or ("b", keys, rows).
-Item = tuple[str, Any, Any]
+#: A queued item: ("e", event bytes, blobs, False) or ("b", keys, rows, every value a float).
+Item = tuple[str, Any, Any, bool]
 
 _F64 = np.float64
 _I64 = np.int64
@@ -58,10 +59,19 @@ def _column(col: tuple[Any, ...]) -> Any:
     return list(col)
 
 
-def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits) -> list[bytes]:
-    """Encode rows as one ``logs`` event, split in halves while an event would pass the event size limit."""
+def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, all_float: bool = False) -> list[bytes]:
+    """Encode rows as one ``logs`` event, split in halves while an event would pass the event size limit.
+
+    ``all_float``: the caller already knows every value is a ``float`` (``log()`` saw the types).
+    """
     vals = [r[0] for r in rows]
-    cols = [_column(c) for c in zip(*vals, strict=True)] if keys else []
+    if not keys:
+        cols: list[Any] = []
+    elif all_float or set(map(type, chain.from_iterable(vals))) == {float}:
+        # The common case (every value a float): one C-level conversion, then contiguous column views.
+        cols = list(np.ascontiguousarray(np.array(vals, dtype=_F64).T))
+    else:
+        cols = [_column(c) for c in zip(*vals, strict=True)]
     ev = LogBlock(
         keys=list(keys),
         ts=np.array([r[3] for r in rows], dtype=_F64),
@@ -75,7 +85,8 @@ def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits) -> list
         if len(rows) == 1:
             raise
         half = len(rows) // 2
-        return encode_block(keys, rows[:half], limits) + encode_block(keys, rows[half:], limits)
+        return (encode_block(keys, rows[:half], limits, all_float)
+                + encode_block(keys, rows[half:], limits, all_float))
 
 
 class Batcher:
@@ -106,6 +117,8 @@ class Batcher:
         #: Keys of the open block (validated); a plain dict with exactly these keys may take the fast path.
         self.block_keys: tuple[str, ...] | None = None
         self.rows: list[Row] = []
+        #: Every value of every row of the open block is a ``float`` (lets the packer skip a type scan).
+        self.rows_all_float = True
         self.items: list[Item] = []
         #: Rows sealed into ``items`` and not yet packed (the backpressure measure).
         self.sealed_rows = 0
@@ -117,20 +130,23 @@ class Batcher:
 
     def seal_locked(self) -> None:
         if self.rows:
-            self.items.append(("b", self.block_keys, self.rows))
+            self.items.append(("b", self.block_keys, self.rows, self.rows_all_float))
             self.sealed_rows += len(self.rows)
             self.rows = []
+        self.rows_all_float = True
 
     def add_event_locked(self, raw: bytes, blobs: dict[str, bytes]) -> None:
         self.seal_locked()  # keep the order of calls: the open block comes before this event
-        self.items.append(("e", raw, blobs))
+        self.items.append(("e", raw, blobs, False))
 
-    def add_row_locked(self, keys: tuple[str, ...], row: Row) -> bool:
+    def add_row_locked(self, keys: tuple[str, ...], row: Row, all_float: bool) -> bool:
         """Append a row; return True when a block was sealed (the caller may want to wake the sender)."""
         if keys != self.block_keys:
             self.seal_locked()
             self.block_keys = keys
         self.rows.append(row)
+        if not all_float:
+            self.rows_all_float = False
         if len(self.rows) >= self.max_block_rows:
             self.seal_locked()
             return True
@@ -148,12 +164,12 @@ class Batcher:
         if not items:
             return []
         events: list[tuple[bytes, dict[str, bytes]]] = []
-        for kind, a, b in items:
+        for kind, a, b, all_float in items:
             if kind == "e":
                 events.append((a, b))
                 continue
             try:
-                events.extend((raw, {}) for raw in encode_block(a, b, self.limits))
+                events.extend((raw, {}) for raw in encode_block(a, b, self.limits, all_float))
             except LimitError as e:
                 # One call bigger than an event: log() rejects these up front, so this is a bug; say it loudly
                 # rather than kill the sender (no seq is used, so the producer's numbering stays contiguous).

@@ -63,6 +63,7 @@ _INT64_MAX = (1 << 63) - 1
 _NONE = type(None)
 #: Immutable scalar types the fast path accepts without capture.
 _FAST_TYPES = frozenset({float, int, str, bool, _NONE})
+_FLOAT_ONLY = {float}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _RESUME = {"allow", "must", "never", "auto"}
 #: W&B ``init`` keywords that have no meaning here; accepted (and ignored) so W&B scripts run unchanged.
@@ -287,7 +288,7 @@ class Run:
                             self._step += 1
                         else:
                             self._advance(step, commit)
-                        sealed = b.add_row_locked(keys, (vals, step, commit, t))
+                        sealed = b.add_row_locked(keys, (vals, step, commit, t), types == _FLOAT_ONLY)
                     if sealed:
                         self._after_seal()
                     return
@@ -319,7 +320,7 @@ class Run:
             keys = tuple(captured)
             with self._b.lock:
                 self._advance(step, commit)
-                sealed = self._b.add_row_locked(keys, (vals, step, commit, t))
+                sealed = self._b.add_row_locked(keys, (vals, step, commit, t), set(map(type, vals)) == _FLOAT_ONLY)
             if sealed:
                 self._after_seal()
             return
@@ -400,7 +401,13 @@ class Run:
 
     @property
     def sent_frames(self) -> int:
+        """Frames acknowledged by Redis so far."""
         return self._core.sent_frames
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes of frames acknowledged by Redis so far."""
+        return self._core.sent_bytes
 
     def _close_log_side(self, exit_code: int) -> bool:
         if self.finished:

@@ -70,6 +70,8 @@ class ClientSettings:
     limits: Limits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):  # a str from a caller: accept it, keep the type honest
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
         Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
         if self.flush_interval <= 0 or self.frame_target_bytes <= 0 or self.max_block_rows <= 0:
             raise ValueError("flush_interval, frame_target_bytes and max_block_rows must be positive")
