@@ -161,8 +161,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                                              worker_id=f"{settings.worker_id}-{i}"),
                      handle_signals=False) for i in range(args.workers)]
         loop = asyncio.get_running_loop()
+        def stop_all() -> None:
+            for w in ws:
+                w.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: [w.stop() for w in ws])
+            loop.add_signal_handler(sig, stop_all)
         await asyncio.gather(*(w.async_run() for w in ws))
 
     try:
@@ -179,7 +183,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    from workers.partition import id_tuple
     from workers.store import MetaStore
 
     settings = settings_from_args(args)
@@ -198,19 +201,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             owner = owners[p]
             rows.append({
                 "partition": p, "owner": owner.decode() if owner else None, "epoch": meta.get("epoch", 0),
-                "offset": offset, "lag": lag, "stream_len": r.xlen(names.stream(p)), "dead_letters": r.xlen(names.dlq(p)),
+                "offset": offset, "lag": lag, "stream_len": r.xlen(names.stream(p)),
+                "dead_letters": r.xlen(names.dlq(p)),
             })
         workers = {k.decode(): int(v) for k, v in r.hgetall(names.workers).items()}
-    del id_tuple
     if args.format == "json":
         print(json.dumps({"partitions": rows, "workers": workers}))
         return 0
     now = int(time.time() * 1000)
-    print(f"workers: {len(workers)} live" + "".join(f"\n  {w} (heartbeat {now - hb} ms ago)" for w, hb in workers.items()))
+    print(f"workers: {len(workers)} live")
+    for w, hb in workers.items():
+        print(f"  {w} (heartbeat {now - hb} ms ago)")
     print(f"{'part':>4} {'owner':<32} {'epoch':>5} {'offset':<18} {'lag':>6} {'stream':>8} {'dlq':>5}")
     for row in rows:
-        lag = ">10000" if row["lag"] > 10000 else str(row["lag"])
-        print(f"{row['partition']:>4} {row['owner'] or '-':<32.32} {row['epoch']:>5} {row['offset']:<18} {lag:>6} "
+        lag_s = ">10000" if int(row["lag"]) > 10000 else str(row["lag"])
+        print(f"{row['partition']:>4} {row['owner'] or '-':<32.32} {row['epoch']:>5} {row['offset']:<18} {lag_s:>6} "
               f"{row['stream_len']:>8} {row['dead_letters']:>5}")
     return 0
 

@@ -133,9 +133,8 @@ def run_demo(
     worker_settings: Callable[..., Any],
 ) -> int:
     """The demo; the stack's parts are passed in by the CLI (``ingest`` does not import ``workers``)."""
-    from ingest.query import Api
-
     import ingest
+    from ingest.query import Api
 
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", "stepline-data"))
     data_dir.mkdir(parents=True, exist_ok=True)
