@@ -72,6 +72,7 @@ class WorkerFleet:
     partitions: int = 16
     lease_ttl_ms: int = 2000
     commit_interval_s: float = 0.3
+    db_url: str | None = None
     procs: list[WorkerProc] = field(default_factory=list)
 
     def start(self, wid: str | None = None) -> WorkerProc:
@@ -82,7 +83,8 @@ class WorkerFleet:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "workers", "--redis-url", self.redis_url, "--namespace", self.namespace,
                  "--partitions", str(self.partitions), "--data-dir", str(self.data_dir), "--worker-id", wid,
-                 "--lease-ttl-ms", str(self.lease_ttl_ms), "--commit-interval", str(self.commit_interval_s)],
+                 "--lease-ttl-ms", str(self.lease_ttl_ms), "--commit-interval", str(self.commit_interval_s),
+                 *(["--db-url", self.db_url] if self.db_url else [])],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         w = WorkerProc(wid, proc, log)

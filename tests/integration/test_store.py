@@ -6,14 +6,13 @@ test, dropped after; skipped without a server).
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from pg import fresh_database
 from sqlalchemy import select
 
 from ingest.query import Api, QueryError, RunNotFound, format_history
@@ -24,15 +23,6 @@ from workers.segments import merge_tables, read_table, rows_to_table, write_tabl
 from workers.store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
 
 PROJECT = "proj"
-# As in tests/conftest.py; not imported from there because tests/integration/conftest.py shadows the name.
-PG_URL = os.environ.get("STEPLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def need(reason: str) -> None:
-    """Skip with ``reason``, or fail under CI where every server must be there (tests/conftest.py's rule)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,22 +30,8 @@ def db_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield sqlite_url(data_dir)
         return
-    try:
-        import psycopg
-    except ImportError:
-        need("psycopg is not installed")
-    base = PG_URL.replace("postgresql+psycopg://", "postgresql://")
-    name = f"sl_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        need(f"no PostgreSQL at {PG_URL}: {e}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield PG_URL.rsplit("/", 1)[0] + "/" + name
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as url:
+        yield url
 
 
 class RunWriter:
