@@ -1,0 +1,43 @@
+"""Fixtures for the W&B compatibility suite: a real Redis, one in-process worker, and the ``STEPLINE_*`` variables
+pointing an unchanged W&B script (``import ingest as wandb``) at them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from compat_stack import Stack
+
+from workers.settings import WorkerSettings
+from workers.worker import Worker
+
+
+@pytest.fixture
+def stack(redis_url: str, namespace: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    for name, value in (("REDIS_URL", redis_url), ("NAMESPACE", namespace), ("DATA_DIR", str(data_dir))):
+        monkeypatch.setenv(f"STEPLINE_{name}", value)
+    settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=data_dir, worker_id="compat",
+                              commit_interval_s=0.1, lease_ttl_ms=3000)
+    worker = Worker(settings, handle_signals=False)
+    loop = asyncio.new_event_loop()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(worker.async_run())
+        except BaseException as e:  # reported by the test, not lost in a thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="compat-worker", daemon=True)
+    thread.start()
+    try:
+        yield Stack(redis_url=redis_url, namespace=namespace, data_dir=data_dir, worker=worker)
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(30)
+        loop.close()
+    assert not thread.is_alive(), "the worker did not stop"
+    assert not errors, errors
