@@ -496,9 +496,9 @@ class AsyncRun(Run):
             return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
         self._sender = None  # its loop is gone or not ours to drive
         t = self.settings.finish_timeout if timeout is None else timeout
-        from .sender import sync_client
+        from .sender import sync_transport
 
-        client = sync_client(self.settings)
+        client = sync_transport(self.settings, self._b)
         try:
             deadline = time.monotonic() + t
             while time.monotonic() < deadline:
@@ -598,22 +598,20 @@ def _build(
     resume: Any,
     redis_url: str | None,
     url: str | None,
+    api_key: str | None,
     settings: ClientSettings | Mapping[str, Any] | None,
     namespace: str | None,
     data_dir: str | Path | None,
     wandb_kwargs: dict[str, Any],
 ) -> Run:
-    if url is not None:
-        raise SettingsError(
-            "the HTTP gateway transport (url=...) is not available yet; log straight to Redis with redis_url="
-        )
     unknown = set(wandb_kwargs) - _WANDB_IGNORED
     if unknown:
         raise TypeError(f"init() got unexpected keyword arguments {sorted(unknown)}")
     if wandb_kwargs:
         logger.debug("stepline: ignoring W&B init arguments %s", sorted(wandb_kwargs))
     base = settings if isinstance(settings, ClientSettings) else ClientSettings.from_env(**dict(settings or {}))
-    s = base.replace(redis_url=redis_url, namespace=namespace, data_dir=Path(data_dir) if data_dir else None)
+    s = base.replace(redis_url=redis_url, namespace=namespace, data_dir=Path(data_dir) if data_dir else None,
+                     url=url, api_key=api_key)
     s = s.replace(data_dir=s.data_dir.absolute())
     return cls(
         settings=s,
@@ -636,16 +634,19 @@ def init(
     settings: ClientSettings | Mapping[str, Any] | None = None,
     namespace: str | None = None,
     data_dir: str | Path | None = None,
+    api_key: str | None = None,
     **wandb_kwargs: Any,
 ) -> Run:
     """Start a run and make it the current one (``ingest.run``). Sends ``Start``; never blocks on the network.
 
     Settings come from ``STEPLINE_*`` variables (read once, here), then ``settings`` (a :class:`ClientSettings`
-    or a mapping of overrides), then the explicit ``redis_url``/``namespace``/``data_dir`` arguments. Several runs
+    or a mapping of overrides), then the explicit ``redis_url``/``namespace``/``data_dir`` arguments. With ``url``
+    (or ``STEPLINE_URL``) and ``api_key`` (or ``STEPLINE_API_KEY``) frames go to the HTTP gateway instead of Redis,
+    with the same guarantees (:mod:`ingest._http`). Several runs
     may be live at once (e.g. one per thread); the last one started is the current one.
     """
-    run = _build(Run, project, name, id, config, resume, redis_url, url, settings, namespace, data_dir,
-                 wandb_kwargs)
+    run = _build(Run, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,
+                 data_dir, wandb_kwargs)
     run._start_thread_sender()
     _remember(run)
     return run
@@ -662,11 +663,12 @@ async def async_init(
     settings: ClientSettings | Mapping[str, Any] | None = None,
     namespace: str | None = None,
     data_dir: str | Path | None = None,
+    api_key: str | None = None,
     **wandb_kwargs: Any,
 ) -> AsyncRun:
     """Like :func:`init` for asyncio programs: the sender is a task of the running loop (``redis.asyncio``)."""
-    run = _build(AsyncRun, project, name, id, config, resume, redis_url, url, settings, namespace, data_dir,
-                 wandb_kwargs)
+    run = _build(AsyncRun, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,
+                 data_dir, wandb_kwargs)
     assert isinstance(run, AsyncRun)
     run._start_async_sender()
     _remember(run)

@@ -1,4 +1,4 @@
-"""Transports: move a run's frames from its outbox into Redis, in order, surviving outages.
+"""Transports: move a run's frames from its outbox into Redis (or the HTTP gateway), in order, surviving outages.
 
 Two transports share one core (:class:`Core`: batcher → outbox → pipelined send):
 
@@ -14,6 +14,10 @@ whole batch is sent again later (at-least-once; workers skip duplicates by ``(pr
 so a producer's frames enter the stream in order. While Redis fails, sends are retried with exponential backoff
 (``backoff_initial`` doubling up to ``backoff_max``); after ``spill_after_seconds`` of failure, or past the
 memory cap, frames go to the spill file (see :mod:`ingest.spill`).
+
+With ``settings.url`` the same core posts each batch to the HTTP gateway instead (:mod:`ingest._http`): one
+request per batch, accepted whole or refused whole, so the outbox, ordering, backoff and spill guarantees are the
+same; a ``Retry-After`` from the gateway (429, 503) pushes the next attempt at least that far out.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from redis.retry import Retry
 from schemas import FRAME_FIELD
 
 from ._batch import Batcher
+from ._http import HttpTransport, wait_hint
 from .settings import ClientSettings
 from .spill import Entry, Outbox
 
@@ -51,6 +56,13 @@ def sync_client(settings: ClientSettings) -> redis.Redis:
         socket_timeout=settings.socket_timeout,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def sync_transport(settings: ClientSettings, batcher: Batcher) -> redis.Redis | HttpTransport:
+    """The run's synchronous transport: the gateway when ``settings.url`` is set, else Redis."""
+    if settings.url is not None:
+        return HttpTransport(settings, batcher.project, batcher.run)
+    return sync_client(settings)
 
 
 def async_client(settings: ClientSettings) -> redis.asyncio.Redis:
@@ -116,6 +128,9 @@ class Core:
                         type(err).__name__, err)
         # Jitter keeps many clients of one dead server from reconnecting in lockstep.
         self.next_attempt = now + self._delay * (0.5 + random.random() / 2)
+        hint = wait_hint(err)
+        if hint is not None:  # the gateway said when to come back (429/503 Retry-After)
+            self.next_attempt = max(self.next_attempt, now + hint)
         self._delay = min(self._delay * 2, self.settings.backoff_max)
 
     def should_spill(self) -> bool:
@@ -125,18 +140,22 @@ class Core:
             and self.outbox.memory_frames > 0
         )
 
-    def send_sync(self, client: redis.Redis) -> int:
+    def send_sync(self, client: redis.Redis | HttpTransport) -> int:
         """One round trip; returns frames acknowledged (0 if nothing to send). Raises on failure."""
         batch = self.peek()
         if not batch:
             return 0
+        if isinstance(client, HttpTransport):
+            n = client.send(batch)
+            self.on_success(batch[:n])
+            return n
         pipe = client.pipeline(transaction=True)
         queue_batch(pipe, batch, self.settings.blob_ttl_seconds)
         pipe.execute()
         self.on_success(batch)
         return len(batch)
 
-    def drain_sync(self, client: redis.Redis, deadline: float | None) -> None:
+    def drain_sync(self, client: redis.Redis | HttpTransport, deadline: float | None) -> None:
         """Send until the outbox is empty, or a failure, or the backoff says wait."""
         while time.monotonic() >= self.next_attempt:
             if deadline is not None and time.monotonic() >= deadline:
@@ -154,10 +173,10 @@ class Core:
 class ThreadSender:
     """A daemon thread that packs every ``flush_interval`` and sends; one per run."""
 
-    def __init__(self, core: Core, client: redis.Redis | None = None) -> None:
+    def __init__(self, core: Core, client: redis.Redis | HttpTransport | None = None) -> None:
         self.core = core
         self._owns_client = client is None
-        self._client = client if client is not None else sync_client(core.settings)
+        self._client = client if client is not None else sync_transport(core.settings, core.batcher)
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._deadline: float | None = None
@@ -216,6 +235,10 @@ class AsyncSender:
     def __init__(self, core: Core, client: redis.asyncio.Redis | None = None) -> None:
         self.core = core
         self._owns_client = client is None
+        self._http: HttpTransport | None = None
+        if client is None and core.settings.url is not None:
+            # http.client in a worker thread: the loop never blocks, and one transport serves both senders.
+            self._http = HttpTransport(core.settings, core.batcher.project, core.batcher.run)
         self._client = client if client is not None else async_client(core.settings)
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -244,9 +267,13 @@ class AsyncSender:
                 if not batch:
                     return
                 try:
-                    pipe = self._client.pipeline(transaction=True)
-                    queue_batch(pipe, batch, core.settings.blob_ttl_seconds)
-                    await pipe.execute()
+                    if self._http is not None:
+                        n = await asyncio.to_thread(self._http.send, batch)
+                        batch = batch[:n]
+                    else:
+                        pipe = self._client.pipeline(transaction=True)
+                        queue_batch(pipe, batch, core.settings.blob_ttl_seconds)
+                        await pipe.execute()
                 except SEND_ERRORS as e:
                     core.on_failure(e)
                     if core.should_spill():
@@ -300,3 +327,5 @@ class AsyncSender:
         finally:
             if self._owns_client:
                 await self._client.aclose()
+            if self._http is not None:
+                await asyncio.to_thread(self._http.close)

@@ -10,6 +10,9 @@ variable                      default                     meaning
 ``STEPLINE_NAMESPACE``        ``sl``                      key prefix (DESIGN §4)
 ``STEPLINE_PARTITIONS``       ``16``                      partition count, fixed per deployment
 ``STEPLINE_DATA_DIR``         ``./stepline-data``         spill files go to ``<data_dir>/spill/``
+``STEPLINE_URL``              (none)                      the HTTP gateway; when set, frames go there, not
+                                                          to Redis
+``STEPLINE_API_KEY``          (none)                      the gateway API key (``Authorization: Bearer``)
 ============================  ==========================  ==============================================
 
 The tuning fields (flush interval, memory cap, ...) have no variables: pass ``settings=`` to ``init`` to change
@@ -42,6 +45,12 @@ class ClientSettings:
     namespace: str = "sl"
     partitions: int = 16
     data_dir: Path = Path("./stepline-data")
+    #: The HTTP gateway (``http://host:port``); when set, frames are posted there instead of XADDed to Redis.
+    url: str | None = None
+    #: The gateway API key (a ``write`` key of the run's project).
+    api_key: str | None = None
+    #: ``identity`` or ``gzip`` (level 1): what the HTTP transport does to request bodies.
+    http_encoding: str = "identity"
 
     #: The sender wakes this often to pack pending log calls into frames and send them (seconds).
     flush_interval: float = 0.05
@@ -75,6 +84,10 @@ class ClientSettings:
         Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
         if self.flush_interval <= 0 or self.frame_target_bytes <= 0 or self.max_block_rows <= 0:
             raise ValueError("flush_interval, frame_target_bytes and max_block_rows must be positive")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise SettingsError(f"url must start with http:// or https://, got {self.url!r}")
+        if self.http_encoding not in ("identity", "gzip"):
+            raise SettingsError(f"http_encoding must be identity or gzip, got {self.http_encoding!r}")
         if self.frame_target_bytes >= self.limits.max_frame_bytes:
             raise ValueError("frame_target_bytes must be below limits.max_frame_bytes")
 
@@ -90,6 +103,8 @@ class ClientSettings:
             "redis_url": env.get("STEPLINE_REDIS_URL") or DEFAULT_REDIS_URL,
             "namespace": env.get("STEPLINE_NAMESPACE") or "sl",
             "data_dir": Path(env.get("STEPLINE_DATA_DIR") or "./stepline-data"),
+            "url": env.get("STEPLINE_URL") or None,
+            "api_key": env.get("STEPLINE_API_KEY") or None,
         }
         raw = env.get("STEPLINE_PARTITIONS")
         if raw:
