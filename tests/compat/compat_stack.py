@@ -6,7 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+from sqlalchemy import create_engine, select
+
 from ingest.query import Api, RunNotFound, RunView
+from schemas.store import partitions
 from workers.worker import Worker
 
 
@@ -44,3 +48,32 @@ class Stack:
                 time.sleep(0.05)
             (view,) = api.runs(project)
         return self.finished(view.path, max(deadline - time.monotonic(), 1.0))
+
+    def drained(self, timeout: float = 30.0) -> None:
+        """Wait until every entry now in the partition streams is committed (e.g. a re-import was processed)."""
+        names = self.worker.names
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            want: dict[int, tuple[int, ...]] = {}
+            for p in range(names.partitions):
+                if client.exists(names.stream(p)):
+                    want[p] = _id(client.xinfo_stream(names.stream(p))["last-generated-id"])
+        finally:
+            client.close()
+        engine = create_engine(f"sqlite:///{self.data_dir / 'meta.sqlite'}")
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with engine.connect() as conn:
+                    done = {int(r.p): _id(r.offset) for r in conn.execute(select(partitions.c.p, partitions.c.offset))}
+                if all(done.get(p, (0, 0)) >= last for p, last in want.items()):
+                    return
+                assert time.monotonic() < deadline, f"streams not committed after {timeout:.0f}s"
+                time.sleep(0.05)
+        finally:
+            engine.dispose()
+
+
+def _id(raw: bytes | str) -> tuple[int, ...]:
+    s = raw.decode() if isinstance(raw, bytes) else raw
+    return tuple(int(x) for x in s.split("-")) if "-" in s else (0, 0)
