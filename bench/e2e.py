@@ -98,11 +98,15 @@ def committed_rows(api: Api, project: str) -> int:
 
 
 def log_runs(url: str, ns: str, data_dir: Path, project: str, runs: int, steps: int) -> float:
+    """Log the runs concurrently (a thread per run); the rows are made before the clock starts, so the figure is
+    stepline's cost, not the benchmark's random number generation."""
+    rngs = [np.random.default_rng(i) for i in range(runs)]
+    rows = [[make_row(rngs[i], s) for s in range(steps)] for i in range(runs)]
+
     def one(i: int) -> None:
-        rng = np.random.default_rng(i)
         run = ingest.init(project=project, id=f"r{i}", redis_url=url, namespace=ns, data_dir=str(data_dir))
-        for s in range(steps):
-            run.log(make_row(rng, s), step=s)
+        for s, row in enumerate(rows[i]):
+            run.log(row, step=s)
         run.finish(timeout=600)
 
     t0 = time.perf_counter()
@@ -190,6 +194,33 @@ def sampled_read(url: str, ns: str, data_dir: Path, api: Api, steps: int) -> dic
     return {"sampled_read_ms": statistics.median(times) * 1000, "sampled_log_calls_per_s": steps / t_log}
 
 
+def rss_with_runs(url: str, runs: int, steps: int) -> float:
+    """Peak RSS (MB) of a fresh worker that has taken ``runs`` active runs of ``steps`` steps each."""
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    data_dir = Path(tempfile.mkdtemp(prefix="stepline-bench-rss-"))
+    worker = start_worker(url, ns, data_dir)
+    api = Api(data_dir=data_dir)
+    try:
+        rng = np.random.default_rng(1)
+        active = [ingest.init(project="rss", id=f"r{i}", redis_url=url, namespace=ns, data_dir=str(data_dir))
+                  for i in range(runs)]
+        for s in range(steps):
+            for run in active:
+                run.log(make_row(rng, s), step=s)
+        for run in active:
+            run.finish(timeout=600)
+        wait_rows(api, "rss", runs * steps)
+        return peak_rss_mb(worker.pid)
+    finally:
+        api.close()
+        worker.terminate()
+        worker.wait(30)
+        with redis.Redis.from_url(url) as r:
+            for key in r.scan_iter(match=f"{ns}:*", count=1000):
+                r.delete(key)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def once(args: argparse.Namespace, rep: int) -> dict[str, Any]:
     ns = f"bench{uuid.uuid4().hex[:8]}"
     data_dir = Path(tempfile.mkdtemp(prefix="stepline-bench-"))
@@ -250,8 +281,13 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     ap.add_argument("--sampled-steps", type=int, default=1_000_000)
     ap.add_argument("--settle", type=float, default=6.0, help="seconds for compaction before measuring bytes")
+    ap.add_argument("--rss-runs", type=int, default=1000, help="active runs for the worker RSS figure (0: skip)")
+    ap.add_argument("--rss-steps", type=int, default=50)
     args = ap.parse_args()
     results = [once(args, i) for i in range(args.repeat)]
+    if args.rss_runs > 0:
+        results[0]["worker_peak_rss_mb_with_runs"] = rss_with_runs(args.redis_url, args.rss_runs, args.rss_steps)
+        results[0]["rss_runs"] = args.rss_runs
     med: dict[str, Any] = {}
     for k in results[0]:
         vals = [r[k] for r in results if k in r]
