@@ -263,6 +263,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return sync.main(args.rest)
 
 
+def cmd_import_wandb(args: argparse.Namespace) -> int:
+    from . import wandb_import
+
+    return wandb_import.main(args.rest)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export
+
+    return export.main(args.rest)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -319,13 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db-url")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("sync", help="resend frames spilled to disk while Redis was unreachable")
+    p = sub.add_parser("sync", help="resend frames spilled to disk while Redis was unreachable", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("import-wandb", help="import W&B offline runs (run-*.wandb files)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_import_wandb)
+
+    p = sub.add_parser("export", help="export a run's history to Parquet, CSV or JSON Lines", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_export)
     return ap
 
 
+#: Subcommands whose module parses its own arguments (``stepline sync --help`` shows that module's help).
+_PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cmd_export}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     rc: int = args.func(args)
     return rc
