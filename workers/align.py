@@ -329,31 +329,11 @@ class RunAligner:
                     agg.count += len(f)
             self.explicit_summary.pop(ident, None)
         if self.metrics:
-            self._step_sync_batch(values, len(rows))
+            self._step_sync(values, len(rows))
         start = self.start_ts if self.start_ts is not None else float(ts[0])
         self.out_rows.append(RowBatch(steps=steps, ts=ts, runtime=ts - start, values=values))
         self.rows += len(rows)
         self.last_step = int(steps[-1])
-
-    def _step_sync_batch(self, values: dict[ColId, Any], m: int) -> None:
-        present = {ident for ident, _ in values}
-        for ident, kind in list(values):
-            if kind == NUMBER and any(
-                d.get("step_metric") and key_ident(d["step_metric"]) == ident for d in self.metrics.values()
-            ):
-                self.step_values[ident] = _item(values[(ident, kind)], m - 1)
-        for ident in list(present):
-            definition = self._metric_for(ident)
-            if definition is None or not definition["step_metric"] or not definition["step_sync"]:
-                continue
-            sm = key_ident(definition["step_metric"])
-            if sm in present or sm not in self.step_values:
-                continue
-            col = (sm, NUMBER)
-            if col not in self.displays:
-                self._new_column(definition["step_metric"], sm, NUMBER)
-            values[col] = [self.step_values[sm]] * m
-            present.add(sm)
 
     def apply_log(self, ts: float, data: dict[str, Any], step: int | None, commit: bool | None) -> None:
         c = self.cursor
@@ -462,13 +442,19 @@ class RunAligner:
         self.rows += 1
         self.last_step = step
 
-    def _step_sync(self, values: dict[ColId, Any]) -> None:
+    def _step_sync(self, values: dict[ColId, Any], m: int | None = None) -> None:
+        """Remember the latest value of step metrics and fill in ``step_sync`` metrics' missing step metric.
+
+        ``values`` is one row (``m`` None) or ``m`` rows column-wise (a fill-in is then a constant column: within
+        a block every row has the same keys, so the latest value of an absent step metric cannot change).
+        """
         present = {ident for ident, _ in values}
         for ident, kind in list(values):
-            if kind != NUMBER:
-                continue
-            if any(d.get("step_metric") and key_ident(d["step_metric"]) == ident for d in self.metrics.values()):
-                self.step_values[ident] = values[(ident, kind)]
+            if kind == NUMBER and any(
+                d.get("step_metric") and key_ident(d["step_metric"]) == ident for d in self.metrics.values()
+            ):
+                v = values[(ident, kind)]
+                self.step_values[ident] = v if m is None else _item(v, m - 1)
         for ident in list(present):
             definition = self._metric_for(ident)
             if definition is None or not definition["step_metric"] or not definition["step_sync"]:
@@ -479,7 +465,8 @@ class RunAligner:
             col = (sm, NUMBER)
             if col not in self.displays:
                 self._new_column(definition["step_metric"], sm, NUMBER)
-            values[col] = self.step_values[sm]
+            latest = self.step_values[sm]
+            values[col] = latest if m is None else [latest] * m
             present.add(sm)
 
     def reject(self, reason: str, step: int | None, cursor: int | None, ts: float | None, message: str) -> None:
