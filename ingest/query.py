@@ -51,13 +51,26 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select
 
 from schemas import Media, SteplineError, key_ident, section_of, unpackb
-from schemas.store import RUNTIME, SPECIAL_COLUMNS, STEP, TIMESTAMP, rejections, runs, segments
+from schemas.store import (
+    RUNTIME,
+    SPECIAL_COLUMNS,
+    STEP,
+    TIMESTAMP,
+    normalize_db_url,
+    reader_engine,
+    rejections,
+    runs,
+    segments,
+)
 from schemas.values import BOOL, NUMBER, STRING
 
 from ._sampling import m4
+
+#: The gateway opens its engine the way the query library does.
+_reader_engine = reader_engine
 
 __all__ = ["Api", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Sampled", "format_history"]
 
@@ -89,33 +102,7 @@ class QuerySettings:
         """Explicit arguments win over ``STEPLINE_DATA_DIR`` / ``STEPLINE_DB_URL``, which win over defaults."""
         d = Path(data_dir if data_dir is not None else environ.get("STEPLINE_DATA_DIR") or DEFAULT_DATA_DIR)
         url = db_url or environ.get("STEPLINE_DB_URL") or f"sqlite:///{d / 'meta.sqlite'}"
-        for prefix in ("postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                url = "postgresql+psycopg://" + url[len(prefix):]
-        return cls(data_dir=d, db_url=url)
-
-
-def _reader_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
-        # A reader must never take the write lock; the writer already put the database in WAL mode.
-        cur.execute("PRAGMA query_only=ON")
-        cur.close()
-        # pysqlite does not BEGIN before a SELECT, so two SELECTs would see two states; a deferred BEGIN makes
-        # the whole read one WAL snapshot (which never blocks the writer).
-        dbapi_conn.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
+        return cls(data_dir=d, db_url=normalize_db_url(url))
 
 
 def _split_path(path: str) -> tuple[str, str]:
@@ -138,7 +125,7 @@ class Api:
         self.settings = QuerySettings.from_env(data_dir, db_url)
         self.data_dir = self.settings.data_dir
         # An engine passed in belongs to the caller, who closes it; one we create is ours.
-        self._engine = engine or _reader_engine(self.settings.db_url)
+        self._engine = engine or reader_engine(self.settings.db_url)
         self._owns_engine = engine is None
         self._has_tables = False
         self._cache = _ColumnCache(cache_bytes)

@@ -28,6 +28,7 @@ from typing import Any, Final
 from sqlalchemy import (
     BigInteger,
     Column,
+    Engine,
     Float,
     Index,
     Integer,
@@ -36,7 +37,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
+    event,
 )
+from sqlalchemy.pool import NullPool
 
 from .values import NUMBER
 
@@ -142,3 +146,59 @@ def blob_path(sha256: str) -> str:
 
 def column_info(display: str, kind: str) -> dict[str, Any]:
     return {"key": display, "kind": kind, "field": field_name(display, kind)}
+
+
+def normalize_db_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean PostgreSQL through psycopg 3 (the one driver we ship)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def writer_engine(url: str) -> Engine:
+    """The workers' engine: SQLite in WAL mode with ``BEGIN IMMEDIATE`` (writers queue on the busy timeout
+    instead of failing to upgrade a read lock), or a small PostgreSQL pool."""
+    url = normalize_db_url(url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def reader_engine(url: str) -> Engine:
+    """The readers' engine: never takes SQLite's write lock, and each transaction is one WAL snapshot."""
+    url = normalize_db_url(url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA query_only=ON")  # the writer already put the database in WAL mode
+        cur.close()
+        # pysqlite does not BEGIN before a SELECT, so two SELECTs would see two states; a deferred BEGIN makes
+        # the whole read one snapshot (which never blocks the writer).
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine

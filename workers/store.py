@@ -22,41 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, packb
-from schemas.store import garbage, metadata, partitions, rejections, runs, segments
+from schemas.store import garbage, metadata, partitions, rejections, runs, segments, writer_engine
 
 
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'meta.sqlite'}"
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block the writer."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-            # Let SQLAlchemy's "begin" event below emit BEGIN: pysqlite's deferred BEGIN lets two writers
-            # both read and then fail to upgrade; BEGIN IMMEDIATE makes them queue on busy_timeout instead.
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
 
 
 @dataclass(slots=True)
@@ -114,7 +87,7 @@ class MetaStore:
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = url
-        self.engine = engine or make_engine(url)
+        self.engine = engine or writer_engine(url)
         self._owns_engine = engine is None
         metadata.create_all(self.engine)
 
