@@ -135,4 +135,8 @@ class Backlog:
                 log.warning("gateway: backlog sample failed: %r", e)
             except SQLAlchemyError as e:
                 log.warning("gateway: reading committed offsets failed: %r", e)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py may turn a cancellation mid-read into a ConnectionError: never swallow it.
+                raise asyncio.CancelledError
             await asyncio.sleep(interval)

@@ -82,22 +82,24 @@ async def read_body(request: web.Request, gw: GW, cap: int) -> bytes:
         raise Refused(415, "unsupported_encoding", f"Content-Encoding {enc!r} is not one of {list(ENCODINGS)}")
     if request.content_length is not None and request.content_length > cap:
         raise Refused(413, "body_too_large", f"body is {request.content_length} bytes, the limit is {cap}")
-    chunks: list[bytes] = []
-    size = 0
+
+    async def read_all() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > cap:
+                raise Refused(413, "body_too_large", f"body is over the limit of {cap} bytes")
+            chunks.append(chunk)
+
     try:
-        async with asyncio.timeout(gw.settings.body_timeout_s):
-            while True:
-                chunk = await request.content.readany()
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > cap:
-                    raise Refused(413, "body_too_large", f"body is over the limit of {cap} bytes")
-                chunks.append(chunk)
+        raw = await asyncio.wait_for(read_all(), gw.settings.body_timeout_s)
     except TimeoutError:
         raise Refused(408, "body_timeout",
                       f"the body did not arrive within {gw.settings.body_timeout_s:g} s") from None
-    raw = b"".join(chunks)
     gw.metrics.request_bytes += len(raw)
     if request.content_length is not None and len(raw) != request.content_length:
         raise Refused(400, "truncated_body", f"got {len(raw)} of {request.content_length} bytes")

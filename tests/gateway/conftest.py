@@ -81,7 +81,12 @@ async def make_client() -> AsyncIterator[Callable[[GatewaySettings], Awaitable[C
 
     yield make
     for c in clients:
-        await c.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(c.close()), 5)
+        except TimeoutError:
+            for t in asyncio.all_tasks():
+                t.print_stack()
+            raise
 
 
 class ThreadGateway:

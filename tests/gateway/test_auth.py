@@ -44,7 +44,8 @@ async def test_authorization_matrix(gw_settings: GatewaySettings, keys: Any, mak
                                     worker: Callable[[], Any]) -> None:
     c = await make_client(gw_settings)
     admin = {"Authorization": f"Bearer {keys.tokens['admin']}"}
-    r = await c.post("/api/v1/projects/pa/runs/r1/frames", data=body(frames_for("pa", "r1")), headers={**FRAMES, **admin})
+    r = await c.post("/api/v1/projects/pa/runs/r1/frames", data=body(frames_for("pa", "r1")),
+                     headers={**FRAMES, **admin})
     assert r.status == 202, await r.text()
     worker()
     await wait_committed(c, keys.tokens["admin"], "/api/v1/projects/pa/runs/r1", 5)
