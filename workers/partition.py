@@ -30,6 +30,7 @@ from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, de
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
+from ._faults import crash_point
 from .align import Row, RowBatch, RunAligner, media_blobs
 from .segments import rows_to_table, write_table
 from .store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
@@ -45,6 +46,17 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 def id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+@dataclass(slots=True)
+class PreparedCommit:
+    """A snapshot of a partition's work, made durable by :meth:`PartitionProcessor.write`."""
+
+    read_id: str
+    work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]]
+    updates: list[RunUpdate]
+    rejections: list[RejectionRow]
+    dlq: list[tuple[str, dict[bytes, bytes]]]
 
 
 @dataclass
@@ -65,12 +77,16 @@ class PartitionProcessor:
     rejections: list[RejectionRow] = field(default_factory=list)
     dlq: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)  # (dead-letter id, fields)
     entries_since_commit: int = 0
+    prepared_id: str = ""  # the read offset of the last prepared commit (durable once its write succeeds)
     last_commit: float = field(default_factory=time.monotonic)
     touched: set[RunKey] = field(default_factory=set)  # runs with new segments since the last compaction pass
+    gaps: int = 0  # stream gaps detected (entries deleted before they were read): see check_stream
 
     def __post_init__(self) -> None:
         if not self.read_id:
             self.read_id = self.offset
+        if not self.prepared_id:
+            self.prepared_id = self.offset
 
     @property
     def uncommitted(self) -> bool:
@@ -114,6 +130,12 @@ class PartitionProcessor:
                 log.warning("partition %d entry %s dead-lettered: %s", self.p, entry_id, e)
                 self._dead_letter(entry_id, e.code, str(e), raw)
                 continue
+            except Exception as e:
+                # A decoder bug must not become a poison pill: raising here would make the worker drop its
+                # work and re-read the same entry forever. Dead-letter it, loudly.
+                log.exception("partition %d entry %s: the decoder crashed; dead-lettered", self.p, entry_id)
+                self._dead_letter(entry_id, "decode_error", f"{type(e).__name__}: {e}", raw)
+                continue
             if self.run_filter is not None and not self.run_filter(frame.project, frame.run):
                 continue
             decoded.append((entry_id, frame))
@@ -127,6 +149,7 @@ class PartitionProcessor:
             self._apply(entry_id, frame)
         self.read_id = entries[-1][0].decode()
         self.entries_since_commit += len(entries)
+        crash_point("read")
 
     def _apply(self, entry_id: str, frame: Frame) -> None:
         key = (frame.project, frame.run)
@@ -139,7 +162,13 @@ class PartitionProcessor:
             if isinstance(ev, BadEvent):
                 r.reject(ev.error.code, None, r.cursor, None, f"malformed event: {ev.error}")
             else:
-                r.apply(ev)
+                try:
+                    r.apply(ev)
+                except Exception as e:
+                    # Same reasoning as a decoder crash: reject the event (deterministically, so a replay
+                    # converges) rather than stall the partition on it forever.
+                    log.exception("partition %d entry %s: applying an event crashed; rejected", self.p, entry_id)
+                    r.reject("internal_error", None, r.cursor, None, f"{type(e).__name__}: {e}"[:500])
         if r.out_rejections:
             for rej in r.out_rejections:
                 self.rejections.append(RejectionRow(
@@ -149,48 +178,108 @@ class PartitionProcessor:
                                   step=rej.step, cursor=rej.cursor)
             r.out_rejections = []
 
+    async def check_stream(self) -> str | None:
+        """Detect entries deleted from the stream before this worker read them (trimmed past the committed
+        offset by someone else, or lost by Redis). Returns the problem, after logging it at ERROR and writing a
+        ``stream_gap`` dead letter; ``None`` when the stream holds everything after ``read_id``.
+
+        Redis 7 reports ``max-deleted-entry-id``: any deletion after ``read_id`` is a loss. Older servers only
+        show the first entry, so a first entry after a non-zero ``read_id`` is reported as a possible loss.
+        A last id before ``read_id`` means Redis went back in time (restart without fsync, failover).
+        """
+        try:
+            info: dict[str, Any] = await self.redis.xinfo_stream(self.names.stream(self.p))
+        except ResponseError:  # no such key: nothing written yet
+            return None
+        pos = id_tuple(self.read_id)
+        first = info.get("first-entry")
+        first_id = _sid(first[0]) if first else None
+        last_id = _sid(info.get("last-generated-id"))
+        max_deleted = _sid(info.get("max-deleted-entry-id")) if "max-deleted-entry-id" in info else None
+        problem = None
+        if max_deleted is not None and id_tuple(max_deleted) > pos:
+            problem = (f"entries up to {max_deleted} were deleted from the stream before they were read "
+                       f"(read up to {self.read_id}, committed {self.offset}); their events are lost")
+        elif max_deleted is None and first_id is not None and pos > (0, 0) and id_tuple(first_id) > pos:
+            problem = (f"the stream starts at {first_id}, after the position read {self.read_id}: entries may "
+                       f"have been trimmed before they were read")
+        elif last_id is not None and id_tuple(last_id) < pos:
+            problem = (f"the stream ends at {last_id}, before the position read {self.read_id}: Redis lost "
+                       f"acknowledged entries (restart without fsync, or failover)")
+        if problem is None:
+            return None
+        log.error("partition %d: DATA LOSS: %s", self.p, problem)
+        gap = max_deleted or first_id or self.read_id
+        ms, seq = id_tuple(gap)
+        # The last dead-letter slot of the deleted entry: no real dead letter can take it, and reporting the same
+        # gap again (another take before a commit) is refused by Redis as a duplicate.
+        fields = {b"id": gap.encode(), b"reason": b"stream_gap", b"message": problem.encode(),
+                  b"read_id": self.read_id.encode(), b"offset": self.offset.encode()}
+        try:
+            await self.redis.xadd(self.names.dlq(self.p), fields,  # type: ignore[arg-type]
+                                  id=f"{ms}-{seq * DLQ_PER_ENTRY + DLQ_PER_ENTRY - 1}")
+        except ResponseError as e:
+            if "equal or smaller" not in str(e):
+                raise
+        self.gaps += 1
+        return problem
+
     def commit_due(self, interval_s: float, max_entries: int) -> bool:
-        if not self.uncommitted:
+        if self.read_id == self.prepared_id and not self.dirty:
             return False
         return self.entries_since_commit >= max_entries or time.monotonic() - self.last_commit >= interval_s
 
-    async def commit(self) -> bool:
-        """Make everything processed so far durable; raise :class:`FencedError` if the partition was taken."""
-        if not self.uncommitted and not self.dirty:
-            return False
+    def prepare(self) -> PreparedCommit | None:
+        """Snapshot everything processed since the last prepared commit (rows, per-run state, rejections, dead
+        letters, the read offset); processing may go on while :meth:`write` makes the snapshot durable."""
+        if self.read_id == self.prepared_id and not self.dirty:
+            return None
         work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]] = []
+        updates = []
         for key in sorted(self.dirty):
             r = self.runs[key]
             rows, _ = r.take_columnar()
             work.append((key, r, rows))
-        await self._copy_blobs([row for _, _, rows in work for row in rows])
-        segments = await asyncio.to_thread(self._write_segments, work)
-        updates = [
-            RunUpdate(
+            updates.append(RunUpdate(
                 project=key[0], run=key[1], partition=self.p, name=r.name, state=r.state,
                 created_at=r.created_at, updated_at=r.updated_at, last_step=r.last_step, rows=r.rows,
                 rejected=sum(r.rejected.values()), info=r.info(), state_blob=r.dump(),
-            )
-            for key, r, _ in work
-        ]
-        if self.dlq:
-            pipe = self.redis.pipeline(transaction=False)
-            # Ascending ids (malformed frames are dead-lettered while decoding, rejections while applying).
-            for dlq_id, fields in sorted(self.dlq, key=lambda d: id_tuple(d[0])):
-                pipe.xadd(self.names.dlq(self.p), fields, id=dlq_id)  # type: ignore[arg-type]
-            for res in await pipe.execute(raise_on_error=False):
-                # "equal or smaller than the target stream top item": written by an earlier attempt.
-                if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
-                    raise res
-        c = Commit(self.p, self.epoch, self.read_id, updates, segments, self.rejections)
-        await asyncio.to_thread(self.store.commit, c)
-        self.offset = self.read_id
-        self.touched.update(key for key, _, rows in work if rows)
+            ))
+        prep = PreparedCommit(self.read_id, work, updates, self.rejections, self.dlq)
+        self.prepared_id = self.read_id
         self.dirty.clear()
         self.rejections = []
         self.dlq = []
         self.entries_since_commit = 0
         self.last_commit = time.monotonic()
+        return prep
+
+    async def write(self, prep: PreparedCommit) -> None:
+        """Segments first, then dead letters, then the one fenced metadata transaction (raises FencedError)."""
+        await self._copy_blobs([row for _, _, rows in prep.work for row in rows])
+        segments = await asyncio.to_thread(self._write_segments, prep.work)
+        crash_point("segments")
+        if prep.dlq:
+            pipe = self.redis.pipeline(transaction=False)
+            # Ascending ids (malformed frames are dead-lettered while decoding, rejections while applying).
+            for dlq_id, fields in sorted(prep.dlq, key=lambda d: id_tuple(d[0])):
+                pipe.xadd(self.names.dlq(self.p), fields, id=dlq_id)  # type: ignore[arg-type]
+            for res in await pipe.execute(raise_on_error=False):
+                # "equal or smaller than the target stream top item": written by an earlier attempt.
+                if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
+                    raise res
+        c = Commit(self.p, self.epoch, prep.read_id, prep.updates, segments, prep.rejections)
+        await asyncio.to_thread(self.store.commit, c)
+        crash_point("committed")
+        self.offset = prep.read_id
+        self.touched.update(key for key, _, rows in prep.work if rows)
+
+    async def commit(self) -> bool:
+        """Prepare and write in one go (replay, drain, tests); False when there was nothing to commit."""
+        prep = self.prepare()
+        if prep is None:
+            return False
+        await self.write(prep)
         return True
 
     def _write_segments(self, work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]]) -> list[SegmentRef]:
@@ -225,6 +314,10 @@ class PartitionProcessor:
                 log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
                 continue
             await asyncio.to_thread(_write_blob, self.data_dir / blob_path(sha), data)
+
+
+def _sid(v: Any) -> str | None:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _write_blob(path: Path, data: bytes) -> None:

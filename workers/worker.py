@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from schemas import FencedError
 
+from ._faults import crash_point
 from .partition import Entry, PartitionProcessor, id_tuple
 from .segments import merge_tables, read_table, write_table
 from .settings import WorkerSettings
@@ -40,6 +41,12 @@ _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    """Retrieve an abandoned task's outcome so asyncio does not warn about it (fencing already voided it)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("abandoned commit ended with %r", task.exception())
 
 
 def rendezvous_owner(workers: list[str], p: int) -> str | None:
@@ -74,9 +81,11 @@ class Worker:
         self.owned: dict[int, PartitionProcessor] = {}
         self.desired: set[int] = set()
         self.lost: set[int] = set()
+        self.inflight: dict[int, tuple[PartitionProcessor, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
         self.commits = 0
         self.fenced = 0
+        self.stream_gaps = 0
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -123,6 +132,7 @@ class Worker:
                 await asyncio.wait_for(self._drain(), timeout=s.drain_timeout_s)
             except (TimeoutError, RedisError, OSError) as e:
                 log.error("worker %s: drain did not finish cleanly: %r", self.id, e)
+            await self._abandon_inflight()
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -177,6 +187,12 @@ class Worker:
         )
         self.lost.discard(p)
         log.info("worker %s took partition %d (epoch %d, offset %s)", self.id, p, epoch, offset)
+        await self._check_stream(self.owned[p])
+
+    async def _check_stream(self, proc: PartitionProcessor) -> None:
+        """Entries deleted before they were read are lost: count them and say so loudly (never skip silently)."""
+        if await proc.check_stream() is not None:
+            self.stream_gaps += 1
 
     async def _release(self, p: int, *, commit: bool) -> None:
         proc = self.owned.pop(p, None)
@@ -184,6 +200,7 @@ class Worker:
             return
         if commit:
             with contextlib.suppress(FencedError):
+                await self._settle(proc)
                 await self._commit(proc)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.release_partition, p, proc.epoch)
@@ -193,14 +210,59 @@ class Worker:
         log.info("worker %s released partition %d", self.id, p)
 
     async def _commit(self, proc: PartitionProcessor) -> None:
+        """Commit now and wait for it (hand-over, drain)."""
         try:
             if await proc.commit():
                 self.commits += 1
         except FencedError:
-            self.fenced += 1
-            log.warning("worker %s fenced on partition %d (epoch %d): dropping it", self.id, proc.p, proc.epoch)
-            self.owned.pop(proc.p, None)
+            self._fenced(proc)
             raise
+
+    def _fenced(self, proc: PartitionProcessor) -> None:
+        self.fenced += 1
+        log.warning("worker %s fenced on partition %d (epoch %d): dropping it", self.id, proc.p, proc.epoch)
+        if self.owned.get(proc.p) is proc:
+            self.owned.pop(proc.p, None)
+
+    def _start_commit(self, proc: PartitionProcessor) -> None:
+        """Commit in the background while the loop goes on reading and aligning (one commit in flight per
+        partition; the next waits for it, so commits land in offset order)."""
+        prep = proc.prepare()
+        if prep is not None:
+            self.inflight[proc.p] = (proc, asyncio.create_task(proc.write(prep), name=f"commit-p{proc.p}"))
+
+    async def _settle(self, proc: PartitionProcessor) -> None:
+        """Wait for the partition's commit in flight, if any; raise what it raised."""
+        entry = self.inflight.get(proc.p)
+        if entry is None or entry[0] is not proc:
+            return
+        del self.inflight[proc.p]
+        try:
+            await entry[1]
+            self.commits += 1
+        except FencedError:
+            self._fenced(proc)
+            raise
+
+    async def _reap(self) -> None:
+        """Collect finished background commits; a failed one drops its partition (fenced) or everything."""
+        for p, (proc, task) in list(self.inflight.items()):
+            if not task.done():
+                continue
+            del self.inflight[p]
+            exc = task.exception()
+            if exc is None:
+                self.commits += 1
+            elif isinstance(exc, FencedError):
+                self._fenced(proc)
+            elif self.owned.get(p) is proc:
+                raise exc
+
+    async def _abandon_inflight(self) -> None:
+        """Forget commits of partitions we no longer trust; fencing makes a late one harmless."""
+        for _proc, task in self.inflight.values():
+            task.add_done_callback(_consume)
+        self.inflight.clear()
 
     # --- the main loop ---------------------------------------------------------------------------------------
 
@@ -228,6 +290,7 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _reset_all(self) -> None:
+        await self._abandon_inflight()
         for p in list(self.owned):
             self.owned.pop(p, None)
             with contextlib.suppress(RedisError, OSError):
@@ -238,6 +301,7 @@ class Worker:
         for p in list(self.lost):
             self.owned.pop(p, None)
             self.lost.discard(p)
+        await self._reap()
         for p in sorted(set(self.owned) - self.desired):
             await self._release(p, commit=True)
         for p in sorted(self.desired - set(self.owned)):
@@ -254,9 +318,9 @@ class Worker:
             proc = self.owned.get(p)
             if proc is not None and entries:
                 await proc.process(entries)
-        for proc in list(self.owned.values()):
-            if proc.commit_due(s.commit_interval_s, s.commit_entries):
-                await self._commit(proc)
+        for p, proc in list(self.owned.items()):
+            if p not in self.inflight and proc.commit_due(s.commit_interval_s, s.commit_entries):
+                self._start_commit(proc)
 
     def _partition_of_stream(self, key: bytes | str) -> int:
         k = key.decode() if isinstance(key, bytes) else key
@@ -276,6 +340,7 @@ class Worker:
                 if time.monotonic() - last_trim >= s.trim_interval_s:
                     last_trim = time.monotonic()
                     for proc in list(self.owned.values()):
+                        await self._check_stream(proc)
                         await self._trim(proc)
                 if time.monotonic() - last_gc >= s.gc_grace_s / 4:
                     last_gc = time.monotonic()
@@ -294,6 +359,7 @@ class Worker:
         minid = min(id_tuple(proc.offset), horizon)
         if minid > (0, 0):
             await self.redis.xtrim(self.names.stream(proc.p), minid=f"{minid[0]}-{minid[1]}", approximate=False)
+            crash_point("trimmed")
 
     async def _compact(self, proc: PartitionProcessor) -> None:
         runs = sorted(proc.touched)
