@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import logging
+from collections import Counter
 from urllib.parse import quote, urlsplit
 
 import msgpack
@@ -77,6 +78,9 @@ class HttpTransport:
         self._stored_blobs: set[str] = set()
         self.refused_frames = 0
         self.requests = 0
+        #: Replies by HTTP status, and 429/503 replies that came without ``Retry-After`` (for tests and benches).
+        self.statuses: Counter[int] = Counter()
+        self.missing_retry_after = 0
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -103,6 +107,9 @@ class HttpTransport:
             self.close()  # a half-used connection cannot be trusted: reconnect next time
             raise GatewayUnavailable(f"gateway unreachable: {type(e).__name__}: {e}") from e
         self.requests += 1
+        self.statuses[resp.status] += 1
+        if resp.status in (429, 503) and resp.getheader("Retry-After") is None:
+            self.missing_retry_after += 1
         if resp.will_close:
             self.close()
         return resp.status, _retry_after(resp.getheader("Retry-After")), data

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, help="partition count (STEPLINE_PARTITIONS, default 16)")
     ap.add_argument("--backlog-high-water", type=int, help="429 past this many uncommitted entries per partition")
     ap.add_argument("--rate", type=float, dest="rate_per_s", help="requests per second per key (0: no limit)")
+    ap.add_argument("--burst", type=float, dest="rate_burst", help="requests a key may send at once (token bucket)")
     ap.add_argument("--access-log", action="store_true", help="log every request")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         s = GatewaySettings.from_env(
             host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir, db_url=args.db_url,
             namespace=args.namespace, partitions=args.partitions, backlog_high_water=args.backlog_high_water,
-            rate_per_s=args.rate_per_s,
+            rate_per_s=args.rate_per_s, rate_burst=args.rate_burst,
         )
         engine = writer_engine(s.metadata_url)
         try:
