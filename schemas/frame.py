@@ -33,6 +33,10 @@ from .values import Media, kind_of, packb, unpackb, values_equal
 FRAME_VERSION = 1
 #: The one field of a stream entry that holds the frame bytes.
 FRAME_FIELD = b"f"
+#: Highest step a call may name: ``_step`` is an int64 column (the cursor after it still packs as a uint64).
+MAX_STEP = (1 << 63) - 1
+#: Highest first sequence number of a frame: ``seq + len(events)`` must still pack as an int64.
+MAX_SEQ = 1 << 62
 SUMMARY_MODES = frozenset({"min", "max", "mean", "first", "last", "none"})
 
 
@@ -204,6 +208,15 @@ class BadEvent(Event):
 AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish
 
 
+def _flag(m: dict[str, Any], name: str, default: bool) -> bool:
+    v = m.get(name)
+    if v is None:
+        return default
+    if type(v) is not bool:  # never bool(v): an array has no truth value
+        raise SchemaError(f"{name} must be a bool, got {type(v).__name__}", code="bad_event")
+    return v
+
+
 def _num(v: Any, what: str) -> float:
     if type(v) is float or type(v) is int:
         return float(v)
@@ -218,10 +231,12 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
     if not isinstance(m, dict):
         raise SchemaError("an event must be a map", code="bad_event")
     k = m.get("k")
+    if type(k) is not str:  # compared with str below: an array here would make ``==`` elementwise
+        raise SchemaError(f"unknown event kind {k!r:.40}", code="unknown_event")
     if k == "log":
         step = _opt(m, "step", int, "log")
-        if step is not None and step < 0:
-            raise SchemaError(f"step must be >= 0, got {step}", code="bad_step")
+        if step is not None and not 0 <= step <= MAX_STEP:
+            raise SchemaError(f"step must be within 0..{MAX_STEP}, got {step}", code="bad_step")
         return Log(
             ts=_num(m.get("ts"), "log ts"),
             data=_check_data(m.get("data"), "log", limits),
@@ -231,7 +246,8 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
     if k == "logs":
         return _decode_block(m, limits)
     if k == "start":
-        cfg = m.get("config") or {}
+        cfg = m.get("config")
+        cfg = {} if cfg is None else cfg
         if not isinstance(cfg, dict):
             raise SchemaError("start config must be a map", code="bad_event")
         return Start(
@@ -256,9 +272,9 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
             name=name,
             step_metric=_opt(m, "step_metric", str, "define_metric"),
             summary=summary,
-            hidden=bool(m.get("hidden") or False),
+            hidden=_flag(m, "hidden", False),
             goal=goal,
-            step_sync=bool(m.get("step_sync", True)),
+            step_sync=_flag(m, "step_sync", True),
         )
     if k == "config":
         data = m.get("data")
@@ -297,7 +313,7 @@ def _decode_block(m: dict[str, Any], limits: Limits) -> LogBlock:
     elif not all(type(t) is float or type(t) is int for t in ts):
         raise SchemaError("logs block: ts must be numbers", code="bad_event")
     for s in steps:
-        if s is not None and (type(s) is not int or s < 0):
+        if s is not None and (type(s) is not int or not 0 <= s <= MAX_STEP):
             raise SchemaError(f"logs block: bad step {s!r:.40}", code="bad_step")
     for c in commits:
         if c is not None and type(c) is not bool:
@@ -383,7 +399,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS, *, strict: bool =
     if not isinstance(m, dict):
         raise SchemaError("a frame must be a map", code="bad_frame")
     v = m.get("v")
-    if v != FRAME_VERSION or type(v) is not int:
+    if type(v) is not int or v != FRAME_VERSION:
         raise SchemaError(f"unknown frame version {v!r:.20}", code="unknown_version")
     project = check_run_id(m.get("project"), "project")
     run = check_run_id(m.get("run"), "run")
@@ -391,8 +407,8 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS, *, strict: bool =
     if type(producer) is not str or not producer or len(producer) > 64:
         raise SchemaError("producer must be a non-empty str of at most 64 characters", code="bad_frame")
     seq = m.get("seq")
-    if type(seq) is not int or seq < 0:
-        raise SchemaError(f"seq must be an int >= 0, got {seq!r:.20}", code="bad_frame")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise SchemaError(f"seq must be an int within 0..{MAX_SEQ}, got {seq!r:.20}", code="bad_frame")
     raws = m.get("events")
     if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
         raise SchemaError("events must be a list of encoded events", code="bad_frame")
