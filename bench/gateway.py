@@ -217,6 +217,10 @@ def summary(st: Stats, elapsed: float) -> dict[str, Any]:
     }
 
 
+def _cell(v: Any) -> str:
+    return f"{v:>14,.1f}" if isinstance(v, float) else f"{v!s:>14}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=200)
@@ -262,8 +266,7 @@ def main() -> int:
         for k in ("rows_per_s", "points_per_s", "requests_per_s", "p50_ms", "p99_ms", "frames", "errors",
                   "exactly_once", "drain_s"):
             g, d = out["gateway"][k], out["direct"][k]
-            fmt = (lambda v: f"{v:>14,.1f}") if isinstance(g, float) else (lambda v: f"{v!s:>14}")
-            print(f"{k:<28} {fmt(g)} {fmt(d)}")
+            print(f"{k:<28} {_cell(g)} {_cell(d)}")
         print(f"{'status':<28} {json.dumps(out['gateway']['status']):>14}")
         return 0 if out["gateway"]["exactly_once"] and out["direct"]["exactly_once"] and not \
             out["gateway"]["errors"] else 1

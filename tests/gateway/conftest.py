@@ -1,5 +1,5 @@
 """Gateway fixtures: settings under the test's namespace, API keys, an in-process server, real gateway processes,
-an in-process worker. Everything is stopped and cleaned up after the test.
+real worker processes. Everything is stopped and cleaned up after the test.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from worker_harness import WorkerFleet
 
 from ingest.gateway import GatewaySettings, create_app
 from ingest.gateway.keys import KeyStore, writer_engine
-from workers.settings import WorkerSettings
-from workers.worker import Worker
 
 PARTITIONS = 4
 
@@ -192,33 +191,18 @@ def gateway_proc(gw_settings: GatewaySettings, tmp_path: Path) -> Iterator[Calla
         g.kill9()
 
 
-class ThreadWorker:
-    """An in-process worker (``Worker(handle_signals=False)``) in a thread with its own loop."""
-
-    def __init__(self, settings: WorkerSettings) -> None:
-        self.worker = Worker(settings, handle_signals=False)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=lambda: self._loop.run_until_complete(self.worker.async_run()),
-                                        daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self.worker.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-
 @pytest.fixture
-def worker(gw_settings: GatewaySettings) -> Iterator[Callable[[], ThreadWorker]]:
-    made: list[ThreadWorker] = []
+def worker(gw_settings: GatewaySettings, tmp_path: Path) -> Iterator[Callable[[], WorkerFleet]]:
+    """``worker()`` starts one real worker process (``python -m workers``) on the test's namespace; killed after."""
+    s = gw_settings
+    fleet = WorkerFleet(redis_url=s.redis_url, namespace=s.namespace, data_dir=s.data_dir,
+                        log_dir=tmp_path / "worker-logs", partitions=s.partitions, commit_interval_s=0.1)
 
-    def make() -> ThreadWorker:
-        s = gw_settings
-        w = ThreadWorker(WorkerSettings(redis_url=s.redis_url, namespace=s.namespace, partitions=s.partitions,
-                                        data_dir=s.data_dir, lease_ttl_ms=2000, commit_interval_s=0.1))
-        made.append(w)
-        return w
+    def make() -> WorkerFleet:
+        fleet.start()
+        return fleet
 
-    yield make
-    for w in made:
-        w.close()
+    try:
+        yield make
+    finally:
+        fleet.close()

@@ -60,20 +60,20 @@ async def test_authorization_matrix(gw_settings: GatewaySettings, keys: Any, mak
     async def post_frames(role: str) -> int:
         fr = frames_for("pa", "rm", producer=f"p-{role}")
         resp = await c.post("/api/v1/projects/pa/runs/rm/frames", data=body(fr), headers={**FRAMES, **headers(role)})
-        return resp.status
+        return int(resp.status)
 
     async def put_blob(role: str) -> int:
         data = f"blob of {role}".encode()
         sha = hashlib.sha256(data).hexdigest()
         resp = await c.put(f"/api/v1/blobs/{sha}?project=pa&run=rm", data=data,
                            headers={"Content-Type": "application/octet-stream", **headers(role)})
-        return resp.status
+        return int(resp.status)
 
     def getter(path: str) -> Callable[[str], Awaitable[int]]:
         async def get(role: str) -> int:
             resp = await c.get(path, headers=headers(role))
             await resp.read()  # a streamed reply is read to its end
-            return resp.status
+            return int(resp.status)
         return get
 
     base = "/api/v1/projects/pa/runs"

@@ -240,7 +240,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == 1:
         return _pack(draw(_values))
     if kind == 2:  # an array of arbitrary values
-        return msgpack.packb(draw(st.lists(_values, max_size=4)), use_bin_type=True)
+        return _pack(draw(st.lists(_values, max_size=4)))
     if kind == 3:  # frames whose envelope fields are arbitrary
         env = {"v": draw(st.sampled_from([1, 2, 1.0, None, "1"])), "project": draw(st.sampled_from(["p", "q", 1])),
                "run": draw(st.sampled_from(["r", "r/x", ""])), "producer": draw(st.text(max_size=70)),

@@ -19,8 +19,10 @@ import pytest
 from helpers import wait_for
 
 import ingest
+from ingest._http import HttpTransport
 from ingest.gateway import GatewaySettings
 from ingest.query import Api, RunNotFound
+from ingest.sender import ThreadSender
 from ingest.settings import ClientSettings
 
 pytestmark = pytest.mark.integration
@@ -122,20 +124,22 @@ def test_load_50_runs_only_429s_and_exactly_once(gateway_proc: Callable[..., Any
                 r.log({"i": float(counts[j]), "loss": 0.5, "acc": 0.25})
                 counts[j] += 1
         time.sleep(0.01)
-    transports = [r._sender._client for r in runs]  # type: ignore[union-attr]
+    transports = [r._sender._client for r in runs if isinstance(r._sender, ThreadSender)]
+    assert all(isinstance(t, HttpTransport) for t in transports) and len(transports) == len(runs)
     results: list[Any] = [None] * len(runs)
 
     def finish(j: int) -> None:
         results[j] = runs[j].finish(timeout=60)
 
     threads = [threading.Thread(target=finish, args=(j,)) for j in range(len(runs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(90)
     assert all(r is not None and r.ok for r in results), results
     statuses: dict[int, int] = {}
     for t in transports:
+        assert isinstance(t, HttpTransport)
         for k, v in t.statuses.items():
             statuses[k] = statuses.get(k, 0) + v
         assert t.missing_retry_after == 0 and t.refused_frames == 0
