@@ -136,6 +136,10 @@ def worker_processes(settings: WorkerSettings, count: int) -> Iterator[list[subp
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .gateway import GatewaySettings, create_app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,28 +150,45 @@ def cmd_up(args: argparse.Namespace) -> int:
         redis_url = emb.url
     settings = WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=args.namespace,
                                        partitions=args.partitions, db_url=args.db_url)
-    print(f"stepline is up ({emb.kind if emb else 'external Redis'}); {args.workers} worker(s) in this process.")
-    print("Connect a training script with:")
-    print(f"  export STEPLINE_REDIS_URL={redis_url}")
-    print(f"  export STEPLINE_DATA_DIR={data_dir.resolve()}")
-    if settings.namespace != "sl":
-        print(f"  export STEPLINE_NAMESPACE={settings.namespace}")
-    print("The HTTP gateway and web page are not part of this build yet. Ctrl-C stops.")
-    sys.stdout.flush()
+    abs_data_dir = data_dir.resolve()
 
     async def main() -> None:
         ws = [Worker(WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=settings.namespace,
                                              partitions=settings.partitions, db_url=settings.db_url,
                                              worker_id=f"{settings.worker_id}-{i}"),
                      handle_signals=False) for i in range(args.workers)]
-        loop = asyncio.get_running_loop()
-        def stop_all() -> None:
-            for w in ws:
-                w.stop()
+        # The gateway binds loopback: `up` is the laptop mode (use `stepline gateway` with keys to serve others).
+        gw = GatewaySettings.from_env(host="127.0.0.1", port=args.gateway_port, redis_url=redis_url,
+                                      data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
+                                      partitions=settings.partitions)
+        runner = web.AppRunner(create_app(gw), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, gw.host, gw.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            kind = emb.kind if emb else "external Redis"
+            print(f"stepline is up ({kind}); {args.workers} worker(s) in this process.")
+            print(f"Gateway (HTTP API): http://{host}:{port}/  (loopback only)")
+            print("Connect a training script with:")
+            print(f"  export STEPLINE_REDIS_URL={redis_url}")
+            print(f"  export STEPLINE_DATA_DIR={abs_data_dir}")
+            print(f"  export STEPLINE_URL=http://{host}:{port}")
+            if settings.namespace != "sl":
+                print(f"  export STEPLINE_NAMESPACE={settings.namespace}")
+            print("(STEPLINE_URL sends over HTTP; without it the SDK XADDs to Redis directly.) Ctrl-C stops.")
+            sys.stdout.flush()
+            loop = asyncio.get_running_loop()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_all)
-        await asyncio.gather(*(w.async_run() for w in ws))
+            def stop_all() -> None:
+                for w in ws:
+                    w.stop()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_all)
+            await asyncio.gather(*(w.async_run() for w in ws))
+        finally:
+            await runner.cleanup()
 
     try:
         asyncio.run(main())
@@ -275,6 +296,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export.main(args.rest)
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from .gateway import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .gateway import keys_main
+
+    return keys_main(args.rest)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -293,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace")
     p.add_argument("--partitions", type=int)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gateway-port", type=int, default=8080, help="the HTTP gateway's port on 127.0.0.1 (0: any free)")
     p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
     p.set_defaults(func=cmd_up)
 
@@ -335,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sync)
 
+    p = sub.add_parser("gateway", help="the HTTP gateway: authenticated ingest and read API", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("keys", help="create, list and revoke API keys (create|list|revoke)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_keys)
+
     p = sub.add_parser("import-wandb", help="import W&B offline runs (run-*.wandb files)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_import_wandb)
@@ -346,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Subcommands whose module parses its own arguments (``stepline sync --help`` shows that module's help).
-_PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cmd_export}
+_PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cmd_export, "gateway": cmd_gateway,
+                "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

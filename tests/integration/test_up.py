@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ def read_env_lines(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, s
 @pytest.mark.parametrize("fake", [False, True], ids=["redis-server", "fakeredis"])
 def test_up_serves_a_training_script(tmp_path: Path, fake: bool) -> None:
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "ingest.cli", "up", "--data-dir", str(data)] + (["--fakeredis"] if fake else [])
+    cmd = [sys.executable, "-m", "ingest.cli", "up", "--data-dir", str(data), "--gateway-port", "0"]
+    cmd += ["--fakeredis"] if fake else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         env = read_env_lines(proc, 30)
@@ -83,6 +85,24 @@ def test_up_serves_a_training_script(tmp_path: Path, fake: bool) -> None:
         assert len(st["partitions"]) == 16 and len(st["workers"]) == 1
         assert all(p["owner"] for p in st["partitions"]) and all(p["lag"] == 0 for p in st["partitions"])
         assert sum(p["dead_letters"] for p in st["partitions"]) == 1  # the rejected call
+        # The gateway of `up` serves the same history over HTTP, and takes frames from an HTTP client.
+        base = env["STEPLINE_URL"]
+        with urllib.request.urlopen(f"{base}/api/v1/projects/up/runs/r1") as resp:
+            assert json.loads(resp.read())["rows"] == 300
+        over_http = ingest.init(project="up", id="r2", url=base, data_dir=str(data))
+        for s in range(50):
+            over_http.log({"loss": float(s)}, step=s)
+        assert over_http.finish(timeout=30).ok
+        with Api(data_dir=data) as api:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if api.run("up/r2").rows == 50:
+                        break
+                except LookupError:
+                    pass
+                assert time.monotonic() < deadline, "HTTP-logged history not committed in time"
+                time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
