@@ -183,9 +183,11 @@ class PartitionProcessor:
         offset by someone else, or lost by Redis). Returns the problem, after logging it at ERROR and writing a
         ``stream_gap`` dead letter; ``None`` when the stream holds everything after ``read_id``.
 
-        Redis 7 reports ``max-deleted-entry-id``: any deletion after ``read_id`` is a loss. Older servers only
-        show the first entry, so a first entry after a non-zero ``read_id`` is reported as a possible loss.
-        A last id before ``read_id`` means Redis went back in time (restart without fsync, failover).
+        Workers trim with ``XTRIM MINID <= committed offset``, which keeps the entry at the offset, so: the
+        entry at ``read_id`` gone (the stream starts after it, or is empty though ids after it were issued),
+        a deletion after it (``max-deleted-entry-id``, set by XDEL), entries deleted before any commit
+        (``entries-added`` > ``length`` at ``0-0``), or a last id before ``read_id`` (Redis went back in time:
+        a restart without fsync, a failover) all mean events were lost.
         """
         try:
             info: dict[str, Any] = await self.redis.xinfo_stream(self.names.stream(self.p))
@@ -194,34 +196,41 @@ class PartitionProcessor:
         pos = id_tuple(self.read_id)
         first = info.get("first-entry")
         first_id = _sid(first[0]) if first else None
-        last_id = _sid(info.get("last-generated-id"))
-        max_deleted = _sid(info.get("max-deleted-entry-id")) if "max-deleted-entry-id" in info else None
+        last_id = _sid(info.get("last-generated-id")) or "0-0"
+        max_deleted = _sid(info.get("max-deleted-entry-id")) or "0-0"
+        added = info.get("entries-added")
         problem = None
-        if max_deleted is not None and id_tuple(max_deleted) > pos:
-            problem = (f"entries up to {max_deleted} were deleted from the stream before they were read "
-                       f"(read up to {self.read_id}, committed {self.offset}); their events are lost")
-        elif max_deleted is None and first_id is not None and pos > (0, 0) and id_tuple(first_id) > pos:
-            problem = (f"the stream starts at {first_id}, after the position read {self.read_id}: entries may "
-                       f"have been trimmed before they were read")
-        elif last_id is not None and id_tuple(last_id) < pos:
+        if id_tuple(last_id) < pos:
             problem = (f"the stream ends at {last_id}, before the position read {self.read_id}: Redis lost "
                        f"acknowledged entries (restart without fsync, or failover)")
+        elif id_tuple(max_deleted) > pos:
+            problem = (f"entries up to {max_deleted} were deleted from the stream before they were read "
+                       f"(read up to {self.read_id}, committed {self.offset}); their events are lost")
+        elif pos == (0, 0):
+            if added is not None and int(added) > int(info.get("length", 0)):
+                problem = (f"{int(added) - int(info.get('length', 0))} entries were deleted from the stream "
+                           f"before anything was committed; their events are lost")
+        elif (first_id is None and id_tuple(last_id) > pos) or (first_id is not None and id_tuple(first_id) > pos):
+            problem = (f"the stream was trimmed past the position read {self.read_id} (it now starts at "
+                       f"{first_id or 'nothing'}, its last id is {last_id}); the events in between are lost")
         if problem is None:
             return None
         log.error("partition %d: DATA LOSS: %s", self.p, problem)
-        gap = max_deleted or first_id or self.read_id
-        ms, seq = id_tuple(gap)
-        # The last dead-letter slot of the deleted entry: no real dead letter can take it, and reporting the same
-        # gap again (another take before a commit) is refused by Redis as a duplicate.
-        fields = {b"id": gap.encode(), b"reason": b"stream_gap", b"message": problem.encode(),
-                  b"read_id": self.read_id.encode(), b"offset": self.offset.encode()}
+        self.gaps += 1
+        # The last dead-letter slot of the entry at read_id: every later entry's dead letters sort after it, and
+        # reporting the same gap again (another take before a commit) is refused by Redis as a duplicate.
+        ms, seq = id_tuple(self.read_id)
+        gap = (f"{ms}-{seq * DLQ_PER_ENTRY + DLQ_PER_ENTRY - 1}", {
+            b"id": self.read_id.encode(), b"reason": b"stream_gap", b"message": problem.encode(),
+            b"offset": self.offset.encode()})
+        if self.uncommitted or self.dlq or self.read_id != self.prepared_id:
+            self.dlq.append(gap)  # written in order with the next commit (earlier dead letters are pending)
+            return problem
         try:
-            await self.redis.xadd(self.names.dlq(self.p), fields,  # type: ignore[arg-type]
-                                  id=f"{ms}-{seq * DLQ_PER_ENTRY + DLQ_PER_ENTRY - 1}")
+            await self.redis.xadd(self.names.dlq(self.p), gap[1], id=gap[0])  # type: ignore[arg-type]
         except ResponseError as e:
             if "equal or smaller" not in str(e):
                 raise
-        self.gaps += 1
         return problem
 
     def commit_due(self, interval_s: float, max_entries: int) -> bool:

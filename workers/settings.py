@@ -75,5 +75,10 @@ class WorkerSettings:
             values["lease_ttl_ms"] = int(env["STEPLINE_LEASE_TTL_MS"])
         if "STEPLINE_RETENTION_S" in env:
             values["retention_s"] = float(env["STEPLINE_RETENTION_S"])
+        # Housekeeping cadence (seconds): tests and the chaos runner shorten it to see trimming within a round.
+        if "STEPLINE_TRIM_INTERVAL_S" in env:
+            values["trim_interval_s"] = float(env["STEPLINE_TRIM_INTERVAL_S"])
+        if "STEPLINE_COMPACTION_INTERVAL_S" in env:
+            values["compaction_interval_s"] = float(env["STEPLINE_COMPACTION_INTERVAL_S"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(s, **values)

@@ -120,7 +120,7 @@ class Worker:
         membership = asyncio.create_task(self._membership_loop(), name="stepline-membership")
         housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stepline-housekeeping")
         try:
-            await self._heartbeat()
+            await self._first_heartbeat()
             await self._main_loop()
         finally:
             membership.cancel()
@@ -166,6 +166,16 @@ class Worker:
             if not ok:
                 log.warning("worker %s lost the lease of partition %d", self.id, p)
                 self.lost.add(p)
+
+    async def _first_heartbeat(self) -> None:
+        """Join the membership; a worker started while Redis is down or restarting waits for it (never exits)."""
+        while not self._stopping.is_set():
+            try:
+                await self._heartbeat()
+                return
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: Redis unreachable at start (%r); retrying", self.id, e)
+                await self._sleep(0.5)
 
     async def _membership_loop(self) -> None:
         interval = self.settings.lease_ttl_ms / 3000
