@@ -73,9 +73,10 @@ class WorkerFleet:
     lease_ttl_ms: int = 2000
     commit_interval_s: float = 0.3
     db_url: str | None = None
+    extra_args: list[str] = field(default_factory=list)
     procs: list[WorkerProc] = field(default_factory=list)
 
-    def start(self, wid: str | None = None) -> WorkerProc:
+    def start(self, wid: str | None = None, env: dict[str, str] | None = None) -> WorkerProc:
         wid = wid or f"w{len(self.procs)}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{wid}.log"
@@ -84,8 +85,8 @@ class WorkerFleet:
                 [sys.executable, "-m", "workers", "--redis-url", self.redis_url, "--namespace", self.namespace,
                  "--partitions", str(self.partitions), "--data-dir", str(self.data_dir), "--worker-id", wid,
                  "--lease-ttl-ms", str(self.lease_ttl_ms), "--commit-interval", str(self.commit_interval_s),
-                 *(["--db-url", self.db_url] if self.db_url else [])],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                 *(["--db-url", self.db_url] if self.db_url else []), *self.extra_args],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         w = WorkerProc(wid, proc, log)
         self.procs.append(w)
