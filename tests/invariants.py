@@ -135,7 +135,7 @@ def check_run(data_dir: Path, store: MetaStore, project: str, run: str, oracle: 
            f"{sorted(s for s, n in counts.items() if n > 1)[:10]}")
     back = [i for i in range(1, len(steps)) if steps[i] < steps[i - 1]]
     v.note("reordered", len(back), f"{name}: steps go backwards at stored positions {back[:10]}")
-    got = {}
+    got: dict[int, tuple[float, dict[str, Any]]] = {}
     for s, ts, values in rows:
         got.setdefault(s, (ts, values))
     want = {s: (ts, values) for s, ts, _rt, values in oracle.rows}
@@ -156,8 +156,8 @@ def check_run(data_dir: Path, store: MetaStore, project: str, run: str, oracle: 
     bad = [r for r in rej if not r[0] or not r[3] or r[0] not in KNOWN_REASONS
            or (r[0] == "non_monotonic_step" and not (r[1] is not None and r[2] is not None and r[1] < r[2]))]
     v.note("mismatched", len(bad), f"{name}: rejections that break the semantics table: {bad[:5]}")
-    got_rej = Counter(r[:3] for r in rej)
-    want_rej = Counter(oracle.rejections)
+    got_rej: Counter[tuple[str, int | None, int | None]] = Counter(r[:3] for r in rej)
+    want_rej: Counter[tuple[str, int | None, int | None]] = Counter(oracle.rejections)
     v.note("lost", sum((want_rej - got_rej).values()), f"{name}: rejections missing: {list(want_rej - got_rej)[:5]}")
     v.note("duplicated", sum((got_rej - want_rej).values()),
            f"{name}: rejections stored but not expected (or twice): {list(got_rej - want_rej)[:5]}")

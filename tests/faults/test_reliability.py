@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -257,7 +257,7 @@ def test_resent_frames_and_a_restarted_producer(redis_url: str, namespace: str, 
     o = Oracle()
     t0 = 1_700_000_000.0
     o.start(t0)
-    first = [Start(ts=t0, name="restart")]
+    first: list[Any] = [Start(ts=t0, name="restart")]
     for i in range(300):
         data = {"loss": 1 / (i + 1), "tag": "first"}
         first.append(Log(ts=t0 + i * 0.01, data=data, step=i))
@@ -379,7 +379,7 @@ async def test_entries_deleted_behind_a_reading_worker_are_detected(redis_url: s
     r = aioredis.Redis.from_url(redis_url)
     store = MetaStore(sqlite_url(data_dir))
     try:
-        ids = [await r.xadd(names.stream(0), {FRAME_FIELD: b"x"}) for _ in range(10)]
+        ids = [cast("bytes", await r.xadd(names.stream(0), {FRAME_FIELD: b"x"})) for _ in range(10)]
         epoch, _ = store.take_partition(0, "w")
         proc = PartitionProcessor(p=0, epoch=epoch, offset=ids[4].decode(), names=names, store=store,
                                   data_dir=data_dir, redis=r, limits=DEFAULT_LIMITS)  # read and committed to 4
@@ -389,7 +389,8 @@ async def test_entries_deleted_behind_a_reading_worker_are_detected(redis_url: s
         problem = await proc.check_stream()
         assert problem is not None and ids[7].decode() in problem
         assert await proc.check_stream() is not None  # reported again while unresolved, but one dead letter
-        assert [f[b"reason"] for _, f in await r.xrange(names.dlq(0))] == [b"stream_gap"]
+        dlq = cast("list[tuple[bytes, dict[bytes, bytes]]]", await r.xrange(names.dlq(0)))
+        assert [f[b"reason"] for _, f in dlq] == [b"stream_gap"]
         assert proc.gaps == 2
     finally:
         store.close()
