@@ -110,6 +110,18 @@ class KeyAuth:
         self._rate(f"key:{key.id}")
         return key
 
+    async def identify(self, authorization: str | None, scope: str, client: str) -> ApiKey | None:
+        """The key presented, checked for ``scope`` on its own project (None in open mode without a key).
+
+        For requests that name no project (``GET /api/v1/projects``): the key then decides which project is seen.
+        """
+        if authorization is None:
+            return await self.authorize(None, "", scope, client)
+        scheme, _, token = authorization.partition(" ")
+        key = await self._verify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        # Unknown, malformed, revoked or out of scope: authorize() raises the same refusals as everywhere else.
+        return await self.authorize(authorization, key.project if key is not None else "", scope, client)
+
     def _rate(self, name: str) -> None:
         wait = self.limiter.take(name)
         if wait > 0:

@@ -4,7 +4,10 @@
 summary, counters, warnings, conflicts, rejection counts and the latest rejections) · ``.../runs/{run}/history``
 (``keys=a,b&samples=500|all&x_axis=&min_step=&max_step=``) · ``.../runs/{run}/scan`` (``keys&page_size&min_step&
 max_step``, streamed) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
-``.../runs/{run}/sections``.
+``.../runs/{run}/sections`` · ``GET /api/v1/projects`` (the projects the caller may read: every project in open
+mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{sha256}?project=&run=`` (a stored
+media blob of that run: images with their type, HTML as ``text/html`` under a ``sandbox`` CSP so it can never
+run as the page's origin; immutable, so cacheable for good).
 
 ``format=json`` (default) | ``msgpack`` | ``csv``. JSON has no NaN: missing and NaN are omitted from rows
 (as :func:`ingest.query.format_history`) or ``null``; ±inf are ``"Infinity"``/``"-Infinity"``. msgpack keeps
@@ -28,8 +31,11 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 from aiohttp import web
+from sqlalchemy import func, select
 
-from schemas import Media, key_ident
+from schemas import Media, SchemaError, key_ident
+from schemas.frame import check_run_id
+from schemas.store import blob_path, runs
 
 from ..query import QueryError, RunNotFound, RunView, _columns, _plain, format_history
 from .errors import Refused
@@ -129,10 +135,86 @@ async def _authorized(request: web.Request) -> tuple[GW, str, str | None]:
 def _run_brief(r: RunView) -> dict[str, Any]:
     return {"project": r.project, "id": r.id, "name": r.name, "state": r.state, "rows": r.rows,
             "last_step": r.last_step, "rejected": sum(r.rejected.values()), "created_at": r.created_at,
-            "updated_at": r.updated_at}
+            "updated_at": r.updated_at, "column_count": len({key_ident(c["key"]) for c in r.columns}),
+            "warning_count": len(r.warnings) + len(r.conflicts)}
 
 
-_BRIEF = ("project", "id", "name", "state", "rows", "last_step", "rejected", "created_at", "updated_at")
+_BRIEF = ("project", "id", "name", "state", "rows", "last_step", "rejected", "created_at", "updated_at",
+          "column_count", "warning_count")
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    gw = request.app[GW.KEY]
+    key = await gw.auth.identify(request.headers.get("Authorization"), "read", request.remote or "?")
+    fmt = _fmt(request)
+
+    def load() -> list[dict[str, Any]]:
+        if not gw.api._ready():
+            return []
+        q = (select(runs.c.project, func.count().label("runs"), func.max(runs.c.updated_at).label("updated_at"))
+             .group_by(runs.c.project).order_by(runs.c.project))
+        if key is not None:  # a key opens its own project only
+            q = q.where(runs.c.project == key.project)
+        with gw.api._connect() as conn, conn.begin():
+            found = [{"name": r.project, "runs": int(r.runs), "updated_at": r.updated_at} for r in conn.execute(q)]
+        if key is not None and not found:
+            found = [{"name": key.project, "runs": 0, "updated_at": None}]
+        return found
+
+    projects = await _call(gw, load)
+    return _encode({"projects": projects}, fmt, lambda: (["name", "runs", "updated_at"],
+                                                         [[p["name"], p["runs"], p["updated_at"]] for p in projects]))
+
+
+def _sniff(head: bytes) -> str:
+    """A media blob's content type from its first bytes (blobs are stored without one)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM"):
+        return "image/bmp"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end of the sniffed prefix
+            return "application/octet-stream"
+    return "text/html; charset=utf-8"
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GW.KEY]
+    sha = request.match_info["sha256"]
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise Refused(400, "bad_path", "the blob's name must be its sha256 as 64 lowercase hex digits")
+    try:
+        project = check_run_id(request.query.get("project"), "project")
+        run = check_run_id(request.query.get("run"), "run")
+    except SchemaError as e:
+        raise Refused(400, "bad_param", f"?project=&run= name the run the blob belongs to: {e}") from None
+    await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
+    path = gw.settings.data_dir / blob_path(sha)
+
+    def head() -> bytes | None:
+        gw.api.run(f"{project}/{run}")  # the run must exist in the project the key opens (404 otherwise)
+        try:
+            with path.open("rb") as f:
+                return f.read(512)
+        except FileNotFoundError:
+            return None
+
+    first = await _call(gw, head)
+    if first is None:
+        raise Refused(404, "not_found", f"no stored blob {sha} (not committed yet, or never logged)")
+    # Content-addressed: the bytes behind a name never change. The sandbox CSP gives HTML an opaque origin, so a
+    # logged page cannot reach this origin's storage (the API key) or its API.
+    return web.FileResponse(path, headers={
+        "Content-Type": _sniff(first), "Cache-Control": "private, max-age=31536000, immutable",
+        "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})
 
 
 async def list_runs(request: web.Request) -> web.Response:
