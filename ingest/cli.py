@@ -170,6 +170,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             kind = emb.kind if emb else "external Redis"
             print(f"stepline is up ({kind}); {args.workers} worker(s) in this process.")
             print(f"Gateway (HTTP API): http://{host}:{port}/  (loopback only)")
+            print(f"Web page: http://{host}:{port}/")
             print("Connect a training script with:")
             print(f"  export STEPLINE_REDIS_URL={redis_url}")
             print(f"  export STEPLINE_DATA_DIR={abs_data_dir}")

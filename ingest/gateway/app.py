@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..query import Api, _reader_engine
 from ..settings import SettingsError
-from . import read, write
+from . import page, read, write
 from .auth import KeyAuth, RateLimiter
 from .backlog import Backlog
 from .errors import Refused
@@ -200,10 +200,14 @@ def create_app(settings: GatewaySettings) -> web.Application:
     r.add_put(API + "/blobs/{sha256}", write.put_blob)
     r.add_get(API + "/blobs/{sha256}", read.get_blob)
     r.add_get(API + "/projects", read.list_projects)
+    r.add_get(API + "/blobs/{sha256}", read.get_blob)
+    r.add_get(API + "/projects", read.list_projects)
     r.add_get(API + "/projects/{project}/runs", read.list_runs)
     r.add_get(API + "/projects/{project}/runs/{run}", read.get_run)
     r.add_get(API + "/projects/{project}/runs/{run}/history", read.history)
     r.add_get(API + "/projects/{project}/runs/{run}/scan", read.scan)
     r.add_get(API + "/projects/{project}/runs/{run}/sampled", read.sampled)
     r.add_get(API + "/projects/{project}/runs/{run}/sections", read.sections)
+    r.add_get("/", page.index)
+    r.add_get("/static/{path:.+}", page.static)
     return app
