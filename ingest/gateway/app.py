@@ -200,8 +200,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     r.add_put(API + "/blobs/{sha256}", write.put_blob)
     r.add_get(API + "/blobs/{sha256}", read.get_blob)
     r.add_get(API + "/projects", read.list_projects)
-    r.add_get(API + "/blobs/{sha256}", read.get_blob)
-    r.add_get(API + "/projects", read.list_projects)
     r.add_get(API + "/projects/{project}/runs", read.list_runs)
     r.add_get(API + "/projects/{project}/runs/{run}", read.get_run)
     r.add_get(API + "/projects/{project}/runs/{run}/history", read.history)
