@@ -1,0 +1,74 @@
+"""Browser fixtures: headless Chromium from Debian's packages (``/usr/bin/chromium``) driven by Playwright for
+Python, and a stack (worker + gateway) on the test's Redis namespace. Without Chromium or Playwright the tests
+skip with the reason, except under ``CI=true`` where they fail (``.ci/run`` installs Chromium).
+
+Playwright's own browser downloads are never used (``playwright install`` is not run): ``executable_path`` points
+at the system Chromium.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stack import Stack
+
+
+def _root_need() -> Callable[[str], None]:
+    """tests/conftest.py's ``need`` (skip, or fail under CI); both files are modules named ``conftest``."""
+    root = Path(__file__).parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("stepline_tests_root_conftest", root)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    fn: Callable[[str], None] = mod.need
+    return fn
+
+
+need = _root_need()
+
+CHROMIUM = os.environ.get("STEPLINE_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        need(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (own localStorage) and page; JavaScript errors fail the test."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(15_000)
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def stack(redis_url: str, namespace: str, data_dir: Path) -> Iterator[Stack]:
+    s = Stack(redis_url, namespace, data_dir).start()
+    try:
+        yield s
+    finally:
+        s.close()
