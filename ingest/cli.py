@@ -203,8 +203,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import redis
-
     from workers.store import MetaStore
 
     settings = settings_from_args(args)
@@ -213,7 +211,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     store.close()
     names = settings.names
     rows = []
-    with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3) as r:
+    from ._redis import sync_redis
+
+    with sync_redis(settings.redis_url, socket_connect_timeout=3) as r:
         owners = {p: r.get(names.lease(p)) for p in range(names.partitions)}
         for p in range(names.partitions):
             meta = parts.get(p, {})

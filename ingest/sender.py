@@ -39,6 +39,7 @@ from schemas import FRAME_FIELD
 
 from ._batch import Batcher
 from ._http import HttpTransport, wait_hint
+from ._redis import AsyncRedis, SyncRedis, async_redis, sync_redis
 from .settings import ClientSettings
 from .spill import Entry, Outbox
 
@@ -48,9 +49,9 @@ logger = logging.getLogger("ingest")
 SEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
 
-def sync_client(settings: ClientSettings) -> redis.Redis:
+def sync_client(settings: ClientSettings) -> SyncRedis:
     """A sync client that fails fast (no hidden retries: the sender owns retrying and ordering)."""
-    return redis.Redis.from_url(
+    return sync_redis(
         settings.redis_url,
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.socket_timeout,
@@ -58,17 +59,17 @@ def sync_client(settings: ClientSettings) -> redis.Redis:
     )
 
 
-def sync_transport(settings: ClientSettings, batcher: Batcher) -> redis.Redis | HttpTransport:
+def sync_transport(settings: ClientSettings, batcher: Batcher) -> SyncRedis | HttpTransport:
     """The run's synchronous transport: the gateway when ``settings.url`` is set, else Redis."""
     if settings.url is not None:
         return HttpTransport(settings, batcher.project, batcher.run)
     return sync_client(settings)
 
 
-def async_client(settings: ClientSettings) -> redis.asyncio.Redis:
+def async_client(settings: ClientSettings) -> AsyncRedis:
     from redis.asyncio.retry import Retry as AsyncRetry
 
-    return redis.asyncio.Redis.from_url(
+    return async_redis(
         settings.redis_url,
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.socket_timeout,
@@ -140,7 +141,7 @@ class Core:
             and self.outbox.memory_frames > 0
         )
 
-    def send_sync(self, client: redis.Redis | HttpTransport) -> int:
+    def send_sync(self, client: SyncRedis | HttpTransport) -> int:
         """One round trip; returns frames acknowledged (0 if nothing to send). Raises on failure."""
         batch = self.peek()
         if not batch:
@@ -155,7 +156,7 @@ class Core:
         self.on_success(batch)
         return len(batch)
 
-    def drain_sync(self, client: redis.Redis | HttpTransport, deadline: float | None) -> None:
+    def drain_sync(self, client: SyncRedis | HttpTransport, deadline: float | None) -> None:
         """Send until the outbox is empty, or a failure, or the backoff says wait."""
         while time.monotonic() >= self.next_attempt:
             if deadline is not None and time.monotonic() >= deadline:
@@ -173,7 +174,7 @@ class Core:
 class ThreadSender:
     """A daemon thread that packs every ``flush_interval`` and sends; one per run."""
 
-    def __init__(self, core: Core, client: redis.Redis | HttpTransport | None = None) -> None:
+    def __init__(self, core: Core, client: SyncRedis | HttpTransport | None = None) -> None:
         self.core = core
         self._owns_client = client is None
         self._client = client if client is not None else sync_transport(core.settings, core.batcher)
@@ -232,7 +233,7 @@ class ThreadSender:
 class AsyncSender:
     """An asyncio task that packs every ``flush_interval`` and sends with ``redis.asyncio``."""
 
-    def __init__(self, core: Core, client: redis.asyncio.Redis | None = None) -> None:
+    def __init__(self, core: Core, client: AsyncRedis | None = None) -> None:
         self.core = core
         self._owns_client = client is None
         self._http: HttpTransport | None = None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from ._redis import SyncRedis
 from .sender import SEND_ERRORS, queue_batch, sync_client
 from .settings import ClientSettings
 from .spill import Entry, iter_records
@@ -46,7 +47,7 @@ def _spill_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _send_file(client: redis.Redis, path: Path, batch_bytes: int, blob_ttl: int) -> int:
+def _send_file(client: SyncRedis, path: Path, batch_bytes: int, blob_ttl: int) -> int:
     with open(path, "rb") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,7 +70,7 @@ def _send_file(client: redis.Redis, path: Path, batch_bytes: int, blob_ttl: int)
         return sent
 
 
-def _send_batch(client: redis.Redis, batch: list[Entry], blob_ttl: int) -> int:
+def _send_batch(client: SyncRedis, batch: list[Entry], blob_ttl: int) -> int:
     pipe = client.pipeline(transaction=True)
     queue_batch(pipe, batch, blob_ttl)
     pipe.execute()
@@ -88,7 +89,7 @@ def sync_path(
     redis_url: str | None = None,
     *,
     settings: ClientSettings | None = None,
-    client: redis.Redis | None = None,
+    client: SyncRedis | None = None,
 ) -> SyncResult:
     """Resend the spill file ``path`` (or every ``*.spill`` under a directory) to Redis; delete what was sent.
 

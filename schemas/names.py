@@ -9,9 +9,26 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_NAMESPACE = "sl"
 DEFAULT_PARTITIONS = 16
+
+
+#: URL schemes of a Redis Cluster (one seed node is enough; the client discovers the others).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def redis_target(url: str) -> tuple[str, bool]:
+    """``(plain redis URL, is_cluster)``: ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a Redis
+    Cluster by one of its nodes; anything else is a single server. A cluster has only database 0."""
+    parts = urlsplit(url)
+    plain = CLUSTER_SCHEMES.get(parts.scheme)
+    if plain is None:
+        return url, False
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster URL has no database number other than 0: {url!r}")
+    return urlunsplit((plain, parts.netloc, "", parts.query, parts.fragment)), True
 
 
 def partition_of(project: str, run: str, partitions: int) -> int:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, decode_frame
@@ -31,6 +30,7 @@ from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
 from ._faults import crash_point
+from ._redis import AsyncRedis
 from .align import Row, RowBatch, RunAligner, media_blobs
 from .segments import rows_to_table, write_table
 from .store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
@@ -67,7 +67,7 @@ class PartitionProcessor:
     names: Names
     store: MetaStore
     data_dir: Path
-    redis: aioredis.Redis
+    redis: AsyncRedis
     limits: Limits
     dead_letters: bool = True
     run_filter: Callable[[str, str], bool] | None = None

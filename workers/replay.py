@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-import redis.asyncio as aioredis
-
+from ._redis import async_redis
 from .partition import Entry, PartitionProcessor, id_tuple
 from .settings import WorkerSettings
 from .store import MetaStore
@@ -37,7 +36,7 @@ async def replay(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     names = settings.names
     report = ReplayReport()
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    redis = async_redis(settings.redis_url, socket_timeout=30)
     store = await asyncio.to_thread(MetaStore, settings.metadata_url)
     try:
         for p in range(names.partitions):

@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,6 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._redis import async_redis
 from ..query import Api, _reader_engine
 from ..settings import SettingsError
 from . import page, read, write
@@ -135,7 +135,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     gw = app[GW.KEY]
     s = gw.settings
-    gw.redis_client = aioredis.Redis.from_url(
+    gw.redis_client = async_redis(
         s.redis_url, socket_timeout=s.redis_timeout_s, socket_connect_timeout=min(s.redis_timeout_s, 2.0),
         retry=Retry(NoBackoff(), 0), max_connections=256,
     )

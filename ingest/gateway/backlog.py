@@ -22,7 +22,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas import Names
 from schemas.store import partitions
 
+from .._redis import AsyncRedis
 from .metrics import Metrics
 
 log = logging.getLogger("stepline.gateway")
@@ -63,7 +63,7 @@ class _Part:
 class Backlog:
     """Per-partition backlog estimates, refreshed by :meth:`run`; :meth:`over` answers a request in O(1)."""
 
-    def __init__(self, names: Names, redis: aioredis.Redis, engine: Engine, metrics: Metrics,
+    def __init__(self, names: Names, redis: AsyncRedis, engine: Engine, metrics: Metrics,
                  high_water: int) -> None:
         self.names = names
         self.redis = redis

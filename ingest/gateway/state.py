@@ -11,9 +11,9 @@ from .metrics import Metrics
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
     from sqlalchemy import Engine
 
+    from .._redis import AsyncRedis
     from ..query import Api
     from .auth import KeyAuth
     from .backlog import Backlog
@@ -27,14 +27,14 @@ class GW:
 
     settings: GatewaySettings
     metrics: Metrics
-    redis_client: aioredis.Redis | None = None
+    redis_client: AsyncRedis | None = None
     engine: Engine | None = None
     api_obj: Api | None = None
     auth_obj: KeyAuth | None = None
     backlog: Backlog | None = None
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> AsyncRedis:
         assert self.redis_client is not None, "the gateway is not started"
         return self.redis_client
 
