@@ -12,6 +12,9 @@ neither imports the other.
 - ``rejections``: every rejected call with its reason, tried step and cursor.
 - ``garbage``: files no longer referenced, removed after a grace period.
 - ``api_keys``: hashed API keys (the gateway's).
+- ``schema_version``: the migrations applied (``workers.migrations``), one row per version.
+- ``commits``: optional audit of successful commits (partition, epoch, offset), written in the commit's own
+  transaction when the workers run with ``STEPLINE_COMMIT_AUDIT=1`` (tests of ownership under churn).
 
 **Segments**: one Parquet file holds rows of one run ordered by ``_step`` (unique). Columns: ``_step`` int64,
 ``_timestamp`` float64, ``_runtime`` float64, then one column per (key, kind): number → int64 while every value
@@ -44,7 +47,8 @@ from sqlalchemy.pool import NullPool
 
 from .values import NUMBER
 
-SCHEMA_VERSION: Final = 1
+#: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
+SCHEMA_VERSION: Final = 2
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"
@@ -126,6 +130,25 @@ api_keys = Table(
     Column("hash", String(128), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+)
+
+schema_version = Table(
+    "sl_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(256), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+commits = Table(
+    "sl_commits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("p", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("offset", String(48), nullable=False),
+    Column("committed_at", Float, nullable=False),
+    Index("ix_sl_commits_p", "p", "id"),
 )
 
 

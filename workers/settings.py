@@ -45,6 +45,8 @@ class WorkerSettings:
     #: Files dropped by compaction are deleted after this grace period, so readers can finish.
     gc_grace_s: float = 300.0
     limits: Limits = DEFAULT_LIMITS
+    #: Record every commit (partition, epoch, offset) in ``sl_commits``: for tests and audits, it grows forever.
+    commit_audit: bool = False
 
     @property
     def names(self) -> Names:
@@ -80,5 +82,7 @@ class WorkerSettings:
             values["trim_interval_s"] = float(env["STEPLINE_TRIM_INTERVAL_S"])
         if "STEPLINE_COMPACTION_INTERVAL_S" in env:
             values["compaction_interval_s"] = float(env["STEPLINE_COMPACTION_INTERVAL_S"])
+        if "STEPLINE_COMMIT_AUDIT" in env:
+            values["commit_audit"] = env["STEPLINE_COMMIT_AUDIT"].lower() in ("1", "true", "yes")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(s, **values)

@@ -25,7 +25,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, packb
-from schemas.store import garbage, metadata, partitions, rejections, runs, segments, writer_engine
+from schemas.store import commits, garbage, partitions, rejections, runs, segments, writer_engine
+
+from .migrations import migrate
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -85,11 +87,17 @@ class Commit:
 class MetaStore:
     """Synchronous metadata access; one instance per process, safe to use from worker threads."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None, audit: bool = False) -> None:
         self.url = url
         self.engine = engine or writer_engine(url)
         self._owns_engine = engine is None
-        metadata.create_all(self.engine)
+        #: Record every successful commit in ``sl_commits`` (same transaction): who committed what, when.
+        self.audit = audit
+        try:
+            self.schema_version = migrate(self.engine)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._owns_engine:
@@ -155,6 +163,8 @@ class MetaStore:
             )
             if res.rowcount != 1:
                 raise FencedError(f"partition {c.partition}: epoch {c.epoch} is no longer current")
+            if self.audit:
+                conn.execute(insert(commits).values(p=c.partition, epoch=c.epoch, offset=c.offset, committed_at=now))
             if c.segments:
                 conn.execute(insert(segments), [
                     {"project": s.project, "run": s.run, "level": s.level, "min_step": s.min_step,

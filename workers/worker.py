@@ -115,7 +115,7 @@ class Worker:
                 s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
             )
         if self._store is None:
-            self._store = await asyncio.to_thread(MetaStore, s.metadata_url)
+            self._store = await asyncio.to_thread(lambda: MetaStore(s.metadata_url, audit=s.commit_audit))
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
