@@ -38,8 +38,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Chromium for one test. Not shared wider: Playwright's sync API keeps an event loop running in this thread
+    while it is open, which would break every asyncio test that runs after the browser tests."""
     if not Path(CHROMIUM).exists():
         need(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:

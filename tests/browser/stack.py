@@ -44,7 +44,7 @@ class _LoopThread:
         self._main = main
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
-        assert self.ready.wait(15), f"{name} did not start: {self.errors}"
+        assert self.ready.wait(30), f"{name} did not start within 30 s: {self.errors}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
