@@ -33,14 +33,13 @@ import numpy as np
 from aiohttp import web
 from sqlalchemy import func, select
 
-from schemas import Media, SchemaError, key_ident
-from schemas.frame import check_run_id
+from schemas import Media, key_ident
 from schemas.store import blob_path, runs
 
 from ..query import QueryError, RunNotFound, RunView, _columns, _plain, format_history
 from .errors import Refused
 from .state import GW
-from .write import path_ids
+from .write import blob_target, path_ids
 
 log = logging.getLogger("stepline.gateway")
 FORMATS = ("json", "msgpack", "csv")
@@ -188,14 +187,7 @@ def _sniff(head: bytes) -> str:
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     gw = request.app[GW.KEY]
-    sha = request.match_info["sha256"]
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise Refused(400, "bad_path", "the blob's name must be its sha256 as 64 lowercase hex digits")
-    try:
-        project = check_run_id(request.query.get("project"), "project")
-        run = check_run_id(request.query.get("run"), "run")
-    except SchemaError as e:
-        raise Refused(400, "bad_param", f"?project=&run= name the run the blob belongs to: {e}") from None
+    sha, project, run = blob_target(request)
     await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
     path = gw.settings.data_dir / blob_path(sha)
 

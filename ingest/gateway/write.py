@@ -259,8 +259,8 @@ async def _append(gw: GW, p: int, frames: list[bytes], shas: list[str]) -> list[
                       retry_after=gw.settings.retry_after_s) from None
 
 
-async def put_blob(request: web.Request) -> web.Response:
-    gw = request.app[GW.KEY]
+def blob_target(request: web.Request) -> tuple[str, str, str]:
+    """``(sha256, project, run)`` of a blob request (``/blobs/{sha256}?project=&run=``), or a 400."""
     sha = request.match_info["sha256"]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise Refused(400, "bad_path", "the blob's name must be its sha256 as 64 lowercase hex digits")
@@ -269,6 +269,12 @@ async def put_blob(request: web.Request) -> web.Response:
         run = check_run_id(request.query.get("run"), "run")
     except SchemaError as e:
         raise Refused(400, "bad_param", f"?project=&run= name the run the blob belongs to: {e}") from None
+    return sha, project, run
+
+
+async def put_blob(request: web.Request) -> web.Response:
+    gw = request.app[GW.KEY]
+    sha, project, run = blob_target(request)
     await gw.auth.authorize(request.headers.get("Authorization"), project, "write", request.remote or "?")
     ctype = request.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
     if ctype != "application/octet-stream":
