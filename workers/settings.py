@@ -47,6 +47,8 @@ class WorkerSettings:
     limits: Limits = DEFAULT_LIMITS
     #: Record every commit (partition, epoch, offset) in ``sl_commits``: for tests and audits, it grows forever.
     commit_audit: bool = False
+    #: Touched by the membership loop every ``lease_ttl/3`` s: the liveness probe (``python -m workers.health``).
+    health_file: Path | None = None
 
     @property
     def names(self) -> Names:
@@ -82,6 +84,8 @@ class WorkerSettings:
             values["trim_interval_s"] = float(env["STEPLINE_TRIM_INTERVAL_S"])
         if "STEPLINE_COMPACTION_INTERVAL_S" in env:
             values["compaction_interval_s"] = float(env["STEPLINE_COMPACTION_INTERVAL_S"])
+        if "STEPLINE_HEALTH_FILE" in env:
+            values["health_file"] = Path(env["STEPLINE_HEALTH_FILE"])
         if "STEPLINE_COMMIT_AUDIT" in env:
             values["commit_audit"] = env["STEPLINE_COMMIT_AUDIT"].lower() in ("1", "true", "yes")
         values.update({k: v for k, v in overrides.items() if v is not None})

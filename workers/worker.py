@@ -184,6 +184,9 @@ class Worker:
         interval = self.settings.lease_ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
+            if self.settings.health_file is not None:  # liveness: this loop runs, whatever Redis does
+                with contextlib.suppress(OSError):
+                    self.settings.health_file.touch()
             try:
                 await self._heartbeat()
             except (RedisError, OSError) as e:
