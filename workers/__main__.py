@@ -20,6 +20,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lease-ttl-ms", type=int, help="lease time to live in ms (default 10000)")
     ap.add_argument("--commit-interval", type=float, dest="commit_interval_s", help="seconds between commits")
     ap.add_argument("--retention", type=float, dest="retention_s", help="seconds of stream kept for replay")
+    ap.add_argument("--metrics-port", type=int, help="serve /metrics on this port (STEPLINE_WORKER_METRICS_PORT)")
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
@@ -27,6 +28,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
         db_url=args.db_url, worker_id=args.worker_id, lease_ttl_ms=args.lease_ttl_ms,
         commit_interval_s=args.commit_interval_s, retention_s=args.retention_s,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -49,6 +49,9 @@ class WorkerSettings:
     commit_audit: bool = False
     #: Touched by the membership loop every ``lease_ttl/3`` s: the liveness probe (``python -m workers.health``).
     health_file: Path | None = None
+    #: Serve ``/metrics`` (Prometheus text) and ``/healthz`` on this port (``None``: off; 0: any free port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def names(self) -> Names:
@@ -86,6 +89,10 @@ class WorkerSettings:
             values["compaction_interval_s"] = float(env["STEPLINE_COMPACTION_INTERVAL_S"])
         if "STEPLINE_HEALTH_FILE" in env:
             values["health_file"] = Path(env["STEPLINE_HEALTH_FILE"])
+        if "STEPLINE_WORKER_METRICS_PORT" in env:
+            values["metrics_port"] = int(env["STEPLINE_WORKER_METRICS_PORT"])
+        if "STEPLINE_WORKER_METRICS_HOST" in env:
+            values["metrics_host"] = env["STEPLINE_WORKER_METRICS_HOST"]
         if "STEPLINE_COMMIT_AUDIT" in env:
             values["commit_audit"] = env["STEPLINE_COMMIT_AUDIT"].lower() in ("1", "true", "yes")
         values.update({k: v for k, v in overrides.items() if v is not None})

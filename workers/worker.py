@@ -29,7 +29,9 @@ from schemas import FencedError
 
 from ._faults import crash_point
 from ._redis import AsyncRedis, async_redis
-from .partition import Entry, PartitionProcessor, id_tuple
+from .metrics import WorkerMetrics
+from .metrics import serve as serve_metrics
+from .partition import Entry, PartitionProcessor, PreparedCommit, id_tuple
 from .segments import merge_tables, read_table, write_table
 from .settings import WorkerSettings
 from .store import MetaStore, SegmentRef
@@ -87,6 +89,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self.commits = 0
         self.fenced = 0
+        self.metrics = WorkerMetrics()
+        self.metrics_url: str | None = None
         self.stream_gaps = 0
         self._idle_s = _IDLE_MIN_S
 
@@ -120,6 +124,12 @@ class Worker:
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+        metrics_runner = None
+        if s.metrics_port is not None:
+            metrics_runner = await serve_metrics(self, s.metrics_host, s.metrics_port)
+            host, port = metrics_runner.addresses[0][:2]
+            self.metrics_url = f"http://{host}:{port}/metrics"
+            log.info("worker %s: metrics at %s", self.id, self.metrics_url)
         membership = asyncio.create_task(self._membership_loop(), name="stepline-membership")
         housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stepline-housekeeping")
         try:
@@ -139,6 +149,8 @@ class Worker:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             if self._owns_redis and self._redis is not None:
                 await self._redis.aclose()
             if self._owns_store and self._store is not None:
@@ -227,12 +239,21 @@ class Worker:
 
     async def _commit(self, proc: PartitionProcessor) -> None:
         """Commit now and wait for it (hand-over, drain)."""
+        prep = proc.prepare()
+        if prep is None:
+            return
         try:
-            if await proc.commit():
-                self.commits += 1
+            await self._timed_write(proc, prep)
+            self.commits += 1
         except FencedError:
             self._fenced(proc)
             raise
+
+    async def _timed_write(self, proc: PartitionProcessor, prep: PreparedCommit) -> None:
+        t0 = time.monotonic()
+        await proc.write(prep)
+        self.metrics.observe_commit(proc.p, time.monotonic() - t0, [r.reason for r in prep.rejections],
+                                    len(prep.dlq))
 
     def _fenced(self, proc: PartitionProcessor) -> None:
         self.fenced += 1
@@ -245,7 +266,8 @@ class Worker:
         partition; the next waits for it, so commits land in offset order)."""
         prep = proc.prepare()
         if prep is not None:
-            self.inflight[proc.p] = (proc, asyncio.create_task(proc.write(prep), name=f"commit-p{proc.p}"))
+            task = asyncio.create_task(self._timed_write(proc, prep), name=f"commit-p{proc.p}")
+            self.inflight[proc.p] = (proc, task)
 
     async def _settle(self, proc: PartitionProcessor) -> None:
         """Wait for the partition's commit in flight, if any; raise what it raised."""
@@ -340,6 +362,7 @@ class Worker:
                 if entries and self.owned.get(p) is proc:
                     got = True
                     await proc.process(entries)
+                    self.metrics.entries += len(entries)
         for p, proc in list(self.owned.items()):
             if p not in self.inflight and proc.commit_due(s.commit_interval_s, s.commit_entries):
                 self._start_commit(proc)
