@@ -7,10 +7,10 @@
 - ``Content-Encoding``: ``identity`` (default), ``gzip`` or ``zstd``; decoding stops at ``max_decoded_bytes``.
 - Every frame is decoded with ``schemas.decode_frame(strict=True)`` and must name the URL's project and run.
   Media blobs the frames reference must already be in Redis (``PUT /api/v1/blobs/...`` first).
-- All frames go to the run's partition stream in ONE ``MULTI``/``EXEC`` (with ``WATCH`` on the referenced blobs, so
-  a blob expiring between the check and the write aborts the transaction instead of half-applying it): a request
-  is accepted whole or refused whole. Sending a request again is harmless (workers skip ``(producer, seq)``
-  duplicates).
+- All frames go to the run's partition stream in ONE atomic Lua script that first checks the referenced blobs (so
+  a blob expiring between the check and the write cannot half-apply it; the stream and the blobs share the
+  partition's hash tag, so this holds on a Redis Cluster too): a request is accepted whole or refused whole.
+  Sending a request again is harmless (workers skip ``(producer, seq)`` duplicates).
 - 202 ``{"accepted": frames, "events": n, "partition": p, "ids": [...]}``. Refusals: 400 (malformed body or
   encoding, bad path), 401/403 (key), 408 (body too slow), 413 (body, decoded body, frame count, frame or event
   over a limit), 415 (content type or encoding), 422 (a frame that does not validate, is for another run, or
@@ -34,7 +34,7 @@ from typing import Any
 
 import msgpack
 from aiohttp import web
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from schemas import (
     FRAME_FIELD,
@@ -230,33 +230,35 @@ async def post_frames(request: web.Request) -> web.Response:
     return web.json_response({"accepted": len(frames), "events": events, "partition": p, "ids": ids}, status=202)
 
 
+# Check the referenced blobs and append the frames in one atomic step: a Lua script over the partition's keys only
+# (stream and blobs share the hash tag, one Cluster slot), so it is valid on a single Redis and a Redis Cluster
+# alike (a cluster client's WATCH/immediate-command pipeline mode does not behave as the single-server one).
+_APPEND = """
+local missing = {}
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - 1 end
+end
+if #missing > 0 then return {0, missing} end
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end
+return {1, ids}
+"""
+
+
 async def _append(gw: GW, p: int, frames: list[bytes], shas: list[str]) -> list[str]:
     names = gw.settings.names
-    stream = names.stream(p)
     blob_keys = [names.blob(p, s) for s in shas]
     try:
-        for _attempt in range(3):
-            async with gw.redis.pipeline(transaction=True) as pipe:
-                try:
-                    if blob_keys:
-                        await pipe.watch(*blob_keys)
-                        have = [await pipe.exists(k) for k in blob_keys]
-                        missing = [s for s, h in zip(shas, have, strict=True) if not h]
-                        if missing:
-                            await pipe.unwatch()  # type: ignore[no-untyped-call]
-                            raise Refused(422, "missing_blob", f"{len(missing)} referenced blobs are not stored; "
-                                          "PUT /api/v1/blobs/{sha256} first", missing=missing[:20])
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                    for f in frames:
-                        pipe.xadd(stream, {FRAME_FIELD: f})
-                    res = await pipe.execute()
-                except WatchError:
-                    continue
-            return [r.decode() if isinstance(r, bytes) else str(r) for r in res]
-        raise Refused(503, "contention", "referenced blobs kept changing; retry", retry_after=gw.settings.retry_after_s)
+        ok, detail = await gw.redis.eval(
+            _APPEND, 1 + len(blob_keys), names.stream(p), *blob_keys, FRAME_FIELD, *frames)
     except (RedisError, OSError) as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
                       retry_after=gw.settings.retry_after_s) from None
+    if not ok:
+        missing = [shas[int(i) - 1] for i in detail]
+        raise Refused(422, "missing_blob", f"{len(missing)} referenced blobs are not stored; "
+                      "PUT /api/v1/blobs/{sha256} first", missing=missing[:20])
+    return [r.decode() if isinstance(r, bytes) else str(r) for r in detail]
 
 
 def blob_target(request: web.Request) -> tuple[str, str, str]:

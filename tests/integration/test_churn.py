@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +40,15 @@ pytestmark = pytest.mark.integration
 
 CHURN_S, SLOTS, RUNS, PARTITIONS, TTL_MS = 60.0, 6, 20, 16, 2000
 AUDIT = {"STEPLINE_COMMIT_AUDIT": "1"}
+
+
+def stacks(pid: int) -> str:
+    """The Python stacks of every thread of ``pid`` (py-spy, when installed), for a worker that hangs."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        return "(py-spy not installed: no stacks)"
+    out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    return out.stdout + out.stderr
 
 
 class OwnerWatch(threading.Thread):
@@ -113,7 +125,12 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
             if action == "term":
                 w.proc.send_signal(signal.SIGTERM)
                 # 0 = drained; -SIGTERM = stopped while still starting, before it installed its handler.
-                assert w.proc.wait(30) in (0, -signal.SIGTERM), fleet.logs()
+                try:
+                    rc = w.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{w.wid} did not exit within 30 s of SIGTERM (drain time 20 s)\n"
+                                         f"{stacks(w.proc.pid)}\n{fleet.logs()}") from None
+                assert rc in (0, -signal.SIGTERM), fleet.logs()
                 continue
             held = watch.owned_by(w.wid)
             fleet.kill9(w)
