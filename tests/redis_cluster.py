@@ -189,7 +189,8 @@ class LocalCluster:
         for t in self.topology():
             if not t["master"] or t["fail"]:
                 continue
-            for lo, hi in t["slots"]:  # type: ignore[attr-defined]
+            for rng in t["slots"]:  # type: ignore[attr-defined]
+                lo, hi = rng[0], rng[-1]  # a range, or a single slot
                 if int(lo) <= slot <= int(hi):
                     return self.node(int(t["port"]))  # type: ignore[call-overload]
         raise RuntimeError(f"no master serves slot {slot}")
@@ -198,6 +199,43 @@ class LocalCluster:
         topo = self.topology()
         mid = next(t["id"] for t in topo if t["port"] == master.port)
         return [self.node(int(t["port"])) for t in topo if t["master_id"] == mid]  # type: ignore[call-overload]
+
+    def node_id(self, node: Node) -> str:
+        return str(next(t["id"] for t in self.topology() if t["port"] == node.port))
+
+    def reshard(self, src: Node, dst: Node, slots: int) -> None:
+        """Move ``slots`` slots (with their keys, ``MIGRATE``) from ``src`` to ``dst`` with ``redis-cli --cluster
+        reshard``: clients see ``ASK`` while a slot migrates and ``MOVED`` after."""
+        subprocess.run(
+            ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{src.port}", "--cluster-from", self.node_id(src),
+             "--cluster-to", self.node_id(dst), "--cluster-slots", str(slots), "--cluster-yes",
+             "--cluster-pipeline", "20"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=120,
+        )
+
+    def migrate_slot(self, slot: int, src: Node, dst: Node, pause_s: float = 0.0) -> int:
+        """Move one slot and its keys from ``src`` to ``dst`` the way ``redis-cli --cluster reshard`` does
+        (IMPORTING/MIGRATING, ``MIGRATE`` key by key, then SETSLOT NODE everywhere); ``pause_s`` between keys keeps
+        the slot half-migrated for a while, so clients meet ``ASK`` (then ``MOVED``). Returns the keys moved."""
+        sid, did = self.node_id(src), self.node_id(dst)
+        moved = 0
+        with dst.client(10) as d, src.client(10) as s:
+            d.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", sid)
+            s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", did)
+            while True:
+                keys = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 1)
+                if not keys:
+                    break
+                s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 10000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(pause_s)
+            d.execute_command("CLUSTER SETSLOT", slot, "NODE", did)
+            s.execute_command("CLUSTER SETSLOT", slot, "NODE", did)
+        for t in self.topology():
+            if t["master"] and not t["fail"] and t["port"] not in (src.port, dst.port):
+                with self.node(int(t["port"])).client() as c:  # type: ignore[call-overload]
+                    c.execute_command("CLUSTER SETSLOT", slot, "NODE", did)
+        return moved
 
     def kill(self, node: Node) -> None:
         """kill -9 a node (no shutdown, no last replication)."""
