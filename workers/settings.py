@@ -83,6 +83,8 @@ class WorkerSettings:
         if "STEPLINE_RETENTION_S" in env:
             values["retention_s"] = float(env["STEPLINE_RETENTION_S"])
         # Housekeeping cadence (seconds): tests and the chaos runner shorten it to see trimming within a round.
+        if "STEPLINE_DRAIN_TIMEOUT_S" in env:
+            values["drain_timeout_s"] = float(env["STEPLINE_DRAIN_TIMEOUT_S"])
         if "STEPLINE_TRIM_INTERVAL_S" in env:
             values["trim_interval_s"] = float(env["STEPLINE_TRIM_INTERVAL_S"])
         if "STEPLINE_COMPACTION_INTERVAL_S" in env:

@@ -109,7 +109,21 @@ class Worker:
         self._stopping.set()
 
     def run(self) -> None:
-        asyncio.run(self.async_run())
+        """Run until stopped; return as soon as the drain is over.
+
+        ``asyncio.run`` would then wait for every executor thread, so a commit thread still blocked past the drain
+        timeout (say on a SQLite file another process holds locked) would hold the process past its grace
+        period. The loop is closed without waiting for them; :func:`workers.__main__.main` then exits the process
+        at once. Fencing makes such an abandoned commit harmless: it lands before the next owner's take or is
+        refused.
+        """
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self.async_run())
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     async def async_run(self) -> None:
         s = self.settings
@@ -134,7 +148,7 @@ class Worker:
         housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stepline-housekeeping")
         try:
             await self._first_heartbeat()
-            await self._main_loop()
+            await self._run_until_stopped()
         finally:
             membership.cancel()
             housekeeping.cancel()
@@ -155,6 +169,23 @@ class Worker:
                 await self._redis.aclose()
             if self._owns_store and self._store is not None:
                 self._store.close()
+
+    async def _run_until_stopped(self) -> None:
+        """The main loop, cut short on stop: a round stuck on the metadata store (a locked SQLite file, a
+        PostgreSQL that does not answer) must not keep SIGTERM from draining within the grace period."""
+        main = asyncio.create_task(self._main_loop(), name="stepline-main")
+        stop = asyncio.create_task(self._stopping.wait(), name="stepline-stop")
+        try:
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                # The loop checks the stop flag between rounds; give the round in flight a moment to end.
+                await asyncio.wait({main}, timeout=min(1.0, self.settings.drain_timeout_s / 4))
+        finally:
+            stop.cancel()
+            if not main.done():
+                main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main  # re-raises what the loop died of, if it died
 
     async def _drain(self) -> None:
         for p in list(self.owned):
@@ -244,7 +275,6 @@ class Worker:
             return
         try:
             await self._timed_write(proc, prep)
-            self.commits += 1
         except FencedError:
             self._fenced(proc)
             raise
@@ -252,6 +282,7 @@ class Worker:
     async def _timed_write(self, proc: PartitionProcessor, prep: PreparedCommit) -> None:
         t0 = time.monotonic()
         await proc.write(prep)
+        self.commits += 1
         self.metrics.observe_commit(proc.p, time.monotonic() - t0, [r.reason for r in prep.rejections],
                                     len(prep.dlq))
 
@@ -277,7 +308,6 @@ class Worker:
         del self.inflight[proc.p]
         try:
             await entry[1]
-            self.commits += 1
         except FencedError:
             self._fenced(proc)
             raise
@@ -290,8 +320,8 @@ class Worker:
             del self.inflight[p]
             exc = task.exception()
             if exc is None:
-                self.commits += 1
-            elif isinstance(exc, FencedError):
+                continue
+            if isinstance(exc, FencedError):
                 self._fenced(proc)
             elif self.owned.get(p) is proc:
                 raise exc

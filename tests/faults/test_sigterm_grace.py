@@ -1,0 +1,61 @@
+"""SIGTERM exits within the drain timeout even when a commit cannot finish (the metadata database is locked)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from worker_harness import WorkerFleet, wait_until
+
+import ingest
+
+pytestmark = pytest.mark.faults
+
+DRAIN_S = 3.0
+
+
+def test_sigterm_exits_within_grace_while_sqlite_is_locked(redis_url: str, namespace: str, data_dir: Path,
+                                                            fleet: WorkerFleet) -> None:
+    w = fleet.start(env={"STEPLINE_DRAIN_TIMEOUT_S": str(DRAIN_S)})
+    run = ingest.init(project="g", id="r", redis_url=redis_url, namespace=namespace, data_dir=str(data_dir))
+    for s in range(100):
+        run.log({"x": float(s)}, step=s)
+    assert run.finish(timeout=30).ok
+    db = data_dir / "meta.sqlite"
+    wait_until(db.exists, 20, "the worker's first commit")
+    lock = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")  # every commit now waits on SQLite's busy timeout (30 s)
+        more = ingest.init(project="g", id="r2", redis_url=redis_url, namespace=namespace, data_dir=str(data_dir))
+        for s in range(100):
+            more.log({"x": float(s)}, step=s)
+        assert more.finish(timeout=30).ok
+        time.sleep(1.0)  # let the worker read the new entries and start a commit that blocks on the lock
+        t0 = time.monotonic()
+        w.proc.send_signal(signal.SIGTERM)
+        rc = w.proc.wait(DRAIN_S + 5)
+        elapsed = time.monotonic() - t0
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert rc == 0, w.tail()
+    assert elapsed < DRAIN_S + 3, f"exit took {elapsed:.1f}s with a drain timeout of {DRAIN_S}s"
+    # Nothing is lost: a new worker resumes from the committed offset once the old lease expires.
+    fleet.start()
+    with redis.Redis.from_url(redis_url):
+        pass
+    from ingest.query import Api
+
+    with Api(data_dir=data_dir) as api:
+        wait_until(lambda: _rows(api, "g/r2") == 100, 30, "the second run committed by the next worker")
+
+
+def _rows(api: object, path: str) -> int:
+    try:
+        return int(api.run(path).rows)  # type: ignore[attr-defined]
+    except LookupError:
+        return 0
