@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from .settings import WorkerSettings
@@ -38,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     Worker(settings_from_args(args)).run()
+    exit_now(0)
     return 0
+
+
+def exit_now(code: int) -> None:
+    """End the process without joining abandoned executor threads (see :meth:`Worker.run`)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
