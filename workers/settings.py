@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,31 @@ from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _flag(v: str) -> bool:
+    return v.lower() in ("1", "true", "yes")
+
+
+#: ``STEPLINE_*`` variable -> (setting, parser). Housekeeping cadences are here so tests and the chaos runner can
+#: shorten them to see trimming within a round.
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "STEPLINE_REDIS_URL": ("redis_url", str),
+    "STEPLINE_NAMESPACE": ("namespace", str),
+    "STEPLINE_PARTITIONS": ("partitions", int),
+    "STEPLINE_DATA_DIR": ("data_dir", Path),
+    "STEPLINE_DB_URL": ("db_url", str),
+    "STEPLINE_WORKER_ID": ("worker_id", str),
+    "STEPLINE_LEASE_TTL_MS": ("lease_ttl_ms", int),
+    "STEPLINE_RETENTION_S": ("retention_s", float),
+    "STEPLINE_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
+    "STEPLINE_TRIM_INTERVAL_S": ("trim_interval_s", float),
+    "STEPLINE_COMPACTION_INTERVAL_S": ("compaction_interval_s", float),
+    "STEPLINE_HEALTH_FILE": ("health_file", Path),
+    "STEPLINE_WORKER_METRICS_PORT": ("metrics_port", int),
+    "STEPLINE_WORKER_METRICS_HOST": ("metrics_host", str),
+    "STEPLINE_COMMIT_AUDIT": ("commit_audit", _flag),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,36 +91,8 @@ class WorkerSettings:
         env = os.environ if env is None else env
         s = cls()
         values: dict[str, Any] = {}
-        if "STEPLINE_REDIS_URL" in env:
-            values["redis_url"] = env["STEPLINE_REDIS_URL"]
-        if "STEPLINE_NAMESPACE" in env:
-            values["namespace"] = env["STEPLINE_NAMESPACE"]
-        if "STEPLINE_PARTITIONS" in env:
-            values["partitions"] = int(env["STEPLINE_PARTITIONS"])
-        if "STEPLINE_DATA_DIR" in env:
-            values["data_dir"] = Path(env["STEPLINE_DATA_DIR"])
-        if "STEPLINE_DB_URL" in env:
-            values["db_url"] = env["STEPLINE_DB_URL"]
-        if "STEPLINE_WORKER_ID" in env:
-            values["worker_id"] = env["STEPLINE_WORKER_ID"]
-        if "STEPLINE_LEASE_TTL_MS" in env:
-            values["lease_ttl_ms"] = int(env["STEPLINE_LEASE_TTL_MS"])
-        if "STEPLINE_RETENTION_S" in env:
-            values["retention_s"] = float(env["STEPLINE_RETENTION_S"])
-        # Housekeeping cadence (seconds): tests and the chaos runner shorten it to see trimming within a round.
-        if "STEPLINE_DRAIN_TIMEOUT_S" in env:
-            values["drain_timeout_s"] = float(env["STEPLINE_DRAIN_TIMEOUT_S"])
-        if "STEPLINE_TRIM_INTERVAL_S" in env:
-            values["trim_interval_s"] = float(env["STEPLINE_TRIM_INTERVAL_S"])
-        if "STEPLINE_COMPACTION_INTERVAL_S" in env:
-            values["compaction_interval_s"] = float(env["STEPLINE_COMPACTION_INTERVAL_S"])
-        if "STEPLINE_HEALTH_FILE" in env:
-            values["health_file"] = Path(env["STEPLINE_HEALTH_FILE"])
-        if "STEPLINE_WORKER_METRICS_PORT" in env:
-            values["metrics_port"] = int(env["STEPLINE_WORKER_METRICS_PORT"])
-        if "STEPLINE_WORKER_METRICS_HOST" in env:
-            values["metrics_host"] = env["STEPLINE_WORKER_METRICS_HOST"]
-        if "STEPLINE_COMMIT_AUDIT" in env:
-            values["commit_audit"] = env["STEPLINE_COMMIT_AUDIT"].lower() in ("1", "true", "yes")
+        for var, (name, parse) in _ENV.items():
+            if var in env:
+                values[name] = parse(env[var])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(s, **values)
