@@ -32,7 +32,7 @@ from ._redis import AsyncRedis, async_redis
 from .metrics import WorkerMetrics
 from .metrics import serve as serve_metrics
 from .partition import Entry, PartitionProcessor, PreparedCommit, id_tuple
-from .segments import merge_tables, read_table, write_table
+from .segments import merge_tables, read_table, warm_up, write_table
 from .settings import WorkerSettings
 from .store import MetaStore, SegmentRef
 
@@ -134,6 +134,7 @@ class Worker:
             )
         if self._store is None:
             self._store = await asyncio.to_thread(lambda: MetaStore(s.metadata_url, audit=s.commit_audit))
+        await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
