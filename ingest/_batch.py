@@ -9,6 +9,8 @@ when two threads pack.
 
 Block columns are float64 arrays when every value of the column is a ``float``, int64 arrays when every value is
 an ``int`` (never ``bool``), else lists; ``ts`` is a float64 array (the wire contract of ``schemas.LogBlock``).
+A block remembers the value types of its rows (its *signature*) while they all agree, so the packer converts
+each column once with a known dtype instead of scanning the types of every value again.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ logger = logging.getLogger("ingest")
 
 #: One log call in a block: (values in key order, step, commit, client timestamp).
 Row = tuple[tuple[Any, ...], int | None, bool | None, float]
-#: A queued item: ("e", event bytes, blobs, False) or ("b", keys, rows, every value a float).
-Item = tuple[str, Any, Any, bool]
+#: The types of one call's values, in key order.
+Sig = tuple[type, ...]
+#: A queued item: ("e", event bytes, blobs, None) or ("b", keys, rows, the rows' common signature or None).
+Item = tuple[str, Any, Any, "Sig | None"]
 
 _F64 = np.float64
 _I64 = np.int64
@@ -59,16 +63,21 @@ def _column(col: tuple[Any, ...]) -> Any:
     return list(col)
 
 
-def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, all_float: bool = False) -> list[bytes]:
+def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, sig: Sig | None = None) -> list[bytes]:
     """Encode rows as one ``logs`` event, split in halves while an event would pass the event size limit.
 
-    ``all_float``: the caller already knows every value is a ``float`` (``log()`` saw the types).
+    ``sig``: the value types every row shares (``log()`` saw them), or None when the rows differ.
     """
     vals = [r[0] for r in rows]
     if not keys:
         cols: list[Any] = []
-    elif all_float or set(map(type, chain.from_iterable(vals))) == {float}:
+    elif sig is not None and all(t is float for t in sig):
         # The common case (every value a float): one C-level conversion, then contiguous column views.
+        cols = list(np.ascontiguousarray(np.array(vals, dtype=_F64).T))
+    elif sig is not None:
+        cols = [np.array(c, dtype=_F64) if t is float else np.array(c, dtype=_I64) if t is int else list(c)
+                for t, c in zip(sig, zip(*vals, strict=True), strict=True)]
+    elif set(map(type, chain.from_iterable(vals))) == {float}:
         cols = list(np.ascontiguousarray(np.array(vals, dtype=_F64).T))
     else:
         cols = [_column(c) for c in zip(*vals, strict=True)]
@@ -85,8 +94,7 @@ def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, all_flo
         if len(rows) == 1:
             raise
         half = len(rows) // 2
-        return (encode_block(keys, rows[:half], limits, all_float)
-                + encode_block(keys, rows[half:], limits, all_float))
+        return encode_block(keys, rows[:half], limits, sig) + encode_block(keys, rows[half:], limits, sig)
 
 
 class Batcher:
@@ -117,8 +125,8 @@ class Batcher:
         #: Keys of the open block (validated); a plain dict with exactly these keys may take the fast path.
         self.block_keys: tuple[str, ...] | None = None
         self.rows: list[Row] = []
-        #: Every value of every row of the open block is a ``float`` (lets the packer skip a type scan).
-        self.rows_all_float = True
+        #: The value types every row of the open block shares; None once two rows differ.
+        self.block_sig: Sig | None = None
         self.items: list[Item] = []
         #: Rows sealed into ``items`` and not yet packed (the backpressure measure).
         self.sealed_rows = 0
@@ -130,23 +138,25 @@ class Batcher:
 
     def seal_locked(self) -> None:
         if self.rows:
-            self.items.append(("b", self.block_keys, self.rows, self.rows_all_float))
+            self.items.append(("b", self.block_keys, self.rows, self.block_sig))
             self.sealed_rows += len(self.rows)
             self.rows = []
-        self.rows_all_float = True
 
     def add_event_locked(self, raw: bytes, blobs: dict[str, bytes]) -> None:
         self.seal_locked()  # keep the order of calls: the open block comes before this event
-        self.items.append(("e", raw, blobs, False))
+        self.items.append(("e", raw, blobs, None))
 
-    def add_row_locked(self, keys: tuple[str, ...], row: Row, all_float: bool) -> bool:
-        """Append a row; return True when a block was sealed (the caller may want to wake the sender)."""
+    def add_row_locked(self, keys: tuple[str, ...], row: Row, sig: Sig) -> bool:
+        """Append a row whose values have the types ``sig``; return True when a block was sealed (the caller may
+        want to wake the sender)."""
         if keys != self.block_keys:
             self.seal_locked()
             self.block_keys = keys
+        if not self.rows:
+            self.block_sig = sig
+        elif sig is not self.block_sig and sig != self.block_sig:
+            self.block_sig = None
         self.rows.append(row)
-        if not all_float:
-            self.rows_all_float = False
         if len(self.rows) >= self.max_block_rows:
             self.seal_locked()
             return True
@@ -164,12 +174,12 @@ class Batcher:
         if not items:
             return []
         events: list[tuple[bytes, dict[str, bytes]]] = []
-        for kind, a, b, all_float in items:
+        for kind, a, b, sig in items:
             if kind == "e":
                 events.append((a, b))
                 continue
             try:
-                events.extend((raw, {}) for raw in encode_block(a, b, self.limits, all_float))
+                events.extend((raw, {}) for raw in encode_block(a, b, self.limits, sig))
             except LimitError as e:
                 # One call bigger than an event: log() rejects these up front, so this is a bug; say it loudly
                 # rather than kill the sender (no seq is used, so the producer's numbering stays contiguous).

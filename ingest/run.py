@@ -51,7 +51,7 @@ from schemas import (
 )
 from schemas.frame import check_run_id
 
-from ._batch import Batcher, collect_blobs
+from ._batch import Batcher, Sig, collect_blobs
 from .sender import AsyncSender, Core, ThreadSender
 from .settings import ClientSettings, SettingsError
 from .spill import Outbox
@@ -63,7 +63,6 @@ _INT64_MAX = (1 << 63) - 1
 _NONE = type(None)
 #: Immutable scalar types the fast path accepts without capture.
 _FAST_TYPES = frozenset({float, int, str, bool, _NONE})
-_FLOAT_ONLY = {float}
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _RESUME = {"allow", "must", "never", "auto"}
 #: W&B ``init`` keywords that have no meaning here; accepted (and ignored) so W&B scripts run unchanged.
@@ -246,6 +245,11 @@ class Run:
         self._max_pending = settings.max_pending_rows
         # Longest string (in characters) the fast path takes without an exact size check.
         self._fast_str_chars = min(settings.limits.max_value_bytes, settings.limits.max_event_bytes // 8) // 4
+        # The fast path's last signature (see _learn_sig).
+        self._sig: Sig = ()
+        self._sig_ints: tuple[int, ...] = ()
+        self._sig_strs: tuple[int, ...] = ()
+        self._sig_checks = False
         self._warned_steps = 0
         self.start_time = _time()
         self.finished = False
@@ -274,12 +278,10 @@ class Run:
                 # A tuple of immutable scalars: the garbage collector stops tracking it, so thousands of
                 # pending rows do not lengthen full collections in the training loop.
                 vals = tuple(data.values())
-                types = set(map(type, vals))
-                if (
-                    types <= _FAST_TYPES
-                    and (int not in types or self._ints_ok(vals))
-                    and (str not in types or self._strs_ok(vals))
-                ):
+                sig = tuple(map(type, vals))
+                # The value types are those of the previous call (the usual case) or were learnt now; then only
+                # ints (int64 range) and strings (total size) need looking at, and only where they are.
+                if (sig == self._sig or self._learn_sig(sig)) and (not self._sig_checks or self._values_ok(vals)):
                     if step is not None or commit is not None:
                         step, commit = _check_step_commit(step, commit)
                     t = _time()
@@ -288,15 +290,33 @@ class Run:
                             self._step += 1
                         else:
                             self._advance(step, commit)
-                        sealed = b.add_row_locked(keys, (vals, step, commit, t), types == _FLOAT_ONLY)
+                        sealed = b.add_row_locked(keys, (vals, step, commit, t), self._sig)
                     if sealed:
                         self._after_seal()
                     return
         self._log_slow(data, step, commit)
 
-    @staticmethod
-    def _ints_ok(vals: tuple[Any, ...]) -> bool:
-        return all(_INT64_MIN <= v <= _INT64_MAX for v in vals if type(v) is int)
+    def _learn_sig(self, sig: Sig) -> bool:
+        """Remember a signature the fast path takes (scalars only) and where its ints and strings are."""
+        if not set(sig) <= _FAST_TYPES:
+            return False
+        self._sig = sig
+        self._sig_ints = tuple(i for i, t in enumerate(sig) if t is int)
+        self._sig_strs = tuple(i for i, t in enumerate(sig) if t is str)
+        self._sig_checks = bool(self._sig_ints or self._sig_strs)
+        return True
+
+    def _values_ok(self, vals: tuple[Any, ...]) -> bool:
+        for i in self._sig_ints:
+            v = vals[i]
+            if v < _INT64_MIN or v > _INT64_MAX:
+                return False
+        if self._sig_strs:
+            total = 0
+            for i in self._sig_strs:
+                total += len(vals[i])
+            return total <= self._fast_str_chars
+        return True
 
     def _strs_ok(self, vals: tuple[Any, ...]) -> bool:
         limit = self._fast_str_chars
@@ -320,7 +340,7 @@ class Run:
             keys = tuple(captured)
             with self._b.lock:
                 self._advance(step, commit)
-                sealed = self._b.add_row_locked(keys, (vals, step, commit, t), set(map(type, vals)) == _FLOAT_ONLY)
+                sealed = self._b.add_row_locked(keys, (vals, step, commit, t), tuple(map(type, vals)))
             if sealed:
                 self._after_seal()
             return

@@ -233,10 +233,13 @@ class PartitionProcessor:
                 raise
         return problem
 
-    def commit_due(self, interval_s: float, max_entries: int) -> bool:
+    def commit_due(self, interval_s: float, max_entries: int, idle_s: float | None = None) -> bool:
+        """Whether to commit now: ``max_entries`` read, or the batch ``interval_s`` old, or ``idle_s`` old when
+        the caller saw the stream caught up (``None``: it was not)."""
         if self.read_id == self.prepared_id and not self.dirty:
             return False
-        return self.entries_since_commit >= max_entries or time.monotonic() - self.last_commit >= interval_s
+        age = time.monotonic() - self.last_commit
+        return self.entries_since_commit >= max_entries or age >= interval_s or (idle_s is not None and age >= idle_s)
 
     def prepare(self) -> PreparedCommit | None:
         """Snapshot everything processed since the last prepared commit (rows, per-run state, rejections, dead

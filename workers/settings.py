@@ -36,6 +36,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STEPLINE_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
     "STEPLINE_TRIM_INTERVAL_S": ("trim_interval_s", float),
     "STEPLINE_COMPACTION_INTERVAL_S": ("compaction_interval_s", float),
+    "STEPLINE_COMMIT_IDLE_S": ("commit_idle_s", float),
     "STEPLINE_HEALTH_FILE": ("health_file", Path),
     "STEPLINE_WORKER_METRICS_PORT": ("metrics_port", int),
     "STEPLINE_WORKER_METRICS_HOST": ("metrics_host", str),
@@ -59,6 +60,10 @@ class WorkerSettings:
     #: A partition's batch is committed when it is this old (seconds) or holds ``commit_entries`` entries.
     commit_interval_s: float = 0.5
     commit_entries: int = 2_000
+    #: A partition that has caught up with its stream (a round read nothing new) commits as soon as its batch is
+    #: this old: the end of a burst is visible at once instead of at the next interval, while a busy stream
+    #: still commits in batches.
+    commit_idle_s: float = 0.05
     #: Stream entries older than this stay in Redis for replay (never trimmed past the committed offset).
     retention_s: float = 24 * 3600.0
     trim_interval_s: float = 10.0

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ingest
 from ingest.run import Run
@@ -203,6 +205,39 @@ def test_other_events_split_blocks_and_keep_call_order(tmp_path: Path) -> None:
     spilled = [decode_frame(e.frame, strict=True) for _, e in iter_records(res.spill_path.read_bytes())]
     kinds = [type(e) for f in spilled for e in f.events]
     assert kinds == [Start, LogBlock, Config, LogBlock, Log, DefineMetric, Summary, LogBlock, Finish]
+
+
+_SCALARS = st.one_of(
+    st.floats(allow_nan=True), st.integers(-(1 << 63), (1 << 63) - 1), st.booleans(), st.none(),
+    st.text(max_size=5),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_SCALARS, _SCALARS, _SCALARS), min_size=1, max_size=12),
+       stable=st.integers(0, 8))
+def test_block_columns_keep_every_value_whatever_the_types(
+    tmp_path: Path, rows: list[tuple[Any, Any, Any]], stable: int,
+) -> None:
+    """Rows of one block whose value types agree (the signature the packer trusts) or change from call to call:
+    every call comes back as logged, and a column is float64/int64 exactly when all its values are floats/ints."""
+    run = make_run(tmp_path)
+    rows = [rows[0]] * stable + rows  # runs of one signature, then whatever hypothesis drew
+    for a, b, c in rows:
+        run.log({"a": a, "b": b, "c": c})
+    evs = events(run)
+    got = log_calls(evs)
+    assert len(got) == len(rows)
+    for call, (a, b, c) in zip(got, rows, strict=True):
+        want = {k: v for k, v in {"a": a, "b": b, "c": c}.items() if v is not None}
+        assert values_equal({k: v for k, v in call.data.items() if v is not None}, want)
+    for block in (e for e in evs if isinstance(e, LogBlock)):
+        for col in block.cols:
+            types = {type(v) for v in (col.tolist() if isinstance(col, np.ndarray) else col)}
+            if isinstance(col, np.ndarray):
+                assert (col.dtype == np.float64 and types == {float}) or (col.dtype == np.int64 and types == {int})
+            else:
+                assert types not in ({float}, {int})
 
 
 def test_blocks_are_cut_at_max_block_rows(tmp_path: Path) -> None:
