@@ -149,7 +149,7 @@ class Batcher:
     def add_row_locked(self, keys: tuple[str, ...], row: Row, sig: Sig) -> bool:
         """Append a row whose values have the types ``sig``; return True when a block was sealed (the caller may
         want to wake the sender)."""
-        if keys != self.block_keys:
+        if keys is not self.block_keys and keys != self.block_keys:
             self.seal_locked()
             self.block_keys = keys
         if not self.rows:

@@ -274,7 +274,8 @@ class Run:
         b = self._b
         if type(data) is dict:
             keys = tuple(data)
-            if keys == b.block_keys:
+            bk = b.block_keys
+            if keys == bk:
                 # A tuple of immutable scalars: the garbage collector stops tracking it, so thousands of
                 # pending rows do not lengthen full collections in the training loop.
                 vals = tuple(data.values())
@@ -282,15 +283,23 @@ class Run:
                 # The value types are those of the previous call (the usual case) or were learnt now; then only
                 # ints (int64 range) and strings (total size) need looking at, and only where they are.
                 if (sig == self._sig or self._learn_sig(sig)) and (not self._sig_checks or self._values_ok(vals)):
-                    if step is not None or commit is not None:
+                    if (step is not None or commit is not None) and not (
+                        commit is None and type(step) is int and 0 <= step <= _INT64_MAX
+                    ):
                         step, commit = _check_step_commit(step, commit)
                     t = _time()
                     with b.lock:
-                        if step is None and commit is None:
-                            self._step += 1
+                        if commit is None:
+                            if step is None:
+                                self._step += 1
+                            elif step >= self._step:
+                                self._step = step
+                            else:
+                                self._advance(step, commit)
                         else:
                             self._advance(step, commit)
-                        sealed = b.add_row_locked(keys, (vals, step, commit, t), self._sig)
+                        # The block's own keys and the learnt signature: the batcher compares them by identity.
+                        sealed = b.add_row_locked(bk, (vals, step, commit, t), self._sig)
                     if sealed:
                         self._after_seal()
                     return
