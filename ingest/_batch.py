@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -133,6 +134,9 @@ class Batcher:
         #: The next event's sequence number.
         self.seq = 0
         self.dropped_events = 0
+        #: Called (under ``lock``) when a call or event arrives while nothing is pending: an idle sender sleeps
+        #: until then instead of waking every flush interval.
+        self.on_first: Callable[[], None] | None = None
 
     # -- caller side (hold ``lock``) ------------------------------------------------------------------------
 
@@ -143,6 +147,8 @@ class Batcher:
             self.rows = []
 
     def add_event_locked(self, raw: bytes, blobs: dict[str, bytes]) -> None:
+        if not self.rows and not self.items and self.on_first is not None:
+            self.on_first()
         self.seal_locked()  # keep the order of calls: the open block comes before this event
         self.items.append(("e", raw, blobs, None))
 
@@ -154,6 +160,8 @@ class Batcher:
             self.block_keys = keys
         if not self.rows:
             self.block_sig = sig
+            if not self.items and self.on_first is not None:
+                self.on_first()
         elif sig is not self.block_sig and sig != self.block_sig:
             self.block_sig = None
         self.rows.append(row)

@@ -45,6 +45,9 @@ from .spill import Entry, Outbox
 
 logger = logging.getLogger("ingest")
 
+#: An idle sender still looks around this often (seconds), as a safety net.
+_IDLE_WAIT_S = 1.0
+
 #: What a failed round trip can raise: Redis errors (connection, timeout, error replies) and socket errors.
 SEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
@@ -181,6 +184,7 @@ class ThreadSender:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._deadline: float | None = None
+        core.batcher.on_first = self.wake
         self._thread = threading.Thread(
             target=self._run, name=f"stepline-sender-{core.batcher.run}", daemon=True
         )
@@ -213,10 +217,21 @@ class ThreadSender:
             wait = interval
             if core.next_attempt:
                 wait = max(0.0, min(interval, core.next_attempt - time.monotonic()))
-            if closing and not core.next_attempt:
+            elif closing:
                 wait = 0.0
+            elif self._idle():
+                # Nothing to do: sleep until the first call is logged (Batcher.on_first), a block is sealed or
+                # close(); then let calls gather for one interval. A hundred idle runs cost nothing this way.
+                self._wake.wait(_IDLE_WAIT_S)
+                self._wake.clear()
+                if self._closing.is_set():
+                    continue
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _idle(self) -> bool:
+        b = self.core.batcher
+        return len(self.core.outbox) == 0 and not b.items and not b.rows
 
     def close(self, timeout: float) -> None:
         """Flush and stop: returns when everything is acknowledged or ``timeout`` seconds have passed."""
