@@ -236,6 +236,22 @@ def packb(obj: Any) -> bytes:
     return out
 
 
+#: Allowed dtypes already parsed, by their wire string (only valid ones are kept, so it stays small).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _check_dtype(dtype_s: str) -> np.dtype[Any]:
+    try:
+        dtype = np.dtype(dtype_s)
+    except TypeError as e:
+        raise SchemaError(f"ndarray dtype {dtype_s!r:.40} is not a dtype", code="bad_array") from e
+    if dtype.kind not in _ARRAY_DTYPE_KINDS or dtype.hasobject:
+        raise SchemaError(f"ndarray dtype {dtype_s!r:.40} is not allowed", code="bad_array")
+    if len(_DTYPES) < 256:  # spellings of allowed dtypes are few; a flood of odd ones is parsed, not kept
+        _DTYPES[dtype_s] = dtype
+    return dtype
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_NDARRAY:
         parts = msgpack.unpackb(data, raw=False)
@@ -244,9 +260,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
         dtype_s, shape, buf = parts
         if not isinstance(dtype_s, str) or not isinstance(shape, list) or not isinstance(buf, bytes):
             raise SchemaError("ndarray ext must be [str, list, bytes]", code="bad_array")
-        dtype = np.dtype(dtype_s)
-        if dtype.kind not in _ARRAY_DTYPE_KINDS or dtype.hasobject:
-            raise SchemaError(f"ndarray dtype {dtype_s!r} is not allowed", code="bad_array")
+        dtype = _DTYPES.get(dtype_s)
+        if dtype is None:
+            dtype = _check_dtype(dtype_s)
+        if len(shape) == 1 and type(shape[0]) is int and shape[0] * dtype.itemsize == len(buf):
+            return np.frombuffer(buf, dtype=dtype)  # the common case: a column (checked as below, only faster)
         if not all(type(n) is int and 0 <= n < (1 << 40) for n in shape) or len(shape) > 32:
             raise SchemaError(f"bad ndarray shape {shape!r:.80}", code="bad_array")
         count = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +32,22 @@ def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.
     missing value is null. A number column is int64 only while every value in the segment is an int.
     """
     n = sum(len(r) if isinstance(r, RowBatch) else 1 for r in rows)
-    steps = np.empty(n, dtype=np.int64)
-    ts = np.empty(n, dtype=np.float64)
-    runtime = np.empty(n, dtype=np.float64)
     pieces: dict[ColId, list[tuple[int, Any]]] = {}
     off = 0
+    if all(isinstance(r, RowBatch) for r in rows):  # the fast path's output: whole arrays, joined in one call
+        batches = cast("list[RowBatch]", rows)
+        steps = np.concatenate([r.steps for r in batches]).astype(np.int64, copy=False)
+        ts = np.concatenate([r.ts for r in batches]).astype(np.float64, copy=False)
+        runtime = np.concatenate([r.runtime for r in batches]).astype(np.float64, copy=False)
+        rows = []
+        for b in batches:
+            for col, v in b.values.items():
+                pieces.setdefault(col, []).append((off, v))
+            off += len(b)
+    else:
+        steps = np.empty(n, dtype=np.int64)
+        ts = np.empty(n, dtype=np.float64)
+        runtime = np.empty(n, dtype=np.float64)
     for r in rows:
         if isinstance(r, RowBatch):
             m = len(r)
@@ -70,6 +81,8 @@ def _column(kind: str, pieces: list[tuple[int, Any]], n: int) -> pa.Array:
     mask = np.ones(n, dtype=bool)
     if kind == NUMBER:
         dtype = np.int64 if all(_is_int_piece(v) for _, v in pieces) else np.float64
+        if sum(len(v) for _, v in pieces) == n:  # pieces are disjoint and in order: they cover every row
+            return pa.array(np.concatenate([np.asarray(v, dtype=dtype) for _, v in pieces]))
         data = np.zeros(n, dtype=dtype)
         for off, v in pieces:
             data[off:off + len(v)] = v
