@@ -79,6 +79,7 @@ class PartitionProcessor:
     entries_since_commit: int = 0
     prepared_id: str = ""  # the read offset of the last prepared commit (durable once its write succeeds)
     last_commit: float = field(default_factory=time.monotonic)
+    last_read: float = field(default_factory=time.monotonic)  # when entries were last read
     touched: set[RunKey] = field(default_factory=set)  # runs with new segments since the last compaction pass
     gaps: int = 0  # stream gaps detected (entries deleted before they were read): see check_stream
 
@@ -149,6 +150,7 @@ class PartitionProcessor:
             self._apply(entry_id, frame)
         self.read_id = entries[-1][0].decode()
         self.entries_since_commit += len(entries)
+        self.last_read = time.monotonic()
         crash_point("read")
 
     def _apply(self, entry_id: str, frame: Frame) -> None:
@@ -234,12 +236,13 @@ class PartitionProcessor:
         return problem
 
     def commit_due(self, interval_s: float, max_entries: int, idle_s: float | None = None) -> bool:
-        """Whether to commit now: ``max_entries`` read, or the batch ``interval_s`` old, or ``idle_s`` old when
-        the caller saw the stream caught up (``None``: it was not)."""
+        """Whether to commit now: ``max_entries`` read, or the batch ``interval_s`` old, or nothing new read for
+        ``idle_s`` seconds (the end of a burst: visible at once, while a busy stream still commits in batches)."""
         if self.read_id == self.prepared_id and not self.dirty:
             return False
-        age = time.monotonic() - self.last_commit
-        return self.entries_since_commit >= max_entries or age >= interval_s or (idle_s is not None and age >= idle_s)
+        now = time.monotonic()
+        return (self.entries_since_commit >= max_entries or now - self.last_commit >= interval_s
+                or (idle_s is not None and now - self.last_read >= idle_s))
 
     def prepare(self) -> PreparedCommit | None:
         """Snapshot everything processed since the last prepared commit (rows, per-run state, rejections, dead

@@ -78,11 +78,11 @@ def _is_int_piece(v: Any) -> bool:
 
 def _column(kind: str, pieces: list[tuple[int, Any]], n: int) -> pa.Array:
     """One column of ``n`` rows from ``(offset, values)`` pieces; rows no piece covers are null."""
-    mask = np.ones(n, dtype=bool)
     if kind == NUMBER:
         dtype = np.int64 if all(_is_int_piece(v) for _, v in pieces) else np.float64
         if sum(len(v) for _, v in pieces) == n:  # pieces are disjoint and in order: they cover every row
             return pa.array(np.concatenate([np.asarray(v, dtype=dtype) for _, v in pieces]))
+        mask = np.ones(n, dtype=bool)
         data = np.zeros(n, dtype=dtype)
         for off, v in pieces:
             data[off:off + len(v)] = v

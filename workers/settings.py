@@ -60,9 +60,8 @@ class WorkerSettings:
     #: A partition's batch is committed when it is this old (seconds) or holds ``commit_entries`` entries.
     commit_interval_s: float = 0.5
     commit_entries: int = 2_000
-    #: A partition that has caught up with its stream (a round read nothing new) commits as soon as its batch is
-    #: this old: the end of a burst is visible at once instead of at the next interval, while a busy stream
-    #: still commits in batches.
+    #: A partition whose stream has been quiet this long (seconds) commits at once: the end of a burst is visible
+    #: without waiting for the interval, while a busy stream still commits in batches.
     commit_idle_s: float = 0.05
     #: Stream entries older than this stay in Redis for replay (never trimmed past the committed offset).
     retention_s: float = 24 * 3600.0

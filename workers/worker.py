@@ -387,18 +387,16 @@ class Worker:
         for p, proc in owned:
             pipe.xread({self.names.stream(p): proc.read_id}, count=s.read_count)
         replies = cast("list[list[tuple[bytes, list[Entry]]] | None]", await pipe.execute())
-        busy: set[int] = set()
+        got = False
         for (p, proc), reply in zip(owned, replies, strict=True):
             for _stream, entries in reply or []:
                 if entries and self.owned.get(p) is proc:
-                    busy.add(p)
+                    got = True
                     await proc.process(entries)
                     self.metrics.entries += len(entries)
         for p, proc in list(self.owned.items()):
-            idle_s = None if p in busy else s.commit_idle_s
-            if p not in self.inflight and proc.commit_due(s.commit_interval_s, s.commit_entries, idle_s):
+            if p not in self.inflight and proc.commit_due(s.commit_interval_s, s.commit_entries, s.commit_idle_s):
                 self._start_commit(proc)
-        got = bool(busy)
         if got:
             self._idle_s = _IDLE_MIN_S
         else:
