@@ -80,6 +80,12 @@ def async_client(settings: ClientSettings) -> AsyncRedis:
     )
 
 
+def needs_transaction(batch: list[Entry]) -> bool:
+    """A lone frame without blobs is one XADD, atomic by itself: MULTI/EXEC would only add two commands and
+    their replies to the round trip. Anything more goes all-or-nothing, so frames never land out of order."""
+    return len(batch) > 1 or bool(batch[0].blobs)
+
+
 def queue_batch(pipe: Any, batch: list[Entry], blob_ttl: int) -> None:
     """Queue one batch on a (sync or async) pipeline: blobs before the frame that references them."""
     for e in batch:
@@ -153,7 +159,7 @@ class Core:
             n = client.send(batch)
             self.on_success(batch[:n])
             return n
-        pipe = client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=needs_transaction(batch))
         queue_batch(pipe, batch, self.settings.blob_ttl_seconds)
         pipe.execute()
         self.on_success(batch)
@@ -287,7 +293,7 @@ class AsyncSender:
                         n = await asyncio.to_thread(self._http.send, batch)
                         batch = batch[:n]
                     else:
-                        pipe = self._client.pipeline(transaction=True)
+                        pipe = self._client.pipeline(transaction=needs_transaction(batch))
                         queue_batch(pipe, batch, core.settings.blob_ttl_seconds)
                         await pipe.execute()
                 except SEND_ERRORS as e:

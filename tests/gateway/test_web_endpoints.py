@@ -39,13 +39,15 @@ async def test_projects_and_blobs_authorization(gw_settings: GatewaySettings, ke
         run.finish()
     c = await make_client(s)
     admin = {"Authorization": f"Bearer {keys.tokens['admin']}"}
-    for _ in range(300):
-        r = await c.get("/api/v1/projects/pa/runs/r1", headers=admin)
-        if r.status == 200 and (await r.json())["state"] == "finished":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("run pa/r1 was not committed")
+    # The two runs may sit in different partitions, committed at different times: wait for both.
+    for project, auth in (("pa", admin), ("pb", {"Authorization": f"Bearer {keys.tokens['other']}"})):
+        for _ in range(300):
+            r = await c.get(f"/api/v1/projects/{project}/runs/r1", headers=auth)
+            if r.status == 200 and (await r.json())["state"] == "finished":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"run {project}/r1 was not committed")
 
     def headers(role: str) -> dict[str, str]:
         return {} if role == "none" else {"Authorization": f"Bearer {keys.tokens[role]}"}
