@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from schemas import FRAME_FIELD, BadEvent, Frame, Limits, Names, SchemaError, decode_frame
+from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Names, SchemaError, decode_frame
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
@@ -82,6 +82,7 @@ class PartitionProcessor:
     last_read: float = field(default_factory=time.monotonic)  # when entries were last read
     touched: set[RunKey] = field(default_factory=set)  # runs with new segments since the last compaction pass
     gaps: int = 0  # stream gaps detected (entries deleted before they were read): see check_stream
+    finished_run: bool = False  # a run finished since the last prepared commit
 
     def __post_init__(self) -> None:
         if not self.read_id:
@@ -164,6 +165,8 @@ class PartitionProcessor:
             if isinstance(ev, BadEvent):
                 r.reject(ev.error.code, None, r.cursor, None, f"malformed event: {ev.error}")
             else:
+                if isinstance(ev, Finish):
+                    self.finished_run = True  # the run is over: show its final state now, not at the next interval
                 try:
                     r.apply(ev)
                 except Exception as e:
@@ -236,12 +239,13 @@ class PartitionProcessor:
         return problem
 
     def commit_due(self, interval_s: float, max_entries: int, idle_s: float | None = None) -> bool:
-        """Whether to commit now: ``max_entries`` read, or the batch ``interval_s`` old, or nothing new read for
-        ``idle_s`` seconds (the end of a burst: visible at once, while a busy stream still commits in batches)."""
+        """Whether to commit now: a run finished, or ``max_entries`` read, or the batch ``interval_s`` old, or
+        nothing new read for ``idle_s`` seconds (the end of a burst: visible at once, while a busy stream still
+        commits in batches)."""
         if self.read_id == self.prepared_id and not self.dirty:
             return False
         now = time.monotonic()
-        return (self.entries_since_commit >= max_entries or now - self.last_commit >= interval_s
+        return (self.finished_run or self.entries_since_commit >= max_entries or now - self.last_commit >= interval_s
                 or (idle_s is not None and now - self.last_read >= idle_s))
 
     def prepare(self) -> PreparedCommit | None:
@@ -266,6 +270,7 @@ class PartitionProcessor:
         self.rejections = []
         self.dlq = []
         self.entries_since_commit = 0
+        self.finished_run = False
         self.last_commit = time.monotonic()
         return prep
 

@@ -43,7 +43,7 @@ _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
 #: Pause after a read round that found nothing, doubling while idle (the read itself never blocks).
-_IDLE_MIN_S, _IDLE_MAX_S = 0.002, 0.05
+_IDLE_MIN_S, _IDLE_MAX_S = 0.002, 0.02
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -381,7 +381,7 @@ class Worker:
         # One single-stream XREAD per owned partition (a Redis Cluster refuses a multi-stream XREAD whose keys
         # span slots), all in one non-transactional pipeline: one round trip per Redis node, the same code path
         # for a single server and a cluster. Non-blocking; after a round where every partition was empty, wait
-        # (2 ms doubling to 50 ms) so an idle worker costs little and a busy one never waits.
+        # (2 ms doubling to 20 ms) so an idle worker costs little and a busy one never waits.
         owned = list(self.owned.items())
         pipe = self.redis.pipeline(transaction=False)
         for p, proc in owned:
