@@ -115,7 +115,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--redis-url", default=os.environ.get("STEPLINE_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     url = ["--redis-url", args.redis_url]
     e1 = run_bench(["e2e.py", *url, "--runs", "1", "--steps", "100000", "--repeat", str(args.repeat)])
