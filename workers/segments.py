@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,10 +41,16 @@ def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.
         ts = np.concatenate([r.ts for r in batches]).astype(np.float64, copy=False)
         runtime = np.concatenate([r.runtime for r in batches]).astype(np.float64, copy=False)
         rows = []
-        for b in batches:
-            for col, v in b.values.items():
-                pieces.setdefault(col, []).append((off, v))
-            off += len(b)
+        offsets = list(accumulate((len(b) for b in batches[:-1]), initial=0))
+        columns = batches[0].values.keys()
+        if all(b.values.keys() == columns for b in batches):  # a steady run: the same columns in every batch
+            for col in columns:
+                pieces[col] = list(zip(offsets, [b.values[col] for b in batches], strict=True))
+        else:
+            for b, boff in zip(batches, offsets, strict=True):
+                for col, v in b.values.items():
+                    pieces.setdefault(col, []).append((boff, v))
+        off = n
     else:
         steps = np.empty(n, dtype=np.int64)
         ts = np.empty(n, dtype=np.float64)
