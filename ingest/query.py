@@ -604,19 +604,21 @@ class RunView:
         steps = table.column(STEP).to_numpy()
         xs = table.column(x_col.field)
         y_arr = table.column(y_col.field)
-        ok = np.asarray(y_arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        if xs.null_count:
-            ok &= np.asarray(xs.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         x = xs.to_numpy(zero_copy_only=False)
         y = y_arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        # Row filter; a column without nulls on the step axis over the whole run needs none (the common case).
+        masks = [np.asarray(c.is_valid().to_numpy(zero_copy_only=False), dtype=bool) for c in (y_arr, xs)
+                 if c.null_count]
         if x.dtype.kind == "f":
-            ok &= ~np.isnan(x)
+            masks.append(~np.isnan(x))
         if x_min is not None:
-            ok &= x >= x_min
+            masks.append(x >= x_min)
         if x_max is not None:
-            ok &= x <= x_max
-        if not ok.all():
-            x, y, steps = x[ok], y[ok], steps[ok]
+            masks.append(x <= x_max)
+        if masks:
+            ok = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
+            if not ok.all():
+                x, y, steps = x[ok], y[ok], steps[ok]
         if len(x) > 1 and x_axis != STEP and np.any(x[1:] < x[:-1]):
             # A stable sort keeps step order among equal x, so the result stays a function of the history.
             order = np.argsort(x, kind="stable")
