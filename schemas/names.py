@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_NAMESPACE = "sl"
@@ -75,3 +76,16 @@ class Names:
 
     def partition(self, project: str, run: str) -> int:
         return partition_of(project, run, self.partitions)
+
+
+def with_driver_info(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Client options for redis-py with its version given up front: redis-py 7+ otherwise reads it from the
+    installed package's metadata (a file-system search) for every new connection, which was 28 % of the SDK
+    senders' time with 100 runs starting at once. Older redis-py computed it once, at import."""
+    try:
+        import redis
+        from redis.driver_info import DriverInfo
+    except ImportError:
+        return kwargs
+    kwargs.setdefault("driver_info", DriverInfo(lib_version=redis.__version__))
+    return kwargs

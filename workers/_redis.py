@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 import redis.asyncio
 
-from schemas.names import redis_target
+from schemas.names import redis_target, with_driver_info
 
 AsyncRedis: TypeAlias = "redis.asyncio.Redis | redis.asyncio.RedisCluster"
 
@@ -20,18 +20,7 @@ AsyncRedis: TypeAlias = "redis.asyncio.Redis | redis.asyncio.RedisCluster"
 def async_redis(url: str, **kwargs: Any) -> AsyncRedis:
     """An asyncio client for ``url`` (``kwargs`` are connection options: timeouts, ``retry``, ...)."""
     plain, cluster = redis_target(url)
-    kwargs = _driver_info(kwargs)
+    kwargs = with_driver_info(kwargs)
     if cluster:
         return redis.asyncio.RedisCluster.from_url(plain, **kwargs)
     return redis.asyncio.Redis.from_url(plain, **kwargs)
-
-
-def _driver_info(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """redis-py 7+ reads its own version from the installed package's metadata (a file-system search) for every
-    new connection unless told: that was 28 % of the senders' time with 100 runs starting at once."""
-    try:
-        from redis.driver_info import DriverInfo
-    except ImportError:  # older redis-py: the version was computed once, at import
-        return kwargs
-    kwargs.setdefault("driver_info", DriverInfo(lib_version=redis.__version__))
-    return kwargs
