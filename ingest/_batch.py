@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -78,9 +77,7 @@ def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, sig: Si
     elif sig is not None:
         cols = [np.array(c, dtype=_F64) if t is float else np.array(c, dtype=_I64) if t is int else list(c)
                 for t, c in zip(sig, zip(*vals, strict=True), strict=True)]
-    elif set(map(type, chain.from_iterable(vals))) == {float}:
-        cols = list(np.ascontiguousarray(np.array(vals, dtype=_F64).T))
-    else:
+    else:  # the rows' types differ (so they are not all floats): look at each column
         cols = [_column(c) for c in zip(*vals, strict=True)]
     ev = LogBlock(
         keys=list(keys),

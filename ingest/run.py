@@ -283,19 +283,12 @@ class Run:
                 # The value types are those of the previous call (the usual case) or were learnt now; then only
                 # ints (int64 range) and strings (total size) need looking at, and only where they are.
                 if (sig == self._sig or self._learn_sig(sig)) and (not self._sig_checks or self._values_ok(vals)):
-                    if (step is not None or commit is not None) and not (
-                        commit is None and type(step) is int and 0 <= step <= _INT64_MAX
-                    ):
+                    if step is not None or commit is not None:
                         step, commit = _check_step_commit(step, commit)
                     t = _time()
                     with b.lock:
-                        if commit is None:
-                            if step is None:
-                                self._step += 1
-                            elif step >= self._step:
-                                self._step = step
-                            else:
-                                self._advance(step, commit)
+                        if step is None and commit is None:
+                            self._step += 1
                         else:
                             self._advance(step, commit)
                         # The block's own keys and the learnt signature: the batcher compares them by identity.

@@ -35,22 +35,17 @@ def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.
     n = sum(len(r) if isinstance(r, RowBatch) else 1 for r in rows)
     pieces: dict[ColId, list[tuple[int, Any]]] = {}
     off = 0
-    if all(isinstance(r, RowBatch) for r in rows):  # the fast path's output: whole arrays, joined in one call
-        batches = cast("list[RowBatch]", rows)
-        steps = np.concatenate([r.steps for r in batches]).astype(np.int64, copy=False)
-        ts = np.concatenate([r.ts for r in batches]).astype(np.float64, copy=False)
-        runtime = np.concatenate([r.runtime for r in batches]).astype(np.float64, copy=False)
-        rows = []
+    batches = cast("list[RowBatch]", rows)
+    if (rows and all(isinstance(r, RowBatch) for r in rows)
+            and all(b.values.keys() == batches[0].values.keys() for b in batches)):
+        # A steady run through the fast path: whole arrays with the same columns, joined in one call each.
+        steps = np.concatenate([b.steps for b in batches]).astype(np.int64, copy=False)
+        ts = np.concatenate([b.ts for b in batches]).astype(np.float64, copy=False)
+        runtime = np.concatenate([b.runtime for b in batches]).astype(np.float64, copy=False)
         offsets = list(accumulate((len(b) for b in batches[:-1]), initial=0))
-        columns = batches[0].values.keys()
-        if all(b.values.keys() == columns for b in batches):  # a steady run: the same columns in every batch
-            for col in columns:
-                pieces[col] = list(zip(offsets, [b.values[col] for b in batches], strict=True))
-        else:
-            for b, boff in zip(batches, offsets, strict=True):
-                for col, v in b.values.items():
-                    pieces.setdefault(col, []).append((boff, v))
-        off = n
+        for col in batches[0].values:
+            pieces[col] = list(zip(offsets, [b.values[col] for b in batches], strict=True))
+        rows, off = [], n
     else:
         steps = np.empty(n, dtype=np.int64)
         ts = np.empty(n, dtype=np.float64)
@@ -144,8 +139,8 @@ def _write_options(table: pa.Table) -> dict[str, Any]:
 
 
 def warm_up() -> None:
-    """Build and encode a tiny segment in memory. The first Arrow table built with field metadata makes pyarrow
-    import pandas (~0.5 s measured here); paying that at start keeps it off the first commit's latency."""
+    """Build and encode a tiny segment in memory. pyarrow's first ``pa.array()`` imports pandas (~0.5 s measured
+    here) to recognise pandas objects; paying that at start keeps it off the first commit's latency."""
     rb = RowBatch(steps=np.arange(2, dtype=np.int64), ts=np.zeros(2), runtime=np.zeros(2),
                   values={("x", NUMBER): np.zeros(2), ("s", STRING): ["a", "b"]})
     table = rows_to_table([rb], {("x", NUMBER): "x", ("s", STRING): "s"})
