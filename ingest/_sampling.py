@@ -21,6 +21,8 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+# Integers up to this magnitude convert to float64 exactly.
+_EXACT = 2**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,31 +65,44 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
     if count <= n:
         pos = np.arange(count, dtype=np.int64)
         return M4(pos, pos, pos, yf.copy(), yf.copy(), sampled=False)
-    xf = np.asarray(x, dtype=np.float64)
-    lo_f = float(xf[0]) if lo is None else float(lo)
-    hi_f = float(xf[-1]) if hi is None else float(hi)
+    lo_f = float(x[0]) if lo is None else float(lo)
+    hi_f = float(x[-1]) if hi is None else float(hi)
 
     # Bucket boundaries as positions: x is sorted, so n-1 binary searches replace a per-point division.
-    inner = np.searchsorted(xf, bucket_edges(lo_f, hi_f, n), side="left").astype(np.int64)
-    starts_all = np.concatenate(([0], inner))
-    ends_all = np.concatenate((inner, [count]))
+    edges = bucket_edges(lo_f, hi_f, n)
+    if x.dtype.kind in "iu" and x[0] >= -_EXACT and x[-1] <= _EXACT and np.isfinite(edges).all():
+        # Integer x (the step axis) that floats hold exactly: float(x) >= e  <=>  x >= ceil(e), so the search
+        # runs on x itself instead of a float copy of it (edges lie within [lo, hi]; clipping keeps them in
+        # int64 without changing any comparison, since every x lies within ±_EXACT).
+        inner = np.searchsorted(x, np.clip(np.ceil(edges), -_EXACT - 1, _EXACT + 1).astype(np.int64), side="left")
+    else:
+        inner = np.searchsorted(np.asarray(x, dtype=np.float64), edges, side="left")
+    starts_all = np.concatenate(([0], inner.astype(np.int64)))
+    ends_all = np.concatenate((inner, [count])).astype(np.int64)
     nonempty = ends_all > starts_all
     # reduceat needs strictly increasing starts: an empty bucket would repeat a start and report a neighbour.
     starts = starts_all[nonempty]
     ends = ends_all[nonempty]
-
-    nan = np.isnan(yf)
-    has_nan = bool(nan.any())
-    # NaN must never win min/max: stand it in by +inf for the min and -inf for the max (copies only if needed).
-    y_lo = np.where(nan, np.inf, yf) if has_nan else yf
-    y_hi = np.where(nan, -np.inf, yf) if has_nan else yf
     counts = ends - starts
-    arg_min, mins = _first_extreme(np.minimum, y_lo, nan if has_nan else None, starts, counts)
-    arg_max, maxs = _first_extreme(np.maximum, y_hi, nan if has_nan else None, starts, counts)
 
-    keep = np.unique(np.concatenate((
+    # np.minimum propagates NaN, so the per-bucket minima tell whether any y is NaN without a pass over y.
+    mins0 = np.minimum.reduceat(yf, starts)
+    nan = np.isnan(yf) if np.isnan(mins0).any() else None
+    if nan is None:
+        arg_min, mins = _first_extreme(yf, None, mins0, counts, starts)
+        arg_max, maxs = _first_extreme(yf, None, np.maximum.reduceat(yf, starts), counts, starts)
+    else:
+        # NaN must never win min/max: stand it in by +inf for the min and -inf for the max.
+        y_lo = np.where(nan, np.inf, yf)
+        y_hi = np.where(nan, -np.inf, yf)
+        arg_min, mins = _first_extreme(y_lo, nan, np.minimum.reduceat(y_lo, starts), counts, starts)
+        arg_max, maxs = _first_extreme(y_hi, nan, np.maximum.reduceat(y_hi, starts), counts, starts)
+
+    keep = np.sort(np.concatenate((
         [0, count - 1], starts, ends - 1, arg_min[arg_min >= 0], arg_max[arg_max >= 0],
-    ))).astype(np.int64)
+    )).astype(np.int64))
+    # Sorted, so duplicates are neighbours (a sort + mask is several times cheaper than np.unique's hashing).
+    keep = keep[np.concatenate(([True], keep[1:] != keep[:-1]))]
     all_nan = arg_min < 0
     band_min = np.where(all_nan, np.nan, mins)
     band_max = np.where(all_nan, np.nan, maxs)
@@ -95,10 +110,9 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
 
 
 def _first_extreme(
-    op: np.ufunc, y: FloatArray, nan: npt.NDArray[np.bool_] | None, starts: IntArray, counts: IntArray,
+    y: FloatArray, nan: npt.NDArray[np.bool_] | None, ext: FloatArray, counts: IntArray, starts: IntArray,
 ) -> tuple[IntArray, FloatArray]:
-    """Per bucket, the first position attaining the extreme of ``y`` (-1 when every y is NaN), and the extreme."""
-    ext: FloatArray = op.reduceat(y, starts)
+    """Per bucket, the first position where ``y`` equals the bucket's extreme ``ext`` (-1 when every y is NaN)."""
     # Points equal to their bucket's extreme: usually about one per bucket, so the work after this is small.
     hit = y == np.repeat(ext, counts)
     if nan is not None:

@@ -110,3 +110,34 @@ def test_m4_all_nan_and_constant() -> None:
     assert np.all(r.bucket_min == 1.0)
     single = m4(np.full(50, 3.0), np.arange(50, dtype=np.float64), 5)  # zero-width range: one bucket
     assert set(single.keep.tolist()) == {0, 49}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        # Dense small integers: many points sit right at bucket edges (the case the integer search must get right).
+        st.lists(st.integers(min_value=-60, max_value=60), min_size=30, max_size=300),
+        st.lists(st.integers(min_value=-(2**40), max_value=2**40), min_size=1, max_size=300),
+    ),
+    st.data(),
+)
+def test_m4_integer_x_matches_float_x(xs: list[int], data: st.DataObject) -> None:
+    """Integer x (the step axis) takes a search on the integers themselves; it must pick exactly the points the
+    float path picks, with or without a requested range, including the earliest of tied extremes."""
+    x = np.sort(np.array(xs, dtype=np.int64))
+    # Few distinct y values, so tied extremes are common.
+    y = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, -1.0, float("nan")]), min_size=len(x),
+                                    max_size=len(x))), dtype=np.float64)
+    n = data.draw(st.integers(min_value=1, max_value=25))
+    lo = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[0]) - 50.0, max_value=float(x[0]))))
+    hi = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[-1]), max_value=float(x[-1]) + 50.0)))
+    got = m4(x, y, n, lo, hi)
+    want = m4(x.astype(np.float64), y, n, lo, hi)
+    for field in ("keep", "bucket_first", "bucket_last", "bucket_min", "bucket_max"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    if got.sampled:
+        for first, last, lo_y in zip(got.bucket_first, got.bucket_last, got.bucket_min, strict=True):
+            seg = y[first:last + 1]
+            if not np.isnan(lo_y):
+                # Ties go to the earliest point: the first position holding the bucket's minimum is kept.
+                assert first + int(np.flatnonzero(seg == lo_y)[0]) in set(got.keep.tolist())
