@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.__main__ import add_arguments as add_worker_arguments
-from workers.__main__ import exit_now, settings_from_args
+from workers.__main__ import serve as serve_worker
+from workers.__main__ import settings_from_args
 from workers.settings import WorkerSettings
 from workers.worker import Worker
 
@@ -274,9 +275,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(settings_from_args(args)).run()
-    exit_now(0)
+    serve_worker(settings_from_args(args))
     return 0
 
 

@@ -54,6 +54,16 @@ class WorkerProc:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def stacks(self) -> str:
+        """Every thread's Python stack, for a worker that hangs: it dumps them to its log on SIGUSR1."""
+        before = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.log.stat().st_size == before:
+            time.sleep(0.1)
+        time.sleep(0.5)  # faulthandler writes the dump thread by thread
+        return self.log.read_bytes()[before:].decode(errors="replace") or "(no stack dump: the process did not answer)"
+
     def tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

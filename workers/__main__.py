@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,11 +39,20 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stepline worker", description="Consume partition streams into history.")
     add_arguments(ap)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(settings_from_args(args)).run()
-    exit_now(0)
+    serve(settings_from_args(ap.parse_args(argv)))
     return 0
+
+
+def serve(settings: WorkerSettings) -> None:
+    """Run one worker in this process until SIGTERM/SIGINT, then end the process (:func:`exit_now`).
+
+    ``kill -USR1 <pid>`` prints the Python stack of every thread to stderr (faulthandler: no debugger, no ptrace),
+    so a worker that does not stop can be looked into where it runs.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    Worker(settings).run()
+    exit_now(0)
 
 
 def exit_now(code: int) -> None:

@@ -59,3 +59,24 @@ def _rows(api: object, path: str) -> int:
         return int(api.run(path).rows)  # type: ignore[attr-defined]
     except LookupError:
         return 0
+
+
+def test_sigusr1_dumps_every_thread_and_the_worker_goes_on(redis_url: str, namespace: str, data_dir: Path,
+                                                           fleet: WorkerFleet) -> None:
+    """A worker that will not stop can be looked into: SIGUSR1 writes each thread's stack to its log (no ptrace
+    needed, unlike py-spy), and the worker keeps working and still drains on SIGTERM."""
+    w = fleet.start()
+    wait_until(lambda: "took partition" in w.tail(200), 30, "the worker's first partition")
+    dump = w.stacks()
+    assert "Current thread" in dump or "Thread 0x" in dump, dump
+    assert "workers/worker.py" in dump, dump  # the event loop thread is in the worker's code
+    assert w.alive()
+    run = ingest.init(project="u", id="r", redis_url=redis_url, namespace=namespace, data_dir=str(data_dir))
+    run.log({"x": 1.0}, step=0)
+    assert run.finish(timeout=30).ok
+    from ingest.query import Api
+
+    with Api(data_dir=data_dir) as api:
+        wait_until(lambda: _rows(api, "u/r") == 1, 30, "the run committed after the dump")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(15) == 0, w.tail()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,15 +40,6 @@ pytestmark = pytest.mark.integration
 
 CHURN_S, SLOTS, RUNS, PARTITIONS, TTL_MS = 60.0, 6, 20, 16, 2000
 AUDIT = {"STEPLINE_COMMIT_AUDIT": "1"}
-
-
-def stacks(pid: int) -> str:
-    """The Python stacks of every thread of ``pid`` (py-spy, when installed), for a worker that hangs."""
-    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if spy is None:
-        return "(py-spy not installed: no stacks)"
-    out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
-    return out.stdout + out.stderr
 
 
 class OwnerWatch(threading.Thread):
@@ -146,7 +135,7 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
                     rc = w.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     raise AssertionError(f"{w.wid} did not exit within 30 s of SIGTERM (drain time 20 s)\n"
-                                         f"{stacks(w.proc.pid)}\n{fleet.logs()}") from None
+                                         f"{w.stacks()}\n{fleet.logs()}") from None
                 assert rc in (0, -signal.SIGTERM), fleet.logs()
                 continue
             held = watch.owned_by(w.wid)
