@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import importlib.abc
 import logging
 import os
 import signal
@@ -51,8 +52,20 @@ def serve(settings: WorkerSettings) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
     Worker(settings).run()
     exit_now(0)
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """Makes ``import pandas`` fail in a worker process: workers never use pandas, but pyarrow imports it, if
+    installed, the first time it converts an array (to check whether it is a pandas object). That import costs
+    ~41 MB of every worker's memory; pyarrow works as without pandas when the import fails."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError(f"pandas is not loaded in a worker process ({fullname})", name=fullname)
 
 
 def exit_now(code: int) -> None:
