@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 from .settings import WorkerSettings
@@ -47,15 +49,29 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: WorkerSettings) -> None:
     """Run one worker in this process until SIGTERM/SIGINT, then end the process (:func:`exit_now`).
 
-    ``kill -USR1 <pid>`` prints the Python stack of every thread to stderr (faulthandler: no debugger, no ptrace),
-    so a worker that does not stop can be looked into where it runs.
+    A worker that does not stop can be looked into where it runs, without a debugger or ptrace:
+    ``kill -USR1 <pid>`` prints the Python stack of every thread to stderr from the main thread (consistent, but
+    only once the main thread runs Python again); ``kill -USR2 <pid>`` makes faulthandler print them from the
+    signal handler itself, which works even when the main thread is stuck in C code but may show a running thread
+    half-updated.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGUSR1, _print_stacks)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
     Worker(settings).run()
     exit_now(0)
+
+
+def _print_stacks(signum: int, frame: object) -> None:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = [f"--- stacks of every thread (signal {signum}) ---"]
+    for ident, top in sys._current_frames().items():
+        out.append(f"Thread {ident:#x} ({names.get(ident, '?')}):")
+        out.append("".join(traceback.format_stack(top)).rstrip())
+    sys.stderr.write("\n".join(out) + "\n--- end of stacks ---\n")
+    sys.stderr.flush()
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):

@@ -68,7 +68,8 @@ def test_sigusr1_dumps_every_thread_and_the_worker_goes_on(redis_url: str, names
     w = fleet.start()
     wait_until(lambda: "took partition" in w.tail(200), 30, "the worker's first partition")
     dump = w.stacks()
-    assert "Current thread" in dump or "Thread 0x" in dump, dump
+    assert "--- end of stacks ---" in dump, dump
+    assert "(MainThread)" in dump, dump
     assert "workers/worker.py" in dump, dump  # the event loop thread is in the worker's code
     assert w.alive()
     run = ingest.init(project="u", id="r", redis_url=redis_url, namespace=namespace, data_dir=str(data_dir))
