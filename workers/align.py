@@ -131,6 +131,9 @@ class RunAligner:
     updated_at: float | None = None
     # Key identities logged with more than one kind (derived from ``displays``; not persisted).
     multi_kind: set[str] = field(default_factory=set)
+    # Column id of each key spelling by kind (a cache, not persisted): rows waiting for their commit share these
+    # tuples and strings instead of holding a fresh casefolded copy of every key of every call.
+    colid_cache: dict[str, dict[str, ColId]] = field(default_factory=dict, repr=False, compare=False)
     # Output since the last take(); not part of the persisted state.
     out_rows: list[Row | RowBatch] = field(default_factory=list)
     out_rejections: list[Rejection] = field(default_factory=list)
@@ -220,7 +223,7 @@ class RunAligner:
         if mode is None or n < 4 or any(k is None for k in kinds):
             self._apply_block_slow(block, 0, n, ts_arr.tolist())
             return
-        colids: list[ColId] = [(key_ident(k), str(kind)) for k, kind in zip(block.keys, kinds, strict=True)]
+        colids = [self._colid(k, str(kind)) for k, kind in zip(block.keys, kinds, strict=True)]
         if len({ident for ident, _ in colids}) != len(colids):  # "a" and "A" in one call: per-call merge rules
             self._apply_block_slow(block, 0, n, ts_arr.tolist())
             return
@@ -405,8 +408,8 @@ class RunAligner:
             kind = kind_of(value)
             if kind is None:  # None logs nothing (W&B shows no point either)
                 continue
-            ident = key_ident(key)
-            col = (ident, kind)
+            col = self._colid(key, kind)
+            ident = col[0]
             display = self.displays.get(col)
             if display is None:
                 self._new_column(key, ident, kind)
@@ -418,6 +421,15 @@ class RunAligner:
                         pending.pop((ident, other), None)
             pending[col] = value
         self.pending_ts = ts
+
+    def _colid(self, key: str, kind: str) -> ColId:
+        by_kind = self.colid_cache.get(key)
+        if by_kind is None:
+            by_kind = self.colid_cache[key] = {}
+        col = by_kind.get(kind)
+        if col is None:
+            col = by_kind[kind] = (key_ident(key), kind)
+        return col
 
     def _new_column(self, key: str, ident: str, kind: str) -> None:
         first = self.spellings.get(ident)
