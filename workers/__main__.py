@@ -70,8 +70,11 @@ def _print_stacks(signum: int, frame: object) -> None:
     for ident, top in sys._current_frames().items():
         out.append(f"Thread {ident:#x} ({names.get(ident, '?')}):")
         out.append("".join(traceback.format_stack(top)).rstrip())
-    sys.stderr.write("\n".join(out) + "\n--- end of stacks ---\n")
-    sys.stderr.flush()
+    # Straight to the file descriptor: the signal may have interrupted a write to sys.stderr, and its buffered
+    # writer refuses a reentrant call.
+    data = ("\n".join(out) + "\n--- end of stacks ---\n").encode(errors="replace")
+    while data:
+        data = data[os.write(2, data):]
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):
