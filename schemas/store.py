@@ -26,6 +26,8 @@ named ``"<key>:<kind>"``; field metadata (``key``, ``kind``) is authoritative. A
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -193,9 +195,9 @@ def writer_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
+        _set_wal(cur)
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN
 
@@ -204,6 +206,26 @@ def writer_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _set_wal(cur: Any) -> None:
+    """Put the database file in WAL mode (persistent: once set, every later connection finds it so).
+
+    Switching the mode needs the file to itself, and SQLite answers "database is locked" at once, without its
+    busy handler, when another connection is in the way (several workers starting together on a new file). So
+    only switch when the file is not in WAL mode yet, and retry for up to 30 s like the busy timeout would."""
+    deadline = time.monotonic() + 30
+    delay = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def reader_engine(url: str) -> Engine:

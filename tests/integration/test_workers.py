@@ -72,10 +72,14 @@ def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: s
     try:
         feeder.start()
         # Let the first two workers own and commit some of every partition before anything changes.
-        wait_until(lambda: len([p for p in store.partitions() if p["offset"] != "0-0"]) >= 8, 20,
-                   "the first workers to commit")
+        # Both must have joined: a worker still starting (slow imports on a fresh machine) owns nothing yet, and a
+        # SIGTERM then would test nothing.
+        wait_until(lambda: {"w0", "w1"} <= {p["owner"] for p in store.partitions()}
+                   and len([p for p in store.partitions() if p["offset"] != "0-0"]) >= 8, 30,
+                   "the first two workers to own partitions and commit")
         fleet.start()  # joins: takes its share of partitions from the others
-        wait_until(lambda: "w2" in {p["owner"] for p in store.partitions()}, 20, "the new worker to own partitions")
+        wait_until(lambda: {"w0", "w2"} <= {p["owner"] for p in store.partitions()}, 20,
+                   "the new worker to own partitions (w0 keeping some)")
         assert not feeder.done.is_set(), "the feeder finished before the handover: make it slower"
         w0.proc.send_signal(signal.SIGTERM)  # leaves: commits, releases and exits cleanly
         assert w0.proc.wait(25) == 0, fleet.logs()
