@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 from worker_harness import WorkerFleet, wait_until
 
 import ingest
+from ingest.query import Api
 
 pytestmark = pytest.mark.faults
 
@@ -26,7 +26,9 @@ def test_sigterm_exits_within_grace_while_sqlite_is_locked(redis_url: str, names
         run.log({"x": float(s)}, step=s)
     assert run.finish(timeout=30).ok
     db = data_dir / "meta.sqlite"
-    wait_until(db.exists, 20, "the worker's first commit")
+    # The first run committed: the worker is past its start (migrations, signal handlers) and in its main loop.
+    with Api(data_dir=data_dir) as api:
+        wait_until(lambda: _rows(api, "g/r") == 100, 30, "the worker's first commit")
     lock = sqlite3.connect(db, timeout=30, isolation_level=None)
     try:
         lock.execute("BEGIN EXCLUSIVE")  # every commit now waits on SQLite's busy timeout (30 s)
@@ -46,10 +48,6 @@ def test_sigterm_exits_within_grace_while_sqlite_is_locked(redis_url: str, names
     assert elapsed < DRAIN_S + 3, f"exit took {elapsed:.1f}s with a drain timeout of {DRAIN_S}s"
     # Nothing is lost: a new worker resumes from the committed offset once the old lease expires.
     fleet.start()
-    with redis.Redis.from_url(redis_url):
-        pass
-    from ingest.query import Api
-
     with Api(data_dir=data_dir) as api:
         wait_until(lambda: _rows(api, "g/r2") == 100, 30, "the second run committed by the next worker")
 
@@ -75,8 +73,6 @@ def test_sigusr1_dumps_every_thread_and_the_worker_goes_on(redis_url: str, names
     run = ingest.init(project="u", id="r", redis_url=redis_url, namespace=namespace, data_dir=str(data_dir))
     run.log({"x": 1.0}, step=0)
     assert run.finish(timeout=30).ok
-    from ingest.query import Api
-
     with Api(data_dir=data_dir) as api:
         wait_until(lambda: _rows(api, "u/r") == 1, 30, "the run committed after the dump")
     w.proc.send_signal(signal.SIGTERM)
