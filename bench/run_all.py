@@ -79,7 +79,10 @@ def table(e1: dict[str, Any], e100: dict[str, Any], client: dict[str, Any]) -> l
     if "latency_p99_ms" in m1:
         row("log -> visible through Api at 100k points/s, p99", "<= 1 s", m1["latency_p99_ms"] / 1000, "s",
             m1["latency_p99_ms"] <= 1000, f"p50 {m1['latency_p50_ms']:.0f} ms")
-    row("read all 2M points (history(samples=None))", "<= 0.1 s", m1["full_read_s"], "s", m1["full_read_s"] <= 0.1)
+    first_read = e1["all"][0]["full_read_s"]
+    row("read all 2M points (history(samples=None))", "<= 0.1 s", m1["full_read_s"], "s", m1["full_read_s"] <= 0.1,
+        f"the first read of the process (run 1 of {len(e1['all'])}): {first_read:.3f} s, as pyarrow's first Parquet "
+        "read imports pandas once")
     if "sampled_read_ms" in m1:
         cold = m1.get("sampled_read_cold_ms", float("nan"))
         row("1000-bucket sampled read, 1M steps (column cache warm)", "<= 20 ms", m1["sampled_read_ms"], "ms",
