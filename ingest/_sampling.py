@@ -58,6 +58,7 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
     """
     if n < 1:
         raise ValueError(f"buckets must be >= 1, got {n}")
+    x = np.asarray(x)
     count = len(x)
     if len(y) != count:
         raise ValueError("x and y must have the same length")
@@ -73,8 +74,9 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
     if x.dtype.kind in "iu" and x[0] >= -_EXACT and x[-1] <= _EXACT and np.isfinite(edges).all():
         # Integer x (the step axis) that floats hold exactly: float(x) >= e  <=>  x >= ceil(e), so the search
         # runs on x itself instead of a float copy of it (edges lie within [lo, hi]; clipping keeps them in
-        # int64 without changing any comparison, since every x lies within ±_EXACT).
-        inner = np.searchsorted(x, np.clip(np.ceil(edges), -_EXACT - 1, _EXACT + 1).astype(np.int64), side="left")
+        # int64 without changing any comparison, since every x lies within ±_EXACT; ±(_EXACT + 2), unlike
+        # ±(_EXACT + 1), is a float64 exactly, so a clipped edge stays above every x).
+        inner = np.searchsorted(x, np.clip(np.ceil(edges), -_EXACT - 2, _EXACT + 2).astype(np.int64), side="left")
     else:
         inner = np.searchsorted(np.asarray(x, dtype=np.float64), edges, side="left")
     starts_all = np.concatenate(([0], inner.astype(np.int64)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib.abc
 import logging
@@ -57,7 +58,8 @@ def serve(settings: WorkerSettings) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGUSR1, _print_stacks)
-    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    if sys.stderr is not None:  # started with stderr closed: nowhere to dump to
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
     Worker(settings).run()
@@ -65,6 +67,13 @@ def serve(settings: WorkerSettings) -> None:
 
 
 def _print_stacks(signum: int, frame: object) -> None:
+    # A handler's exception would be raised inside whatever the main thread was doing (the event loop): a dump
+    # that cannot be written (stderr's reader gone, disk full) must cost nothing but the dump.
+    with contextlib.suppress(Exception):
+        _write_stacks(signum)
+
+
+def _write_stacks(signum: int) -> None:
     names = {t.ident: t.name for t in threading.enumerate()}
     out = [f"--- stacks of every thread (signal {signum}) ---"]
     for ident, top in sys._current_frames().items():

@@ -118,6 +118,9 @@ def test_m4_all_nan_and_constant() -> None:
         # Dense small integers: many points sit right at bucket edges (the case the integer search must get right).
         st.lists(st.integers(min_value=-60, max_value=60), min_size=30, max_size=300),
         st.lists(st.integers(min_value=-(2**40), max_value=2**40), min_size=1, max_size=300),
+        # Around ±2**53, where int64 values stop being exact floats and the integer search must hand over.
+        st.lists(st.integers(min_value=2**53 - 40, max_value=2**53 + 40), min_size=1, max_size=100),
+        st.lists(st.integers(min_value=-(2**53) - 40, max_value=-(2**53) + 40), min_size=1, max_size=100),
     ),
     st.data(),
 )
@@ -129,8 +132,10 @@ def test_m4_integer_x_matches_float_x(xs: list[int], data: st.DataObject) -> Non
     y = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, -1.0, float("nan")]), min_size=len(x),
                                     max_size=len(x))), dtype=np.float64)
     n = data.draw(st.integers(min_value=1, max_value=25))
-    lo = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[0]) - 50.0, max_value=float(x[0]))))
-    hi = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[-1]), max_value=float(x[-1]) + 50.0)))
+    lo = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[0]) - 50.0, max_value=float(x[0])),
+                             st.floats(min_value=-(2.0**60), max_value=float(x[0]))))
+    hi = data.draw(st.one_of(st.none(), st.floats(min_value=float(x[-1]), max_value=float(x[-1]) + 50.0),
+                             st.floats(min_value=float(x[-1]), max_value=2.0**60)))
     got = m4(x, y, n, lo, hi)
     want = m4(x.astype(np.float64), y, n, lo, hi)
     for field in ("keep", "bucket_first", "bucket_last", "bucket_min", "bucket_max"):
@@ -141,3 +146,14 @@ def test_m4_integer_x_matches_float_x(xs: list[int], data: st.DataObject) -> Non
             if not np.isnan(lo_y):
                 # Ties go to the earliest point: the first position holding the bucket's minimum is kept.
                 assert first + int(np.flatnonzero(seg == lo_y)[0]) in set(got.keep.tolist())
+
+
+def test_m4_integer_x_at_two_to_the_53_with_a_far_range() -> None:
+    """A point at exactly 2**53 with edges beyond it: the clipped integer edge must stay above the point."""
+    x = np.array([0, 1, 2**53], dtype=np.int64)
+    y = np.array([0.0, 5.0, 1.0])
+    for xs in (x, x.astype(np.uint64)):
+        got = m4(xs, y, 2, None, 2.0**54 + 4)
+        want = m4(x.astype(np.float64), y, 2, None, 2.0**54 + 4)
+        np.testing.assert_array_equal(got.bucket_first, want.bucket_first)
+        np.testing.assert_array_equal(got.bucket_min, want.bucket_min)
