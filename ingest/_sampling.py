@@ -79,8 +79,9 @@ def m4(x: npt.NDArray[Any], y: npt.NDArray[Any], n: int, lo: float | None = None
         inner = np.searchsorted(x, np.clip(np.ceil(edges), -_EXACT - 2, _EXACT + 2).astype(np.int64), side="left")
     else:
         inner = np.searchsorted(np.asarray(x, dtype=np.float64), edges, side="left")
-    starts_all = np.concatenate(([0], inner.astype(np.int64)))
-    ends_all = np.concatenate((inner, [count])).astype(np.int64)
+    inner = inner.astype(np.int64, copy=False)
+    starts_all = np.concatenate(([0], inner))
+    ends_all = np.concatenate((inner, [count]))
     nonempty = ends_all > starts_all
     # reduceat needs strictly increasing starts: an empty bucket would repeat a start and report a neighbour.
     starts = starts_all[nonempty]
