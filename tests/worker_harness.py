@@ -58,14 +58,19 @@ class WorkerProc:
         """Every thread's Python stack, for a worker that hangs: SIGUSR1 makes its main thread print them to its
         log; if the main thread does not answer within 5 s (stuck in C code), SIGUSR2 makes faulthandler do it."""
         before = self.log.stat().st_size
+
+        def dumped() -> bytes:
+            return self.log.read_bytes()[before:]
+
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and b"--- end of stacks ---" not in self.log.read_bytes()[before:]:
+        while b"--- end of stacks ---" not in dumped():
+            if time.monotonic() >= deadline:
+                self.proc.send_signal(signal.SIGUSR2)
+                time.sleep(2)
+                break
             time.sleep(0.1)
-        if b"--- end of stacks ---" not in self.log.read_bytes()[before:]:
-            self.proc.send_signal(signal.SIGUSR2)
-            time.sleep(2)
-        return self.log.read_bytes()[before:].decode(errors="replace") or "(no stack dump: the process did not answer)"
+        return dumped().decode(errors="replace") or "(no stack dump: the process did not answer)"
 
     def tail(self, n: int = 30) -> str:
         try:
