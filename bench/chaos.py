@@ -45,16 +45,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import redis
-from conftest import RedisServer, free_port
-from history_oracle import Oracle
-from invariants import Violations, check_runs
-from netproxy import Proxy
-from worker_harness import RunScript, WorkerFleet, caught_up, interleave, make_run
+from support.history_oracle import Oracle
+from support.invariants import Violations, check_runs
+from support.netproxy import Proxy
+from support.servers import RedisServer, free_port
+from support.worker_harness import RunScript, WorkerFleet, caught_up, interleave, make_run
 
 import ingest
 from ingest.settings import ClientSettings
 from schemas import FRAME_FIELD, Names
-from workers.store import MetaStore, sqlite_url
+from workers.metastore import MetaStore, sqlite_url
 
 P = 4
 NS = "chaos"
@@ -208,8 +208,8 @@ class Chaos:
         moments = sorted(rng.uniform(0.0, 2.0) for _ in kinds)
         sdk_oracle = Oracle()
         settings = ClientSettings(redis_url=self.sdk_proxy.url, namespace=NS, partitions=P,
-                                  data_dir=self.root / "client", flush_interval=0.02, backoff_initial=0.02,
-                                  backoff_max=0.2, connect_timeout=0.5, socket_timeout=1.0, spill_after_seconds=1.0)
+                                  data_dir=self.root / "client", flush_interval_s=0.02, backoff_initial_s=0.02,
+                                  backoff_max_s=0.2, connect_timeout_s=0.5, socket_timeout_s=1.0, spill_after_s=1.0)
         run = ingest.init(project="chaos-sdk", id=f"s{n:04d}", settings=settings)
         sdk_rng = random.Random(rng.random())
         stop = threading.Event()

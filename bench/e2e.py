@@ -37,7 +37,7 @@ import redis
 import sqlalchemy
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 from schemas import encode_frame_raw
 from schemas.frame import LogBlock, encode_event
 from schemas.store import segments

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from frame_fuzz import drive
+from support.frame_fuzz import drive
 
 
 def main(argv: list[str] | None = None) -> int:

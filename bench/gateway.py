@@ -4,7 +4,7 @@ same N runs XADDing straight into Redis in the same session; then every accepted
 Each simulated run sends, one request at a time, frames of one ``logs`` block (``--rows`` calls × ``--keys``
 float keys, explicit steps) and finishes with a ``Finish`` event. Through the gateway: one aiohttp session, keep-alive,
 429/503 honoured (``Retry-After``). Direct: ``redis.asyncio`` MULTI/EXEC per frame batch, as the SDK's sender does.
-The gateway runs as its own process (``python -m ingest.gateway``, open mode on loopback, no rate limit), with
+The gateway runs as its own process (``python -m gateway``, open mode on loopback, no rate limit), with
 ``--workers`` worker processes committing behind both phases; afterwards every run must be ``finished`` with
 exactly the rows it had accepted and no rejection (exactly once).
 
@@ -239,7 +239,7 @@ def main() -> int:
     logs.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        gw = subprocess.Popen([sys.executable, "-m", "ingest.gateway", "--port", str(port), "--redis-url",
+        gw = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port), "--redis-url",
                                args.redis_url, "--namespace", ns, "--data-dir", str(data), "--rate", "0"],
                               stdout=(logs / "gateway.log").open("wb"), stderr=subprocess.STDOUT, env=env)
         procs.append(gw)

@@ -1,4 +1,4 @@
-"""Read-path timings of ``ingest.query`` on synthetic history written in the segment format.
+"""Read-path timings of ``history.query`` on synthetic history written in the segment format.
 
     /work/venv/bin/python bench/query_bench.py [--files N]
 
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ingest.query import Api
+from history.query import Api
 from schemas.store import RUNTIME, STEP, TIMESTAMP, column_info
+from workers.metastore import Commit, MetaStore, RunUpdate, SegmentRef, sqlite_url
 from workers.segments import write_table
-from workers.store import Commit, MetaStore, RunUpdate, SegmentRef, sqlite_url
 
 
 def make_run(store: MetaStore, data_dir: Path, run: str, n_rows: int, keys: list[str], files: int) -> None:

@@ -29,11 +29,11 @@ import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from redis_cluster import LocalCluster, free_cluster_ports, plain
+from support.redis_cluster import LocalCluster, free_cluster_ports, plain
 
 from schemas import Names, encode_frame_raw
 from schemas.frame import LogBlock, encode_event
-from workers.store import MetaStore, sqlite_url
+from workers.metastore import MetaStore, sqlite_url
 
 KEYS = [f"train/m{i:02d}" for i in range(18)] + ["epoch", "phase"]
 BLOCK = 1000

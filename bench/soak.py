@@ -33,12 +33,12 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import redis
-from conftest import RedisServer, free_port
-from invariants import Violations, check_runs
-from worker_harness import RunScript, WorkerFleet, caught_up, make_run, xadd_frames
+from support.invariants import Violations, check_runs
+from support.servers import RedisServer, free_port
+from support.worker_harness import RunScript, WorkerFleet, caught_up, make_run, xadd_frames
 
 from schemas import Names
-from workers.store import MetaStore, sqlite_url
+from workers.metastore import MetaStore, sqlite_url
 
 P = 8
 NS = "soak"

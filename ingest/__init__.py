@@ -52,7 +52,9 @@ def __getattr__(name: str) -> Any:
             raise AttributeError(f"ingest.{name} is available after ingest.init()")
         return getattr(r, name)
     if name == "Api":
-        from .query import Api  # written separately; only loaded by those who use it
+        # The read side is its own package (``history``); loaded only by those who use it, so a training
+        # script that only logs never imports pyarrow's readers or SQLAlchemy.
+        from history import Api
 
         return Api
     raise AttributeError(f"module 'ingest' has no attribute {name!r}")

@@ -45,13 +45,14 @@ from schemas import (
     Summary,
     capture,
     check_key,
+    collect_blobs,
     decode_event,
     encode_event,
     flatten,
 )
 from schemas.frame import check_run_id
 
-from ._batch import Batcher, Sig, collect_blobs
+from .batch import Batcher, Sig
 from .sender import AsyncSender, Core, ThreadSender
 from .settings import ClientSettings, SettingsError
 from .spill import Outbox
@@ -452,13 +453,13 @@ class Run:
         return res
 
     def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
-        """Send ``Finish``, flush, wait up to ``timeout`` seconds (default ``settings.finish_timeout``), close.
+        """Send ``Finish``, flush, wait up to ``timeout`` seconds (default ``settings.finish_timeout_s``), close.
 
         Returns what was achieved; frames still unsent are in the spill file named in the result.
         """
         if not self._close_log_side(exit_code):
             return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
-        t = self.settings.finish_timeout if timeout is None else timeout
+        t = self.settings.finish_timeout_s if timeout is None else timeout
         sender = self._sender
         if isinstance(sender, ThreadSender):
             sender.close(t)
@@ -495,7 +496,7 @@ class AsyncRun(Run):
         sender = self._sender
         if not isinstance(sender, AsyncSender):
             return len(self._core.outbox) == 0
-        return await sender.flush(self.settings.finish_timeout if timeout is None else timeout)
+        return await sender.flush(self.settings.finish_timeout_s if timeout is None else timeout)
 
     async def afinish(self, exit_code: int = 0, timeout: float | None = None) -> FinishResult:  # noqa: ASYNC109
         if not self._close_log_side(exit_code):
@@ -503,7 +504,7 @@ class AsyncRun(Run):
         sender = self._sender
         self._sender = None
         if isinstance(sender, AsyncSender):
-            await sender.close(self.settings.finish_timeout if timeout is None else timeout)
+            await sender.close(self.settings.finish_timeout_s if timeout is None else timeout)
         return await asyncio.to_thread(self._result)
 
     def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
@@ -517,7 +518,7 @@ class AsyncRun(Run):
         if not self._close_log_side(exit_code):
             return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
         self._sender = None  # its loop is gone or not ours to drive
-        t = self.settings.finish_timeout if timeout is None else timeout
+        t = self.settings.finish_timeout_s if timeout is None else timeout
         from .sender import sync_transport
 
         client = sync_transport(self.settings, self._b)
@@ -664,7 +665,7 @@ def init(
     Settings come from ``STEPLINE_*`` variables (read once, here), then ``settings`` (a :class:`ClientSettings`
     or a mapping of overrides), then the explicit ``redis_url``/``namespace``/``data_dir`` arguments. With ``url``
     (or ``STEPLINE_URL``) and ``api_key`` (or ``STEPLINE_API_KEY``) frames go to the HTTP gateway instead of Redis,
-    with the same guarantees (:mod:`ingest._http`). Several runs
+    with the same guarantees (:mod:`ingest.http`). Several runs
     may be live at once (e.g. one per thread); the last one started is the current one.
     """
     run = _build(Run, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,

@@ -12,10 +12,10 @@ blob it references and then ``XADD stream * f <frame>``. All keys of a run share
 transaction stays in one Cluster slot. Frames leave the outbox only after ``EXEC`` succeeded; on any error the
 whole batch is sent again later (at-least-once; workers skip duplicates by ``(producer, seq)``), oldest first,
 so a producer's frames enter the stream in order. While Redis fails, sends are retried with exponential backoff
-(``backoff_initial`` doubling up to ``backoff_max``); after ``spill_after_seconds`` of failure, or past the
+(``backoff_initial_s`` doubling up to ``backoff_max_s``); after ``spill_after_s`` of failure, or past the
 memory cap, frames go to the spill file (see :mod:`ingest.spill`).
 
-With ``settings.url`` the same core posts each batch to the HTTP gateway instead (:mod:`ingest._http`): one
+With ``settings.url`` the same core posts each batch to the HTTP gateway instead (:mod:`ingest.http`): one
 request per batch, accepted whole or refused whole, so the outbox, ordering, backoff and spill guarantees are the
 same; a ``Retry-After`` from the gateway (429, 503) pushes the next attempt at least that far out.
 """
@@ -36,10 +36,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from schemas import FRAME_FIELD
+from schemas.clients import AsyncRedis, SyncRedis, async_redis, sync_redis
 
-from ._batch import Batcher
-from ._http import HttpTransport, wait_hint
-from ._redis import AsyncRedis, SyncRedis, async_redis, sync_redis
+from .batch import Batcher
+from .http import HttpTransport, wait_hint
 from .settings import ClientSettings
 from .spill import Entry, Outbox
 
@@ -56,8 +56,8 @@ def sync_client(settings: ClientSettings) -> SyncRedis:
     """A sync client that fails fast (no hidden retries: the sender owns retrying and ordering)."""
     return sync_redis(
         settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
 
@@ -74,8 +74,8 @@ def async_client(settings: ClientSettings) -> AsyncRedis:
 
     return async_redis(
         settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
         retry=AsyncRetry(NoBackoff(), 0),
     )
 
@@ -86,11 +86,12 @@ def needs_transaction(batch: list[Entry]) -> bool:
     return len(batch) > 1 or bool(batch[0].blobs)
 
 
-def queue_batch(pipe: Any, batch: list[Entry], blob_ttl: int) -> None:
+def queue_batch(pipe: Any, batch: list[Entry], blob_ttl_s: float) -> None:
     """Queue one batch on a (sync or async) pipeline: blobs before the frame that references them."""
+    ttl = max(1, int(blob_ttl_s))  # Redis's EX takes whole seconds
     for e in batch:
         for key, data in e.blobs.items():
-            pipe.set(key, data, nx=True, ex=blob_ttl)
+            pipe.set(key, data, nx=True, ex=ttl)
         pipe.xadd(e.stream, {FRAME_FIELD: e.frame})
 
 
@@ -106,7 +107,7 @@ class Core:
         self.failures = 0
         self.down_since: float | None = None
         self.next_attempt = 0.0
-        self._delay = settings.backoff_initial
+        self._delay = settings.backoff_initial_s
 
     def pump(self) -> int:
         """Pack pending calls into frames and move them to the outbox; returns the number of frames."""
@@ -126,7 +127,7 @@ class Core:
             logger.warning("stepline: Redis is reachable again after %.1f s; resending in order",
                         time.monotonic() - self.down_since)
         self.down_since = None
-        self._delay = self.settings.backoff_initial
+        self._delay = self.settings.backoff_initial_s
         self.next_attempt = 0.0
 
     def on_failure(self, err: BaseException) -> None:
@@ -141,12 +142,12 @@ class Core:
         hint = wait_hint(err)
         if hint is not None:  # the gateway said when to come back (429/503 Retry-After)
             self.next_attempt = max(self.next_attempt, now + hint)
-        self._delay = min(self._delay * 2, self.settings.backoff_max)
+        self._delay = min(self._delay * 2, self.settings.backoff_max_s)
 
     def should_spill(self) -> bool:
         return (
             self.down_since is not None
-            and time.monotonic() - self.down_since >= self.settings.spill_after_seconds
+            and time.monotonic() - self.down_since >= self.settings.spill_after_s
             and self.outbox.memory_frames > 0
         )
 
@@ -160,7 +161,7 @@ class Core:
             self.on_success(batch[:n])
             return n
         pipe = client.pipeline(transaction=needs_transaction(batch))
-        queue_batch(pipe, batch, self.settings.blob_ttl_seconds)
+        queue_batch(pipe, batch, self.settings.blob_ttl_s)
         pipe.execute()
         self.on_success(batch)
         return len(batch)
@@ -181,7 +182,7 @@ class Core:
 
 
 class ThreadSender:
-    """A daemon thread that packs every ``flush_interval`` and sends; one per run."""
+    """A daemon thread that packs every ``flush_interval_s`` and sends; one per run."""
 
     def __init__(self, core: Core, client: SyncRedis | HttpTransport | None = None) -> None:
         self.core = core
@@ -205,7 +206,7 @@ class ThreadSender:
 
     def _run(self) -> None:
         core = self.core
-        interval = core.settings.flush_interval
+        interval = core.settings.flush_interval_s
         while True:
             closing = self._closing.is_set()
             try:
@@ -244,7 +245,7 @@ class ThreadSender:
         self._deadline = time.monotonic() + timeout
         self._closing.set()
         self._wake.set()
-        self._thread.join(timeout + self.core.settings.socket_timeout + 1.0)
+        self._thread.join(timeout + self.core.settings.socket_timeout_s + 1.0)
         if self._thread.is_alive():  # stuck in a network call past its socket timeout: leave it, it is a daemon
             logger.warning("stepline: sender thread of run %s did not stop in time", self.core.batcher.run)
         if self._owns_client:
@@ -252,7 +253,7 @@ class ThreadSender:
 
 
 class AsyncSender:
-    """An asyncio task that packs every ``flush_interval`` and sends with ``redis.asyncio``."""
+    """An asyncio task that packs every ``flush_interval_s`` and sends with ``redis.asyncio``."""
 
     def __init__(self, core: Core, client: AsyncRedis | None = None) -> None:
         self.core = core
@@ -294,7 +295,7 @@ class AsyncSender:
                         batch = batch[:n]
                     else:
                         pipe = self._client.pipeline(transaction=needs_transaction(batch))
-                        queue_batch(pipe, batch, core.settings.blob_ttl_seconds)
+                        queue_batch(pipe, batch, core.settings.blob_ttl_s)
                         await pipe.execute()
                 except SEND_ERRORS as e:
                     core.on_failure(e)
@@ -304,7 +305,7 @@ class AsyncSender:
                 await asyncio.to_thread(core.on_success, batch)
 
     async def _run(self) -> None:
-        interval = self.core.settings.flush_interval
+        interval = self.core.settings.flush_interval_s
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -331,7 +332,7 @@ class AsyncSender:
             now = time.monotonic()
             if now >= deadline:
                 return False
-            await asyncio.sleep(max(0.001, min(core.settings.flush_interval, core.next_attempt - now)))
+            await asyncio.sleep(max(0.001, min(core.settings.flush_interval_s, core.next_attempt - now)))
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109
         task, self._task = self._task, None

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import redis
 
-from ._redis import SyncRedis
+from schemas.clients import SyncRedis
+
 from .sender import SEND_ERRORS, queue_batch, sync_client
 from .settings import ClientSettings
 from .spill import Entry, iter_records
@@ -47,7 +48,7 @@ def _spill_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _send_file(client: SyncRedis, path: Path, batch_bytes: int, blob_ttl: int) -> int:
+def _send_file(client: SyncRedis, path: Path, batch_bytes: int, blob_ttl_s: float) -> int:
     with open(path, "rb") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,18 +62,18 @@ def _send_file(client: SyncRedis, path: Path, batch_bytes: int, blob_ttl: int) -
             batch.append(entry)
             size += entry.nbytes
             if size >= batch_bytes:
-                sent += _send_batch(client, batch, blob_ttl)
+                sent += _send_batch(client, batch, blob_ttl_s)
                 batch, size = [], 0
         if batch:
-            sent += _send_batch(client, batch, blob_ttl)
+            sent += _send_batch(client, batch, blob_ttl_s)
         # Delete while still holding the lock, so no second syncer sends the file again.
         os.unlink(path)
         return sent
 
 
-def _send_batch(client: SyncRedis, batch: list[Entry], blob_ttl: int) -> int:
+def _send_batch(client: SyncRedis, batch: list[Entry], blob_ttl_s: float) -> int:
     pipe = client.pipeline(transaction=True)
-    queue_batch(pipe, batch, blob_ttl)
+    queue_batch(pipe, batch, blob_ttl_s)
     pipe.execute()
     return len(batch)
 
@@ -105,7 +106,7 @@ def sync_path(
     try:
         for p in _spill_files(Path(path)):
             try:
-                n = _send_file(c, p, s.batch_max_bytes, s.blob_ttl_seconds)
+                n = _send_file(c, p, s.batch_max_bytes, s.blob_ttl_s)
             except _Locked:
                 logger.warning("stepline sync: %s is locked by a live producer; skipping it", p)
                 result.files_skipped.append(p)

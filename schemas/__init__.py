@@ -1,9 +1,10 @@
 """Wire and storage formats, value kinds and key rules shared by every part of stepline.
 
-This package imports nothing else of ours; ``ingest`` and ``workers`` both build on it.
+This package imports nothing else of ours and does no I/O of its own; every other package builds on it
+(``docs/DESIGN.md`` is the contract these formats implement).
 """
 
-from .errors import FencedError, LimitError, SchemaError, SteplineError
+from .errors import FencedError, LimitError, SchemaError, SettingsError, SteplineError
 from .frame import (
     FRAME_FIELD,
     FRAME_VERSION,
@@ -24,7 +25,7 @@ from .frame import (
 )
 from .keys import RESERVED_KEYS, check_key, flatten, key_ident, section_of
 from .limits import DEFAULT_LIMITS, Limits
-from .media import Histogram, Html, Image, Table, line_series, plot
+from .media import Histogram, Html, Image, Table, blob_shas, collect_blobs, iter_media, line_series, plot
 from .names import Names, partition_of
 from .values import KINDS, MEDIA_KINDS, Media, capture, kind_of, packb, unpackb, values_equal
 
@@ -52,17 +53,21 @@ __all__ = [
     "Media",
     "Names",
     "SchemaError",
+    "SettingsError",
     "Start",
     "SteplineError",
     "Summary",
     "Table",
+    "blob_shas",
     "capture",
     "check_key",
+    "collect_blobs",
     "decode_event",
     "decode_frame",
     "encode_event",
     "encode_frame_raw",
     "flatten",
+    "iter_media",
     "key_ident",
     "kind_of",
     "line_series",

@@ -5,7 +5,8 @@
     SteplineError
      ├── SchemaError(ValueError)      malformed input: bad frame, bad value, bad key, over a size limit
      │    └── LimitError              a size limit (key length, value, event, frame) was exceeded
-     └── FencedError                  a commit was refused because the partition's epoch moved on
+     ├── FencedError                  a commit was refused because the partition's epoch moved on
+     └── SettingsError(ValueError)    a setting, flag or environment variable that cannot work
 
 Every malformed input to the codecs in :mod:`schemas` raises :class:`SchemaError` (never another type),
 so callers can dead-letter it with ``err.code`` as the reason.
@@ -38,3 +39,7 @@ class LimitError(SchemaError):
 
 class FencedError(SteplineError):
     """The partition was taken by another worker (its epoch moved on); this worker must drop it."""
+
+
+class SettingsError(SteplineError, ValueError):
+    """A setting, flag or ``init`` argument that cannot work (bad value, or a transport that does not exist)."""

@@ -8,6 +8,9 @@
 - :class:`Table` — ``Table(columns, data)`` plus ``add_data(*row)``; cells are scalars or media.
 - :class:`Html` — from a string or a path; the HTML is a blob, the reference holds its sha256 and size.
 - :func:`line_series` (exposed as ``plot.line_series``) — several named lines on one chart.
+
+:func:`iter_media` is the one walker over the media a value holds (the SDK gathers their blobs, the gateway checks
+that the blobs a frame references are stored, the worker moves them into the data directory).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -236,3 +239,29 @@ class _Plot:
 
 
 plot = _Plot()
+
+
+def iter_media(value: Any) -> Iterator[Media]:
+    """Every :class:`Media` held anywhere in a value: the value itself, inside lists and maps, and inside other
+    media's payloads (table cells). Iterative, so a deeply nested value cannot exhaust the C stack."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Media):
+            yield v
+            stack.append(v.payload)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+
+
+def blob_shas(value: Any) -> set[str]:
+    """sha256 of every blob a value references (images, HTML, media inside tables)."""
+    return {m.payload["sha256"] for m in iter_media(value) if isinstance(m.payload.get("sha256"), str)}
+
+
+def collect_blobs(value: Any, out: dict[str, bytes]) -> None:
+    """Gather the blob bytes (sha256 → bytes) that captured media in a value carry to the producer."""
+    for m in iter_media(value):
+        out.update(m.blobs)

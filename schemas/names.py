@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_NAMESPACE = "sl"
 DEFAULT_PARTITIONS = 16
+#: The Redis every part of stepline talks to unless told otherwise.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 #: URL schemes of a Redis Cluster (one seed node is enough; the client discovers the others).

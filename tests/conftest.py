@@ -7,36 +7,17 @@ Without a reachable server they skip with the reason, except under ``CI=true`` w
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from support.servers import PG_URL, REDIS_URL, RedisServer, free_port, need
+from support.worker_harness import WorkerFleet
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-REDIS_URL = os.environ.get("STEPLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_URL = os.environ.get("STEPLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def need(reason: str) -> None:
-    """Skip with ``reason``, or fail under CI where every server must be there."""
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+__all__ = ["PG_URL", "REDIS_URL", "RedisServer", "free_port", "need"]
 
 @pytest.fixture
 def namespace() -> str:
@@ -56,46 +37,6 @@ def redis_url(namespace: str) -> Iterator[str]:
     for key in client.scan_iter(match=f"{namespace}:*", count=1000):
         client.delete(key)
     client.close()
-
-
-@dataclass
-class RedisServer:
-    """A private ``redis-server`` process on a free port, with its files under ``dir``."""
-
-    port: int
-    dir: Path
-    args: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as c:
-                    c.ping()
-                    return
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture
@@ -123,3 +64,13 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def fleet(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> Iterator[WorkerFleet]:
+    """Worker processes on the shared Redis under the test's namespace; every one it started is killed after."""
+    f = WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs")
+    try:
+        yield f
+    finally:
+        f.close()

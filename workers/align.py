@@ -29,7 +29,6 @@ from schemas import (
     Finish,
     Log,
     LogBlock,
-    Media,
     Start,
     Summary,
     key_ident,
@@ -643,19 +642,6 @@ class RunAligner:
         idents = [i for i, _k in r.displays]
         r.multi_kind = {i for i in idents if idents.count(i) > 1}
         return r
-
-
-def media_blobs(value: Any) -> list[str]:
-    """sha256 of every blob a value references (images, HTML, and media inside tables)."""
-    out: list[str] = []
-    if isinstance(value, Media):
-        sha = value.payload.get("sha256")
-        if isinstance(sha, str):
-            out.append(sha)
-        for row in value.payload.get("data", []) if value.kind == "table" else []:
-            for cell in row:
-                out.extend(media_blobs(cell))
-    return out
 
 
 def _item(col: Any, i: int) -> Any:

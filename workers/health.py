@@ -19,7 +19,8 @@ import sys
 import time
 from typing import cast
 
-from ._redis import async_redis
+from schemas.clients import async_redis
+
 from .settings import WorkerSettings
 
 
@@ -30,7 +31,7 @@ def live(s: WorkerSettings) -> str | None:
         age = time.time() - s.health_file.stat().st_mtime
     except OSError as e:
         return f"no heartbeat file: {e}"
-    limit = 3 * s.lease_ttl_ms / 3000 + 5.0
+    limit = s.lease_ttl_s + 5.0  # three renewal periods of lease_ttl/3, plus slack
     return None if age <= limit else f"heartbeat file is {age:.1f}s old (limit {limit:.1f}s)"
 
 

@@ -1,16 +1,22 @@
-"""A worker's own metrics in Prometheus text format (``--metrics-port``; off by default).
+"""A worker's own metrics, exposed with ``prometheus_client`` at ``/metrics`` (``--metrics-port``; off by default).
 
-Counters only grow for the life of the process; gauges are read from the worker when scraped. Labels never carry
-project or run names (unbounded cardinality), only partitions and rejection reasons.
+The worker bumps plain counters of :class:`WorkerMetrics`; a collector turns them and the worker's gauges into
+metric families when scraped (the exposition format and escaping are the library's). Counters only grow for the
+life of the process; gauges are read from the worker when scraped. Labels never carry project or run names
+(unbounded cardinality), only partitions and rejection reasons.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -38,49 +44,58 @@ class WorkerMetrics:
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
     def render(self, w: Worker) -> str:
-        out: list[str] = []
+        """The Prometheus text exposition of the worker's metrics."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self, w))
+        return generate_latest(registry).decode()
 
-        def metric(name: str, kind: str, doc: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {name} {doc}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
 
-        metric("stepline_worker_entries_total", "counter", "Stream entries read and applied.", [("", self.entries)])
-        metric("stepline_worker_commits_total", "counter", "Fenced metadata commits that succeeded.",
-               [("", w.commits)])
-        metric("stepline_worker_fenced_total", "counter", "Commits refused because another worker took the partition.",
-               [("", w.fenced)])
-        metric("stepline_worker_stream_gaps_total", "counter", "Entries trimmed before this worker read them.",
-               [("", w.stream_gaps)])
-        metric("stepline_worker_dead_letters_total", "counter", "Dead letters written (malformed input, rejections).",
-               [("", self.dead_letters)])
-        metric("stepline_worker_rejections_total", "counter", "Rejected log calls by reason.",
-               [(f'{{reason="{r}"}}', n) for r, n in sorted(self.rejections.items())])
+class _Families(Collector):
+    def __init__(self, m: WorkerMetrics, w: Worker) -> None:
+        self.m, self.w = m, w
+
+    def collect(self) -> Iterator[Metric]:
+        m, w = self.m, self.w
+        for name, doc, value in (
+            ("stepline_worker_entries_total", "Stream entries read and applied.", m.entries),
+            ("stepline_worker_commits_total", "Fenced metadata commits that succeeded.", w.commits),
+            ("stepline_worker_fenced_total", "Commits refused because another worker took the partition.", w.fenced),
+            ("stepline_worker_stream_gaps_total", "Entries trimmed before this worker read them.", w.stream_gaps),
+            ("stepline_worker_dead_letters_total", "Dead letters written (malformed input, rejections).",
+             m.dead_letters),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        c = CounterMetricFamily("stepline_worker_rejections_total", "Rejected log calls by reason.", labels=["reason"])
+        for reason, n in sorted(m.rejections.items()):
+            c.add_metric([reason], n)
+        yield c
         cumulative, buckets = 0, []
-        for bound, n in zip((*COMMIT_BUCKETS, float("inf")), self.commit_counts, strict=True):
+        for bound, n in zip((*COMMIT_BUCKETS, float("inf")), m.commit_counts, strict=True):
             cumulative += n
-            buckets.append((f'{{le="{"+Inf" if bound == float("inf") else bound}"}}', cumulative))
-        out.append("# HELP stepline_worker_commit_seconds Time from a commit's start to its durable end.")
-        out.append("# TYPE stepline_worker_commit_seconds histogram")
-        out.extend(f"stepline_worker_commit_seconds_bucket{labels} {v}" for labels, v in buckets)
-        out.append(f"stepline_worker_commit_seconds_sum {self.commit_sum:g}")
-        out.append(f"stepline_worker_commit_seconds_count {cumulative}")
-        metric("stepline_worker_owned_partitions", "gauge", "Partitions this worker owns.", [("", len(w.owned))])
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        yield HistogramMetricFamily("stepline_worker_commit_seconds", "Time from a commit's start to its durable end.",
+                                    buckets=buckets, sum_value=m.commit_sum)
+        yield GaugeMetricFamily("stepline_worker_owned_partitions", "Partitions this worker owns.", value=len(w.owned))
+        g = GaugeMetricFamily("stepline_worker_partition_uncommitted_entries",
+                              "Entries read from an owned partition and not yet in a prepared commit.",
+                              labels=["partition"])
+        for p, proc in sorted(w.owned.items()):
+            g.add_metric([str(p)], proc.entries_since_commit)
+        yield g
         now = time.time()
-        metric("stepline_worker_partition_uncommitted_entries", "gauge",
-               "Entries read from an owned partition and not yet in a prepared commit.",
-               [(f'{{partition="{p}"}}', proc.entries_since_commit) for p, proc in sorted(w.owned.items())])
-        metric("stepline_worker_partition_commit_age_seconds", "gauge",
-               "Seconds since an owned partition's last commit by this worker.",
-               [(f'{{partition="{p}"}}', now - self.last_commit[p]) for p in sorted(w.owned) if p in self.last_commit])
-        return "\n".join(out) + "\n"
+        g = GaugeMetricFamily("stepline_worker_partition_commit_age_seconds",
+                              "Seconds since an owned partition's last commit by this worker.", labels=["partition"])
+        for p in sorted(w.owned):
+            if p in m.last_commit:
+                g.add_metric([str(p)], now - m.last_commit[p])
+        yield g
 
 
 async def serve(w: Worker, host: str, port: int) -> web.AppRunner:
     """Serve ``/metrics`` and ``/healthz`` for ``w``; the caller cleans the runner up."""
 
     async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(text=w.metrics.render(w), content_type="text/plain", charset="utf-8")
+        return web.Response(body=w.metrics.render(w).encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "worker": w.id, "partitions": sorted(w.owned)})

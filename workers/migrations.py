@@ -1,4 +1,4 @@
-"""Versioned migrations of the metadata schema, applied by every :class:`~workers.store.MetaStore` at start.
+"""Versioned migrations of the metadata schema, applied by every :class:`~workers.metastore.MetaStore` at start.
 
 ``sl_schema_version`` holds one row per applied version. :func:`migrate` takes a lock (SQLite: the ``BEGIN
 IMMEDIATE`` write lock of the writer engine; PostgreSQL: a transaction-scoped advisory lock), reads the current

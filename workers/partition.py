@@ -26,14 +26,15 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Names, SchemaError, decode_frame
+from schemas.clients import AsyncRedis
+from schemas.media import blob_shas
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
 from ._faults import crash_point
-from ._redis import AsyncRedis
-from .align import Row, RowBatch, RunAligner, media_blobs
+from .align import Row, RowBatch, RunAligner
+from .metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 from .segments import rows_to_table, write_table
-from .store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 
 log = logging.getLogger("stepline.worker")
 
@@ -322,7 +323,7 @@ class PartitionProcessor:
                 continue  # the fast path never holds media
             for (_ident, kind), v in row.values.items():
                 if kind in MEDIA_KINDS:
-                    shas.update(media_blobs(v))
+                    shas.update(blob_shas(v))
         todo = [s for s in sorted(shas) if not (self.data_dir / blob_path(s)).exists()]
         for sha in todo:
             data = cast("bytes | None", await self.redis.get(self.names.blob(self.p, sha)))

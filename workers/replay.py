@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from ._redis import async_redis
+from schemas.clients import async_redis
+
+from .metastore import MetaStore
 from .partition import Entry, PartitionProcessor, id_tuple
 from .settings import WorkerSettings
-from .store import MetaStore
 
 
 @dataclass

@@ -140,7 +140,7 @@ def _write_options(table: pa.Table) -> dict[str, Any]:
 
 def warm_up() -> None:
     """Build and encode a tiny segment in memory, so pyarrow's first-use costs are paid at start, not by the first
-    commit: ~8 ms in a worker process, which refuses pandas (:mod:`workers.__main__`), and ~0.5 s for a worker run
+    commit: ~8 ms in a worker process, which refuses pandas (:mod:`workers.service`), and ~0.5 s for a worker run
     inside another process (the embedded mode), where pyarrow's first ``pa.array()`` imports pandas."""
     rb = RowBatch(steps=np.arange(2, dtype=np.int64), ts=np.zeros(2), runtime=np.zeros(2),
                   values={("x", NUMBER): np.zeros(2), ("s", STRING): ["a", "b"]})

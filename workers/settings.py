@@ -5,56 +5,54 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from schemas import DEFAULT_LIMITS, Limits, Names
-from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS
+from schemas import settings as _settings
+from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL
+from schemas.settings import EnvVar, flag, ms_to_s
 
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _flag(v: str) -> bool:
-    return v.lower() in ("1", "true", "yes")
-
-
-#: ``STEPLINE_*`` variable -> (setting, parser). Housekeeping cadences are here so tests and the chaos runner can
-#: shorten them to see trimming within a round.
-_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "STEPLINE_REDIS_URL": ("redis_url", str),
-    "STEPLINE_NAMESPACE": ("namespace", str),
-    "STEPLINE_PARTITIONS": ("partitions", int),
-    "STEPLINE_DATA_DIR": ("data_dir", Path),
-    "STEPLINE_DB_URL": ("db_url", str),
-    "STEPLINE_WORKER_ID": ("worker_id", str),
-    "STEPLINE_LEASE_TTL_MS": ("lease_ttl_ms", int),
-    "STEPLINE_RETENTION_S": ("retention_s", float),
-    "STEPLINE_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
-    "STEPLINE_TRIM_INTERVAL_S": ("trim_interval_s", float),
-    "STEPLINE_COMPACTION_INTERVAL_S": ("compaction_interval_s", float),
-    "STEPLINE_COMMIT_IDLE_S": ("commit_idle_s", float),
-    "STEPLINE_HEALTH_FILE": ("health_file", Path),
-    "STEPLINE_WORKER_METRICS_PORT": ("metrics_port", int),
-    "STEPLINE_WORKER_METRICS_HOST": ("metrics_host", str),
-    "STEPLINE_COMMIT_AUDIT": ("commit_audit", _flag),
-}
+#: The variables a worker reads. Housekeeping cadences are here so tests and the chaos runner can shorten them to
+#: see trimming within a round. ``STEPLINE_LEASE_TTL_MS`` keeps its documented unit (milliseconds).
+ENV: tuple[EnvVar, ...] = (
+    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
+    EnvVar("STEPLINE_NAMESPACE", "namespace"),
+    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
+    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
+    EnvVar("STEPLINE_DB_URL", "db_url"),
+    EnvVar("STEPLINE_WORKER_ID", "worker_id"),
+    EnvVar("STEPLINE_LEASE_TTL_MS", "lease_ttl_s", ms_to_s),
+    EnvVar("STEPLINE_RETENTION_S", "retention_s", float),
+    EnvVar("STEPLINE_DRAIN_TIMEOUT_S", "drain_timeout_s", float),
+    EnvVar("STEPLINE_TRIM_INTERVAL_S", "trim_interval_s", float),
+    EnvVar("STEPLINE_COMPACTION_INTERVAL_S", "compaction_interval_s", float),
+    EnvVar("STEPLINE_COMMIT_IDLE_S", "commit_idle_s", float),
+    EnvVar("STEPLINE_HEALTH_FILE", "health_file", Path),
+    EnvVar("STEPLINE_WORKER_METRICS_PORT", "metrics_port", int),
+    EnvVar("STEPLINE_WORKER_METRICS_HOST", "metrics_host"),
+    EnvVar("STEPLINE_COMMIT_AUDIT", "commit_audit", flag),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     namespace: str = DEFAULT_NAMESPACE
     partitions: int = DEFAULT_PARTITIONS
     data_dir: Path = Path("stepline-data")
     #: SQLAlchemy URL of the metadata store; ``None`` = SQLite file in the data directory.
     db_url: str | None = None
     worker_id: str = field(default_factory=_default_worker_id)
-    #: Lease time to live: a crashed worker's partitions are taken over within about this long.
-    lease_ttl_ms: int = 10_000
+    #: Lease time to live (seconds): a crashed worker's partitions are taken over within about this long.
+    lease_ttl_s: float = 10.0
     #: Most stream entries read from one partition per round.
     read_count: int = 200
     #: A partition's batch is committed when it is this old (seconds) or holds ``commit_entries`` entries.
@@ -90,13 +88,23 @@ class WorkerSettings:
     def metadata_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}"
 
+    @property
+    def lease_ttl_ms(self) -> int:
+        """The lease TTL as Redis takes it (``SET ... PX``), at least 1 ms."""
+        return max(1, round(self.lease_ttl_s * 1000))
+
+    def __post_init__(self) -> None:
+        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+        for name in ("lease_ttl_s", "commit_interval_s", "drain_timeout_s", "trim_interval_s",
+                     "compaction_interval_s", "gc_grace_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.retention_s < 0 or self.commit_idle_s < 0:
+            raise ValueError("retention_s and commit_idle_s must not be negative")
+        if self.read_count <= 0 or self.commit_entries <= 0 or self.compaction_fanin < 2:
+            raise ValueError("read_count and commit_entries must be positive, compaction_fanin at least 2")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
-        env = os.environ if env is None else env
-        s = cls()
-        values: dict[str, Any] = {}
-        for var, (name, parse) in _ENV.items():
-            if var in env:
-                values[name] = parse(env[var])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(s, **values)
+        """Build settings from ``STEPLINE_*`` variables (``env`` defaults to ``os.environ``) and overrides."""
+        return _settings.from_env(cls, ENV, env, overrides)

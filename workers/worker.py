@@ -26,15 +26,15 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from schemas import FencedError
+from schemas.clients import AsyncRedis, async_redis
 
 from ._faults import crash_point
-from ._redis import AsyncRedis, async_redis
+from .metastore import MetaStore, SegmentRef
 from .metrics import WorkerMetrics
 from .metrics import serve as serve_metrics
 from .partition import Entry, PartitionProcessor, PreparedCommit, id_tuple
 from .segments import merge_tables, read_table, warm_up, write_table
 from .settings import WorkerSettings
-from .store import MetaStore, SegmentRef
 
 log = logging.getLogger("stepline.worker")
 
@@ -113,7 +113,7 @@ class Worker:
 
         ``asyncio.run`` would then wait for every executor thread, so a commit thread still blocked past the drain
         timeout (say on a SQLite file another process holds locked) would hold the process past its grace
-        period. The loop is closed without waiting for them; :func:`workers.__main__.main` then exits the process
+        period. The loop is closed without waiting for them; :func:`workers.service.main` then exits the process
         at once. Fencing makes such an abandoned commit harmless: it lands before the next owner's take or is
         refused.
         """
@@ -225,7 +225,7 @@ class Worker:
                 await self._sleep(0.5)
 
     async def _membership_loop(self) -> None:
-        interval = self.settings.lease_ttl_ms / 3000
+        interval = self.settings.lease_ttl_s / 3
         while True:
             await asyncio.sleep(interval)
             if self.settings.health_file is not None:  # liveness: this loop runs, whatever Redis does

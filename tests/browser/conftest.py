@@ -8,30 +8,14 @@ at the system Chromium.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import Stack
-
-
-def _root_need() -> Callable[[str], None]:
-    """tests/conftest.py's ``need`` (skip, or fail under CI); both files are modules named ``conftest``."""
-    root = Path(__file__).parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("stepline_tests_root_conftest", root)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    fn: Callable[[str], None] = mod.need
-    return fn
-
-
-need = _root_need()
+from support.browser_stack import Stack
+from support.servers import need
 
 CHROMIUM = os.environ.get("STEPLINE_TEST_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

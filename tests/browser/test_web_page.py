@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from stack import Stack
+from support.browser_stack import Stack
 
 import ingest
-from ingest.gateway.keys import KeyStore, writer_engine
+from gateway.keys import KeyStore, writer_engine
 
 pytestmark = pytest.mark.browser
 

@@ -3,22 +3,15 @@ a namespace per test (its keys removed after), and worker fleets pointed at ``re
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from redis_cluster import LocalCluster, plain
-from worker_harness import WorkerFleet
-
-
-def need(reason: str) -> None:
-    """Skip with ``reason``, or fail under CI where every server must be there (tests/conftest.py's rule)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
+from support.redis_cluster import LocalCluster, plain
+from support.servers import need
+from support.worker_harness import WorkerFleet
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import redis
-from history_oracle import Oracle, read_history, rows_same
-from redis_cluster import LocalCluster, plain
-from worker_harness import (
+from support.history_oracle import Oracle, read_history, rows_same
+from support.redis_cluster import LocalCluster, plain
+from support.worker_harness import (
     RunScript,
     WorkerFleet,
     check_history,
@@ -36,7 +36,7 @@ from worker_harness import (
 )
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 from schemas import DEFAULT_LIMITS, FRAME_FIELD, Finish, Log, Names, Start, decode_frame, unpackb
 from schemas.store import runs as runs_table
 

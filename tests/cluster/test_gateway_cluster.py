@@ -13,12 +13,12 @@ import pytest
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from redis_cluster import plain
-from worker_harness import WorkerFleet, wait_until
+from support.redis_cluster import plain
+from support.worker_harness import WorkerFleet, wait_until
 
-from ingest.cli import main as stepline
-from ingest.gateway import GatewaySettings, create_app
+from gateway import GatewaySettings, create_app
 from schemas import Log, Media, Names, encode_event, encode_frame_raw
+from stepline.cli import main as stepline
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compat_stack import Stack
+from support.compat_stack import Stack
 
 from workers.settings import WorkerSettings
 from workers.worker import Worker
@@ -20,7 +20,7 @@ def stack(redis_url: str, namespace: str, data_dir: Path, monkeypatch: pytest.Mo
     for name, value in (("REDIS_URL", redis_url), ("NAMESPACE", namespace), ("DATA_DIR", str(data_dir))):
         monkeypatch.setenv(f"STEPLINE_{name}", value)
     settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=data_dir, worker_id="compat",
-                              commit_interval_s=0.1, lease_ttl_ms=3000)
+                              commit_interval_s=0.1, lease_ttl_s=3.0)
     worker = Worker(settings, handle_signals=False)
     loop = asyncio.new_event_loop()
     errors: list[BaseException] = []

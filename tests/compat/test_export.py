@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from compat_stack import Stack
+from support.compat_stack import Stack
 
 import ingest
-from ingest.export import main
+from history.export import main
 
 pytestmark = pytest.mark.integration
 

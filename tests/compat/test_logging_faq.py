@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from compat_stack import Stack
+from support.compat_stack import Stack
 
 import ingest
 import ingest as wandb

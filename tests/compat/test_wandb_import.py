@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from compat_stack import Stack
+from support.compat_stack import Stack
 
 import ingest as wandb
-from ingest.wandb_import import BLOCK_SIZE, HEADER, WandbFormatError, WandbRun, main, parse_file, read_records
 from schemas import Media
+from stepline.wandb_import import BLOCK_SIZE, HEADER, WandbFormatError, WandbRun, main, parse_file, read_records
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 HAS_WANDB = importlib.util.find_spec("wandb") is not None

@@ -20,10 +20,10 @@ from typing import Any, cast
 import pytest
 import redis
 import redis.asyncio as aioredis
-from history_oracle import Oracle
-from invariants import check_runs
-from netproxy import Proxy
-from worker_harness import (
+from support.history_oracle import Oracle
+from support.invariants import check_runs
+from support.netproxy import Proxy
+from support.worker_harness import (
     Feeder,
     RunScript,
     WorkerFleet,
@@ -39,8 +39,8 @@ import ingest
 from ingest.settings import ClientSettings
 from schemas import DEFAULT_LIMITS, FRAME_FIELD, Finish, Log, Names, Start, encode_event, encode_frame_raw, unpackb
 from schemas.store import runs as runs_table
+from workers.metastore import MetaStore, sqlite_url
 from workers.partition import PartitionProcessor
-from workers.store import MetaStore, sqlite_url
 
 pytestmark = pytest.mark.faults
 
@@ -129,8 +129,8 @@ def test_aof_always_redis_kill_9_loses_nothing_acknowledged(redis_server_factory
 
 def sdk_settings(url: str, ns: str, data_dir: Path, **kw: Any) -> ClientSettings:
     base: dict[str, Any] = {"redis_url": url, "namespace": ns, "partitions": P, "data_dir": data_dir,
-                            "flush_interval": 0.02, "backoff_initial": 0.02, "backoff_max": 0.2,
-                            "connect_timeout": 0.5, "socket_timeout": 1.0, "spill_after_seconds": 0.5}
+                            "flush_interval_s": 0.02, "backoff_initial_s": 0.02, "backoff_max_s": 0.2,
+                            "connect_timeout_s": 0.5, "socket_timeout_s": 1.0, "spill_after_s": 0.5}
     base.update(kw)
     return ClientSettings(**base)
 
@@ -175,7 +175,7 @@ def test_aof_everysec_client_resends_what_it_had_not_seen_acknowledged(
         srv.stop(kill=True)
         for rid, run in sdk.items():
             sdk_log(run, runs[rid], rng, 400)  # Redis is dead: nothing of this is acknowledged
-        time.sleep(1.0)  # long enough to spill (spill_after_seconds=0.5)
+        time.sleep(1.0)  # long enough to spill (spill_after_s=0.5)
         spilled = [r.spill_path for r in sdk.values() if r.spill_path.exists()]
         srv.start()
         for rid, run in sdk.items():

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from worker_harness import WorkerFleet, wait_until
+from support.worker_harness import WorkerFleet, wait_until
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 
 pytestmark = pytest.mark.faults
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-from history_oracle import read_history
-from worker_harness import (
+from support.history_oracle import read_history
+from support.worker_harness import (
     Feeder,
     WorkerFleet,
     check_history,

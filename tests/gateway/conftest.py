@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from worker_harness import WorkerFleet
+from support.worker_harness import WorkerFleet
 
-from ingest.gateway import GatewaySettings, create_app
-from ingest.gateway.keys import KeyStore, writer_engine
+from gateway import GatewaySettings, create_app
+from gateway.keys import KeyStore, writer_engine
 
 PARTITIONS = 4
 
@@ -137,7 +137,7 @@ def thread_gateway(gw_settings: GatewaySettings) -> Iterator[Callable[..., Threa
 
 @dataclass
 class GatewayProc:
-    """A real ``python -m ingest.gateway`` process on a fixed port (so it can be killed and started again)."""
+    """A real ``python -m gateway`` process on a fixed port (so it can be killed and started again)."""
 
     settings: GatewaySettings
     log: Path
@@ -153,7 +153,7 @@ class GatewayProc:
         s = self.settings
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest.gateway", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(self.port),
                  "--redis-url", s.redis_url, "--namespace", s.namespace, "--partitions", str(s.partitions),
                  "--data-dir", str(s.data_dir), *self.extra],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},

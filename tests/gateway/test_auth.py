@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import FRAMES, body, frames_for, stream_len
+from support.gateway_frames import FRAMES, body, frames_for, stream_len
 
-from ingest.gateway import GatewaySettings, create_app
+from gateway import GatewaySettings, create_app
 from ingest.settings import SettingsError
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ async def test_no_keys_and_a_public_address_is_refused(gw_settings: GatewaySetti
 
 def test_cli_refuses_a_public_address_without_keys(gw_settings: GatewaySettings,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from ingest.gateway import main
+    from gateway import main
 
     rc = main(["--host", "0.0.0.0", "--port", "0", "--data-dir", str(gw_settings.data_dir),
                "--redis-url", gw_settings.redis_url])
@@ -163,7 +163,7 @@ def test_cli_refuses_a_public_address_without_keys(gw_settings: GatewaySettings,
 
 
 def test_keys_cli(gw_settings: GatewaySettings, capsys: pytest.CaptureFixture[str]) -> None:
-    from ingest.gateway import keys_main
+    from gateway import keys_main
 
     d = ["--data-dir", str(gw_settings.data_dir)]
     assert keys_main([*d, "create", "proj", "--scopes", "read,write"]) == 0

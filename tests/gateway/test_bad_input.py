@@ -21,11 +21,11 @@ import msgpack
 import pytest
 import redis
 from backports.zstd import compress as zstd_compress
-from helpers import FRAMES, body, frames_for, stream_len, total_len
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.gateway_frames import FRAMES, body, frames_for, stream_len, total_len
 
-from ingest.gateway import GatewaySettings
+from gateway import GatewaySettings
 from schemas import Limits, Log, Media, encode_event, encode_frame_raw, packb
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from helpers import wait_for
+from support.gateway_frames import wait_for
 
 import ingest
-from ingest._http import HttpTransport
-from ingest.gateway import GatewaySettings
-from ingest.query import Api, RunNotFound
+from gateway import GatewaySettings
+from history.query import Api, RunNotFound
+from ingest.http import HttpTransport
 from ingest.sender import ThreadSender
 from ingest.settings import ClientSettings
 
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.integration
 
 
 def client_settings(url: str, data_dir: Path, **kw: Any) -> ClientSettings:
-    base: dict[str, Any] = {"url": url, "data_dir": data_dir / "client", "flush_interval": 0.02,
-                            "backoff_initial": 0.02, "backoff_max": 0.2, "connect_timeout": 0.5,
-                            "socket_timeout": 2.0}
+    base: dict[str, Any] = {"url": url, "data_dir": data_dir / "client", "flush_interval_s": 0.02,
+                            "backoff_initial_s": 0.02, "backoff_max_s": 0.2, "connect_timeout_s": 0.5,
+                            "socket_timeout_s": 2.0}
     base.update(kw)
     return ClientSettings(**base)
 
@@ -63,7 +63,7 @@ def get(url: str) -> tuple[str, bytes]:
 def test_gateway_killed_and_restarted_mid_run(gateway_proc: Callable[..., Any], worker: Callable[[], Any],
                                               gw_settings: GatewaySettings, data_dir: Path) -> None:
     g = gateway_proc()
-    run = ingest.init(project="p", id="restart", settings=client_settings(g.url, data_dir, spill_after_seconds=0.3,
+    run = ingest.init(project="p", id="restart", settings=client_settings(g.url, data_dir, spill_after_s=0.3,
                                                                            http_encoding="gzip"))
     n = log_for(run, 0, 0.5)
     g.kill9()

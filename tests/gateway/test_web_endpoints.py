@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ingest
-from ingest.gateway import GatewaySettings
+from gateway import GatewaySettings
 
 pytestmark = pytest.mark.integration
 

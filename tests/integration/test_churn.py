@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from pg import fresh_database
 from sqlalchemy import select
-from worker_harness import (
+from support.pg import fresh_database
+from support.worker_harness import (
     Feeder,
     WorkerFleet,
     WorkerProc,
@@ -33,8 +33,8 @@ from worker_harness import (
 
 from schemas import Names
 from schemas.store import commits, partitions, reader_engine
+from workers.metastore import MetaStore, sqlite_url
 from workers.partition import id_tuple
-from workers.store import MetaStore, sqlite_url
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import fresh_database
 from sqlalchemy import insert, inspect, select
+from support.pg import fresh_database
 
 from schemas.store import (
     SCHEMA_VERSION,
@@ -24,8 +24,8 @@ from schemas.store import (
     segments,
     writer_engine,
 )
+from workers.metastore import Commit, MetaStore
 from workers.migrations import MIGRATIONS, SchemaTooNew
-from workers.store import Commit, MetaStore
 
 V1_TABLES = (partitions, runs, segments, rejections, garbage, api_keys)
 

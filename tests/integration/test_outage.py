@@ -62,9 +62,9 @@ def logged_values(events: list[Any]) -> list[float]:
 
 
 def settings_for(url: str, data_dir: Path, **kw: Any) -> ClientSettings:
-    base: dict[str, Any] = {"redis_url": url, "namespace": NS, "data_dir": data_dir, "flush_interval": 0.02,
-                            "backoff_initial": 0.02, "backoff_max": 0.2, "connect_timeout": 0.5,
-                            "socket_timeout": 1.0}
+    base: dict[str, Any] = {"redis_url": url, "namespace": NS, "data_dir": data_dir, "flush_interval_s": 0.02,
+                            "backoff_initial_s": 0.02, "backoff_max_s": 0.2, "connect_timeout_s": 0.5,
+                            "socket_timeout_s": 1.0}
     base.update(kw)
     return ClientSettings(**base)
 
@@ -125,7 +125,7 @@ def test_outage_mid_run_loses_nothing(redis_server_factory: Callable[..., Any], 
 @pytest.mark.usefixtures("quiet_heap")
 def test_outage_spills_to_disk_then_resends(redis_server_factory: Callable[..., Any], data_dir: Path) -> None:
     srv = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
-    run = ingest.init(project="p", id="spill", settings=settings_for(srv.url, data_dir, spill_after_seconds=0.2))
+    run = ingest.init(project="p", id="spill", settings=settings_for(srv.url, data_dir, spill_after_s=0.2))
     slowest = [0.0]
     n = log_for(run, 0, 0.3, slowest)
     srv.stop()

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from pg import fresh_database
-from worker_harness import WorkerFleet
+from support.pg import fresh_database
+from support.worker_harness import WorkerFleet
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 
 pytestmark = pytest.mark.integration
 

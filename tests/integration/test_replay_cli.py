@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 from workers.replay import replay
 from workers.settings import WorkerSettings
 from workers.worker import Worker
@@ -62,7 +62,7 @@ def everything(api: Api, path: str) -> tuple[dict[str, list[Any]], list[tuple[An
 
 async def test_replay_gives_identical_history(redis_url: str, namespace: str, tmp_path: Path) -> None:
     live_dir, fresh_dir = tmp_path / "live", tmp_path / "fresh"
-    settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=live_dir, lease_ttl_ms=3000,
+    settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=live_dir, lease_ttl_s=3.0,
                               commit_interval_s=0.1, compaction_interval_s=0.2, compaction_fanin=2)
     worker = Worker(settings, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
@@ -103,7 +103,7 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "stepline.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

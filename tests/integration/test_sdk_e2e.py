@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from history_oracle import Oracle
-from worker_harness import WorkerFleet
+from support.history_oracle import Oracle
+from support.worker_harness import WorkerFleet
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 
 pytestmark = pytest.mark.integration
 

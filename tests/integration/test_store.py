@@ -1,4 +1,4 @@
-"""The history store end to end: workers write (aligner → Parquet segments → fenced SQL commit), ``ingest.query``
+"""The history store end to end: workers write (aligner → Parquet segments → fenced SQL commit), ``history.query``
 reads back. Every test runs against SQLite (in the test's data directory) and PostgreSQL (a fresh database per
 test, dropped after; skipped without a server).
 """
@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pg import fresh_database
 from sqlalchemy import select
+from support.pg import fresh_database
 
-from ingest.query import Api, QueryError, RunNotFound, format_history
+from history import Api, QueryError, RunNotFound, format_history
 from schemas import Config, DefineMetric, FencedError, Finish, Histogram, Media, Start, SteplineError
 from schemas.store import segments as segments_table
 from workers.align import RunAligner
+from workers.metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
 from workers.segments import merge_tables, read_table, rows_to_table, write_table
-from workers.store import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
 
 PROJECT = "proj"
 
@@ -127,7 +127,7 @@ def test_api_before_any_worker_ran(tmp_path: Path) -> None:
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STEPLINE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("STEPLINE_DB_URL", "postgresql://u@h/db")
-    from ingest.query import QuerySettings
+    from history.query import QuerySettings
 
     s = QuerySettings.from_env()
     assert s.data_dir == tmp_path

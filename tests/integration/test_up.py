@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import ingest
-from ingest.query import Api
+from history.query import Api
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def read_env_lines(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, s
 @pytest.mark.parametrize("fake", [False, True], ids=["redis-server", "fakeredis"])
 def test_up_serves_a_training_script(tmp_path: Path, fake: bool) -> None:
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "ingest.cli", "up", "--data-dir", str(data), "--gateway-port", "0"]
+    cmd = [sys.executable, "-m", "stepline.cli", "up", "--data-dir", str(data), "--gateway-port", "0"]
     cmd += ["--fakeredis"] if fake else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -77,7 +77,7 @@ def test_up_serves_a_training_script(tmp_path: Path, fake: bool) -> None:
             hist = r.history(keys=["loss"], samples=None, pandas=False)
             assert hist["_step"].tolist() == list(range(300))
         status = subprocess.run(
-            [sys.executable, "-m", "ingest.cli", "status", "--redis-url", url, "--data-dir", str(data),
+            [sys.executable, "-m", "stepline.cli", "status", "--redis-url", url, "--data-dir", str(data),
              "--format", "json"], capture_output=True, text=True, timeout=60, env=dict(os.environ),
         )
         assert status.returncode == 0, status.stderr

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from history_oracle import Oracle, rows_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.history_oracle import Oracle, rows_same
 
 from schemas import (
     DEFAULT_LIMITS,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from ingest.cli import build_parser
+from stepline.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))

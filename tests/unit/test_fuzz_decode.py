@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from frame_fuzz import drive
+from support.frame_fuzz import drive
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -7,7 +7,7 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest._sampling import bucket_edges, m4
+from history.sampling import bucket_edges, m4
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 maybe_nan = st.one_of(finite, st.just(float("nan")))

@@ -7,7 +7,7 @@ import sys
 
 _CHILD = """
 import os, signal, time
-from workers.__main__ import _print_stacks
+from workers.service import _print_stacks
 r, w = os.pipe()
 os.dup2(w, 2)
 os.close(r)  # nobody reads stderr any more: writing to it raises BrokenPipeError

@@ -1,0 +1,355 @@
+"""The read API: thin HTTP over :class:`history.query.Api` (same semantics; every call runs in a thread).
+
+``GET /api/v1/projects/{project}/runs`` (``?state=running,finished``) · ``.../runs/{run}`` (state, config,
+summary, counters, warnings, conflicts, rejection counts and the latest rejections) · ``.../runs/{run}/history``
+(``keys=a,b&samples=500|all&x_axis=&min_step=&max_step=``) · ``.../runs/{run}/scan`` (``keys&page_size&min_step&
+max_step``, streamed) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
+``.../runs/{run}/sections`` · ``GET /api/v1/projects`` (the projects the caller may read: every project in open
+mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{sha256}?project=&run=`` (a stored
+media blob of that run: images with their type, HTML as ``text/html`` under a ``sandbox`` CSP so it can never
+run as the page's origin; immutable, so cacheable for good).
+
+``format=json`` (default) | ``msgpack`` | ``csv``. JSON has no NaN: missing and NaN are omitted from rows
+(as :func:`history.query.format_history`) or ``null``; ±inf are ``"Infinity"``/``"-Infinity"``. msgpack keeps
+floats bit for bit (NaN included) and media as W&B-style maps. ``scan`` streams: JSON lines
+(``application/x-ndjson``), a msgpack stream of maps, or CSV with the run's columns as the header.
+Unknown run → 404 ``not_found``; a malformed parameter → 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Any, TypeVar
+
+import msgpack
+import numpy as np
+from aiohttp import web
+from sqlalchemy import func, select
+
+from history.formatting import format_history, plain
+from history.query import QueryError, RunNotFound, RunView, columns_of
+from schemas import Media, key_ident
+from schemas.store import blob_path, runs
+
+from .errors import Refused
+from .state import GW
+from .write import blob_target, path_ids
+
+log = logging.getLogger("stepline.gateway")
+FORMATS = ("json", "msgpack", "csv")
+T = TypeVar("T")
+
+
+def _wire(v: Any) -> Any:
+    """A msgpack-friendly value: arrays as lists, numpy scalars unwrapped, media as W&B dicts; floats kept."""
+    if isinstance(v, np.ndarray):
+        return [_wire(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, Media):
+        return _wire(v.to_dict())
+    if isinstance(v, dict):
+        return {str(k): _wire(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_wire(x) for x in v]
+    return v
+
+
+def _fmt(request: web.Request) -> str:
+    f = request.query.get("format", "json")
+    if f not in FORMATS:
+        raise Refused(400, "bad_param", f"format must be one of {list(FORMATS)}, got {f!r:.40}")
+    return f
+
+
+def _int(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise Refused(400, "bad_param", f"{name} must be an integer, got {raw!r:.40}") from None
+    if lo is not None and v < lo:
+        raise Refused(400, "bad_param", f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def _float(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise Refused(400, "bad_param", f"{name} must be a number, got {raw!r:.40}") from None
+    if math.isnan(v):
+        raise Refused(400, "bad_param", f"{name} must not be NaN")
+    return v
+
+
+def _keys(request: web.Request) -> list[str] | None:
+    raw = request.query.getall("keys", [])
+    keys = [k for part in raw for k in part.split(",") if k]
+    return keys or None
+
+
+def _encode(obj: Any, fmt: str, table: Callable[[], tuple[list[str], list[list[Any]]]] | None = None) -> web.Response:
+    if fmt == "msgpack":
+        return web.Response(body=msgpack.packb(_wire(obj), use_bin_type=True), content_type="application/msgpack")
+    if fmt == "csv":
+        if table is None:
+            raise Refused(400, "bad_param", "format=csv is not available here")
+        header, rows = table()
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        return web.Response(text=buf.getvalue(), content_type="text/csv")
+    return web.Response(text=json.dumps(plain(obj), allow_nan=False), content_type="application/json")
+
+
+async def _call(gw: GW, fn: Callable[[], T]) -> T:
+    try:
+        return await asyncio.to_thread(fn)
+    except RunNotFound as e:
+        raise Refused(404, "not_found", str(e)) from None
+    except QueryError as e:
+        raise Refused(400, "bad_query", str(e)) from None
+
+
+async def _authorized(request: web.Request) -> tuple[GW, str, str | None]:
+    gw = request.app[GW.KEY]
+    project, run = path_ids(request)
+    await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
+    return gw, project, run
+
+
+def _run_brief(r: RunView) -> dict[str, Any]:
+    return {"project": r.project, "id": r.id, "name": r.name, "state": r.state, "rows": r.rows,
+            "last_step": r.last_step, "rejected": sum(r.rejected.values()), "created_at": r.created_at,
+            "updated_at": r.updated_at, "column_count": len({key_ident(c["key"]) for c in r.columns}),
+            "warning_count": len(r.warnings) + len(r.conflicts)}
+
+
+_BRIEF = ("project", "id", "name", "state", "rows", "last_step", "rejected", "created_at", "updated_at",
+          "column_count", "warning_count")
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    gw = request.app[GW.KEY]
+    key = await gw.auth.identify(request.headers.get("Authorization"), "read", request.remote or "?")
+    fmt = _fmt(request)
+
+    def load() -> list[dict[str, Any]]:
+        if not gw.api._ready():
+            return []
+        q = (select(runs.c.project, func.count().label("runs"), func.max(runs.c.updated_at).label("updated_at"))
+             .group_by(runs.c.project).order_by(runs.c.project))
+        if key is not None:  # a key opens its own project only
+            q = q.where(runs.c.project == key.project)
+        with gw.api._connect() as conn, conn.begin():
+            found = [{"name": r.project, "runs": int(r.runs), "updated_at": r.updated_at} for r in conn.execute(q)]
+        if key is not None and not found:
+            found = [{"name": key.project, "runs": 0, "updated_at": None}]
+        return found
+
+    projects = await _call(gw, load)
+    return _encode({"projects": projects}, fmt, lambda: (["name", "runs", "updated_at"],
+                                                         [[p["name"], p["runs"], p["updated_at"]] for p in projects]))
+
+
+def _sniff(head: bytes) -> str:
+    """A media blob's content type from its first bytes (blobs are stored without one)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM"):
+        return "image/bmp"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end of the sniffed prefix
+            return "application/octet-stream"
+    return "text/html; charset=utf-8"
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GW.KEY]
+    sha, project, run = blob_target(request)
+    await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
+    path = gw.settings.data_dir / blob_path(sha)
+
+    def head() -> bytes | None:
+        gw.api.run(f"{project}/{run}")  # the run must exist in the project the key opens (404 otherwise)
+        try:
+            with path.open("rb") as f:
+                return f.read(512)
+        except FileNotFoundError:
+            return None
+
+    first = await _call(gw, head)
+    if first is None:
+        raise Refused(404, "not_found", f"no stored blob {sha} (not committed yet, or never logged)")
+    # Content-addressed: the bytes behind a name never change. The sandbox CSP gives HTML an opaque origin, so a
+    # logged page cannot reach this origin's storage (the API key) or its API.
+    return web.FileResponse(path, headers={
+        "Content-Type": _sniff(first), "Cache-Control": "private, max-age=31536000, immutable",
+        "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    gw, project, _ = await _authorized(request)
+    fmt = _fmt(request)
+    raw_state = request.query.get("state")
+    state = raw_state.split(",") if raw_state else None
+    briefs = await _call(gw, lambda: [_run_brief(r) for r in gw.api.runs(project, state)])
+    return _encode({"runs": briefs}, fmt, lambda: (list(_BRIEF), [[b[k] for k in _BRIEF] for b in briefs]))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    gw, project, run = await _authorized(request)
+    fmt = _fmt(request)
+    limit = _int(request, "rejections", 100, lo=0)
+
+    def load() -> dict[str, Any]:
+        r = gw.api.run(f"{project}/{run}")
+        return {**_run_brief(r), "config": r.config, "summary": r.summary, "warnings": r.warnings,
+                "conflicts": r.conflicts, "rejections_by_reason": r.rejected, "exit_code": r.exit_code,
+                "columns": r.columns, "metrics": r.metrics, "rejections": r.rejections(limit)}
+
+    info = await _call(gw, load)
+    return _encode(info, fmt, lambda: (["field", "value"], [[k, json.dumps(plain(v), allow_nan=False)]
+                                                          for k, v in info.items()]))
+
+
+async def sections(request: web.Request) -> web.Response:
+    gw, project, run = await _authorized(request)
+    fmt = _fmt(request)
+    secs = await _call(gw, lambda: gw.api.run(f"{project}/{run}").sections())
+    return _encode({"sections": secs}, fmt,
+                   lambda: (["section", "key"], [[s, k] for s, ks in secs.items() for k in ks]))
+
+
+async def history(request: web.Request) -> web.Response:
+    gw, project, run = await _authorized(request)
+    fmt = _fmt(request)
+    keys = _keys(request)
+    raw_samples = request.query.get("samples")
+    samples = None if raw_samples in ("all", "none") else _int(request, "samples", 500, lo=1)
+    x_axis = request.query.get("x_axis", "_step")
+    lo, hi = _int(request, "min_step", None), _int(request, "max_step", None)
+
+    def load() -> Any:
+        data = gw.api.run(f"{project}/{run}").history(keys=keys, samples=samples, x_axis=x_axis, min_step=lo,
+                                                      max_step=hi, pandas=False)
+        if fmt == "json":
+            return format_history(data, "json")
+        if fmt == "csv":
+            return format_history(data, "csv")
+        return msgpack.packb({"columns": list(data), "data": {k: _wire(v) for k, v in data.items()}},
+                             use_bin_type=True)
+
+    out = await _call(gw, load)
+    if fmt == "json":
+        return web.Response(text=out, content_type="application/json")
+    if fmt == "csv":
+        return web.Response(text=out, content_type="text/csv")
+    return web.Response(body=out, content_type="application/msgpack")
+
+
+async def sampled(request: web.Request) -> web.Response:
+    gw, project, run = await _authorized(request)
+    fmt = _fmt(request)
+    key = request.query.get("key")
+    if not key:
+        raise Refused(400, "bad_param", "sampled needs ?key=")
+    x_axis = request.query.get("x_axis", "_step")
+    buckets = _int(request, "buckets", 1000, lo=1)
+    assert buckets is not None
+    x_min, x_max = _float(request, "x_min"), _float(request, "x_max")
+    s = await _call(gw, lambda: gw.api.run(f"{project}/{run}").sampled(key, x_axis=x_axis, buckets=buckets,
+                                                                        x_min=x_min, x_max=x_max))
+    obj = dict(s)
+    return _encode(obj, fmt, lambda: (["x", "y", "step"], [[plain(a), plain(b), int(c)] for a, b, c in
+                                                          zip(s["x"], s["y"], s["step"], strict=True)]))
+
+
+def _header(r: RunView, keys: Sequence[str] | None) -> list[str]:
+    cols = columns_of(r.info)
+    if keys is not None:
+        want = {key_ident(k) for k in keys}
+        cols = [c for c in cols if key_ident(c.key) in want or key_ident(c.label) in want]
+    return ["_step", "_timestamp", "_runtime", *(c.label for c in cols)]
+
+
+async def scan(request: web.Request) -> web.StreamResponse:
+    gw, project, run = await _authorized(request)
+    fmt = _fmt(request)
+    keys = _keys(request)
+    page = _int(request, "page_size", 1000, lo=1)
+    assert page is not None
+    page = min(page, 10_000)
+    lo, hi = _int(request, "min_step", 0), _int(request, "max_step", None)
+
+    def open_scan() -> tuple[list[str], Iterator[dict[str, Any]]]:
+        r = gw.api.run(f"{project}/{run}")
+        return _header(r, keys), r.scan_history(keys=keys, page_size=page, min_step=lo, max_step=hi)
+
+    header, rows = await _call(gw, open_scan)
+    ctype = {"json": "application/x-ndjson", "msgpack": "application/msgpack", "csv": "text/csv"}[fmt]
+    resp = web.StreamResponse(headers={"Content-Type": ctype})
+    await resp.prepare(request)
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(header)
+        await resp.write(buf.getvalue().encode())
+    try:
+        while True:
+            batch = await asyncio.to_thread(lambda: list(islice(rows, page)))
+            if not batch:
+                break
+            await resp.write(_encode_rows(batch, fmt, header))
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        # The status line is gone already: log, and cut the stream short so the client sees it is incomplete.
+        log.exception("gateway: scan of %s/%s failed mid-stream", project, run)
+        request.transport and request.transport.close()  # type: ignore[func-returns-value]
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+def _encode_rows(batch: list[dict[str, Any]], fmt: str, header: list[str]) -> bytes:
+    if fmt == "json":
+        return "".join(json.dumps({k: v for k, v in ((k, plain(v)) for k, v in row.items()) if v is not None},
+                                  allow_nan=False) + "\n" for row in batch).encode()
+    if fmt == "msgpack":
+        return b"".join(msgpack.packb(_wire(row), use_bin_type=True) for row in batch)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for row in batch:
+        w.writerow(["" if row.get(h) is None else _csv_cell(row[h]) for h in header])
+    return buf.getvalue().encode()
+
+
+def _csv_cell(v: Any) -> str:
+    p = plain(v)
+    if p is None:
+        return ""
+    if isinstance(p, str | int | float | bool):
+        return str(p)
+    return json.dumps(p, separators=(",", ":"))

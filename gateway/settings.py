@@ -1,0 +1,123 @@
+"""Gateway settings: one frozen dataclass, built once at the entry point from flags and ``STEPLINE_*`` variables.
+
+============================  ==========================  ==============================================
+variable                      default                     meaning
+============================  ==========================  ==============================================
+``STEPLINE_GATEWAY_HOST``     ``127.0.0.1``               address to bind (non-loopback needs API keys)
+``STEPLINE_GATEWAY_PORT``     ``8080``                    port to bind
+``STEPLINE_REDIS_URL``        ``redis://127.0.0.1:6379/0`` where frames are XADDed
+``STEPLINE_NAMESPACE``        ``sl``                      key prefix (DESIGN §4)
+``STEPLINE_PARTITIONS``       ``16``                      partition count, fixed per deployment
+``STEPLINE_DATA_DIR``         ``./stepline-data``         history store (segments, SQLite metadata)
+``STEPLINE_DB_URL``           SQLite in the data dir      metadata SQLAlchemy URL
+============================  ==========================  ==============================================
+
+The tuning fields (limits, rates, high-water mark, timeouts) have no variables: pass them to
+:class:`GatewaySettings` (tests and ``bench/gateway.py`` do).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas import DEFAULT_LIMITS, Limits, Names, SettingsError
+from schemas import settings as _settings
+from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL
+from schemas.settings import EnvVar
+from schemas.store import normalize_db_url
+
+#: The variables the gateway reads.
+ENV: tuple[EnvVar, ...] = (
+    EnvVar("STEPLINE_GATEWAY_HOST", "host"),
+    EnvVar("STEPLINE_GATEWAY_PORT", "port", int),
+    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
+    EnvVar("STEPLINE_NAMESPACE", "namespace"),
+    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
+    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
+    EnvVar("STEPLINE_DB_URL", "db_url"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = DEFAULT_NAMESPACE
+    partitions: int = DEFAULT_PARTITIONS
+    data_dir: Path = Path("./stepline-data")
+    #: Metadata SQLAlchemy URL; ``None`` = SQLite file ``<data_dir>/meta.sqlite``.
+    db_url: str | None = None
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    #: Largest request body as sent (compressed or not), bytes: 413 past it.
+    max_body_bytes: int = 16 << 20
+    #: Largest request body once decompressed (a gzip/zstd bomb stops here), bytes: 413 past it.
+    max_decoded_bytes: int = 32 << 20
+    #: Most frames in one POST: 413 past it.
+    max_frames_per_request: int = 1024
+    #: Largest media blob (PUT /api/v1/blobs), bytes.
+    max_blob_bytes: int = 64 << 20
+    #: A client must deliver its whole body within this many seconds (slow clients get 408).
+    body_timeout_s: float = 30.0
+    #: Idle keep-alive connections are closed after this many seconds.
+    keepalive_timeout_s: float = 30.0
+
+    #: Per-key token bucket: sustained requests per second and burst (requests). ``0`` disables rate limiting.
+    rate_per_s: float = 2000.0
+    rate_burst: float = 4000.0
+    #: 429 once a partition's backlog (entries not yet committed by a worker) passes this many entries.
+    backlog_high_water: int = 20_000
+    #: How often the backlog and committed offsets are sampled (seconds).
+    backlog_refresh_s: float = 0.5
+    #: ``Retry-After`` sent with a backlog 429 or a 503 (seconds, an integer on the wire, at least 1).
+    retry_after_s: float = 1.0
+    #: How long a key lookup is cached: a revoked key stops working within this many seconds.
+    key_cache_s: float = 2.0
+    #: Media blobs are buffered in Redis with this expiry (as the SDK's ``blob_ttl_s``).
+    blob_ttl_s: float = 7 * 86400.0
+    #: Socket timeout of the gateway's Redis client (seconds): past it the request gets 503.
+    redis_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+        if not 0 < self.port < 65536 and self.port != 0:
+            raise SettingsError(f"port must be within 0..65535, got {self.port}")
+        if self.max_body_bytes <= 0 or self.max_decoded_bytes <= 0 or self.max_frames_per_request <= 0:
+            raise SettingsError("body and frame limits must be positive")
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace, self.partitions)
+
+    @property
+    def metadata_url(self) -> str:
+        return normalize_db_url(self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` only accepts connections from this machine."""
+        return is_loopback(self.host)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+        """Build settings from ``STEPLINE_*`` variables (``environ`` defaults to ``os.environ``) and overrides."""
+        return _settings.from_env(cls, ENV, environ, overrides)
+
+    def replace(self, **changes: Any) -> GatewaySettings:
+        return _settings.replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere

@@ -1,0 +1,699 @@
+"""Read history back: a W&B-shaped public API over the history store (:mod:`schemas.store`).
+
+::
+
+    with Api() as api:                       # STEPLINE_DATA_DIR, STEPLINE_DB_URL, read once
+        run = api.run("project/run")         # or "entity/project/run" (the entity is ignored)
+        run.summary, run.config, run.warnings, run.rejected, run.rejections()
+        df = run.history(keys=["val/loss"])  # deterministic downsample to about 500 rows
+        for row in run.scan_history(keys=["val/loss"], min_step=100):
+            ...
+        line = run.sampled("val/loss", buckets=1000)   # M4: never hides a spike
+
+Guarantees:
+
+- Read-only. SQLite is opened with ``query_only`` and reads in WAL snapshots, so readers never block the writer
+  (and wait on a busy timeout in the rare cases where SQLite makes them); PostgreSQL reads use REPEATABLE READ.
+- Every read takes the run's metadata and its segment list in ONE snapshot, so it sees a consistent set of
+  segments: compaction swaps references in one transaction and keeps the old files for a grace period. Should a
+  file be gone anyway (a reader slower than the grace), the read lists the segments again and resumes.
+- Only the segments overlapping the requested steps are opened, and only the columns needed are decoded.
+  Decoded columns are kept in a bounded LRU cache keyed by file (segment files never change), so repeated
+  reads of a run skip decoding.
+  :meth:`RunView.scan_history` streams batch by batch and never holds more than one segment's row group.
+- Columns are found through the run's column list: keys match case-insensitively (:func:`schemas.key_ident`);
+  columns are named by their key, except where a key was logged with two kinds: then each column is named by
+  its field, ``key`` (number) or ``key:<kind>`` (others). Asking for a key gives all its kinds; asking for a
+  field name gives that column. A number column that is int64 in one segment and float64 in another reads as float64.
+- Downsampling is deterministic: same history, same arguments → same rows. :meth:`RunView.history` keeps evenly
+  spaced rows (first and last included); :meth:`RunView.sampled` keeps M4 points (DESIGN §6).
+
+Errors (all :class:`schemas.SteplineError`): :class:`RunNotFound` (also a ``LookupError``) for an unknown run,
+:class:`QueryError` (also a ``ValueError``) for a malformed path or argument.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal, TypedDict, overload
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import Connection, Engine, inspect, select
+
+from schemas import SteplineError, key_ident, section_of, unpackb
+from schemas.store import (
+    RUNTIME,
+    SPECIAL_COLUMNS,
+    STEP,
+    TIMESTAMP,
+    normalize_db_url,
+    reader_engine,
+    rejections,
+    runs,
+    segments,
+)
+from schemas.values import BOOL, NUMBER, STRING
+
+from .sampling import m4
+
+__all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Sampled", "columns_of"]
+
+Array = npt.NDArray[Any]
+DEFAULT_DATA_DIR = "./stepline-data"
+DEFAULT_CACHE_BYTES = 256 << 20
+# How often a read lists the segments again when a file it listed was garbage-collected under it.
+_RETRIES = 3
+
+
+class RunNotFound(SteplineError, LookupError):
+    """No run with that project and id exists (yet)."""
+
+
+class QueryError(SteplineError, ValueError):
+    """A malformed run path or argument."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySettings:
+    data_dir: Path
+    db_url: str
+
+    @classmethod
+    def from_env(
+        cls, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> QuerySettings:
+        """Explicit arguments win over ``STEPLINE_DATA_DIR`` / ``STEPLINE_DB_URL``, which win over defaults."""
+        d = Path(data_dir if data_dir is not None else environ.get("STEPLINE_DATA_DIR") or DEFAULT_DATA_DIR)
+        url = db_url or environ.get("STEPLINE_DB_URL") or f"sqlite:///{d / 'meta.sqlite'}"
+        return cls(data_dir=d, db_url=normalize_db_url(url))
+
+
+def _split_path(path: str) -> tuple[str, str]:
+    parts = path.strip("/").split("/")
+    if len(parts) == 3:  # W&B's entity/project/run: stepline has no entities
+        parts = parts[1:]
+    if len(parts) != 2 or not all(parts):
+        raise QueryError(f"a run path is 'project/run' or 'entity/project/run', got {path!r}")
+    return parts[0], parts[1]
+
+
+class Api:
+    """Entry point of the query library: lists runs and opens them. Synchronous; safe to share among threads."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None, *,
+        engine: Engine | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        """``cache_bytes`` bounds the decoded columns kept for repeated reads (0 disables the cache)."""
+        self.settings = QuerySettings.from_env(data_dir, db_url)
+        self.data_dir = self.settings.data_dir
+        # An engine passed in belongs to the caller, who closes it; one we create is ours.
+        self._engine = engine or reader_engine(self.settings.db_url)
+        self._owns_engine = engine is None
+        self._has_tables = False
+        self._cache = _ColumnCache(cache_bytes)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ready(self) -> bool:
+        """Whether the store exists; no worker may have run yet (and a reader must not create the file)."""
+        if self._has_tables:
+            return True
+        url = self._engine.url
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+            return False
+        self._has_tables = inspect(self._engine).has_table(runs.name)
+        return self._has_tables
+
+    def _connect(self) -> Connection:
+        conn = self._engine.connect()
+        if self._engine.url.get_backend_name() == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return conn
+
+    def runs(self, project: str, state: str | Sequence[str] | None = None) -> list[RunView]:
+        """Runs of ``project``, newest first; ``state`` keeps only 'running', 'finished' and/or 'crashed'."""
+        if not self._ready():
+            return []
+        q = select(runs).where(runs.c.project == project)
+        if state is not None:
+            q = q.where(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
+        q = q.order_by(runs.c.created_at.desc(), runs.c.run)
+        with self._connect() as conn, conn.begin():
+            return [RunView(self, dict(r._mapping)) for r in conn.execute(q)]
+
+    def run(self, path: str) -> RunView:
+        """Open ``"project/run"`` (or W&B's ``"entity/project/run"``); raises :class:`RunNotFound`."""
+        project, run_id = _split_path(path)
+        if self._ready():
+            with self._connect() as conn, conn.begin():
+                row = conn.execute(select(runs).where(runs.c.project == project, runs.c.run == run_id)).first()
+            if row is not None:
+                return RunView(self, dict(row._mapping))
+        raise RunNotFound(f"no run {run_id!r} in project {project!r}")
+
+
+# --- reading segments ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Seg:
+    file: str
+    min_step: int
+    max_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryColumn:
+    field: str  # the column's name in the segment files
+    key: str  # display spelling
+    kind: str
+    name: str = ""  # what readers see; set by columns_of()
+
+    @property
+    def label(self) -> str:
+        return self.name or self.field
+
+
+def columns_of(info: Mapping[str, Any]) -> list[HistoryColumn]:
+    """The run's columns, each named by its key, or by its field name where the key was logged with two kinds.
+
+    W&B users index rows by key (``row["h"]`` for a histogram); only a kind conflict, which the run reports,
+    needs the ``key:kind`` spelling to tell the columns apart.
+    """
+    raw = [(c["field"], c["key"], c["kind"]) for c in info.get("columns") or []]
+    per_key: dict[str, int] = {}
+    for _f, k, _kind in raw:
+        per_key[key_ident(k)] = per_key.get(key_ident(k), 0) + 1
+    return [HistoryColumn(f, k, kind, k if per_key[key_ident(k)] == 1 else f) for f, k, kind in raw]
+
+
+class _ColumnCache:
+    """Decoded columns of segment files, least recently used out first, within a byte budget.
+
+    Sound because a segment file never changes once it has its name (workers write a new file and swap
+    references), so ``(file, field)`` always denotes the same data. Repeated reads of a run (a chart zooming and
+    panning) then skip Parquet decoding, which is most of a read's cost.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._cols: OrderedDict[tuple[str, str], pa.ChunkedArray] = OrderedDict()
+        self._schemas: dict[str, pa.Schema] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def schema(self, file: str) -> pa.Schema | None:
+        with self._lock:
+            return self._schemas.get(file)
+
+    def get(self, file: str, field: str) -> pa.ChunkedArray | None:
+        with self._lock:
+            arr = self._cols.get((file, field))
+            if arr is not None:
+                self._cols.move_to_end((file, field))
+            return arr
+
+    def put(self, file: str, schema: pa.Schema, table: pa.Table) -> None:
+        if self.budget <= 0:
+            return
+        with self._lock:
+            self._schemas[file] = schema
+            for name in table.column_names:
+                arr = table.column(name)
+                if (file, name) in self._cols or arr.nbytes > self.budget:
+                    continue
+                self._cols[(file, name)] = arr
+                self._bytes += arr.nbytes
+            while self._bytes > self.budget and self._cols:
+                (f, _), old = self._cols.popitem(last=False)
+                self._bytes -= old.nbytes
+                if not any(k[0] == f for k in self._cols):
+                    self._schemas.pop(f, None)
+
+
+class _SegmentGone(Exception):
+    """A listed file was garbage-collected before we opened it."""
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path, memory_map=True)
+    except FileNotFoundError as e:
+        raise _SegmentGone(str(path)) from e
+
+
+def _slice_steps(t: pa.Table, lo: int | None, hi: int | None) -> pa.Table:
+    """Rows with ``lo <= _step < hi`` of a table sorted by step: two binary searches and a zero-copy slice."""
+    if lo is None and hi is None:
+        return t
+    steps = t.column(STEP).to_numpy()
+    a = 0 if lo is None else int(np.searchsorted(steps, lo, side="left"))
+    b = len(steps) if hi is None else int(np.searchsorted(steps, hi, side="left"))
+    return t.slice(a, max(b - a, 0))
+
+
+class RunView:
+    """One run as of when it was opened (summary, config, counters); history reads always see the latest commit."""
+
+    def __init__(self, api: Api, row: dict[str, Any]) -> None:
+        self._api = api
+        self.project: str = row["project"]
+        self.id: str = row["run"]
+        self.name: str = row["name"] or row["run"]
+        self.state: str = row["state"]
+        self.rows: int = int(row["rows"])
+        self.last_step: int | None = None if row["last_step"] is None else int(row["last_step"])
+        self.created_at: float | None = row["created_at"]
+        self.updated_at: float | None = row["updated_at"]
+        self.info: dict[str, Any] = unpackb(bytes(row["info"]))
+
+    def __repr__(self) -> str:
+        return f"<RunView {self.project}/{self.id} ({self.state})>"
+
+    @property
+    def path(self) -> str:
+        return f"{self.project}/{self.id}"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.info.get("summary") or {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.info.get("config") or {})
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.info.get("warnings") or [])
+
+    @property
+    def conflicts(self) -> list[str]:
+        return list(self.info.get("conflicts") or [])
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return dict(self.info.get("rejected") or {})
+
+    @property
+    def columns(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in self.info.get("columns") or []]
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self.info.get("metrics") or []]
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self.info.get("exit_code")
+        return None if code is None else int(code)
+
+    def keys(self) -> list[str]:
+        """Distinct keys (display spelling), sorted; a key with two kinds is listed once."""
+        return sorted({c["key"] for c in self.info.get("columns") or []})
+
+    def sections(self) -> dict[str, list[str]]:
+        """Keys grouped by panel section (text before the first ``/``; ``""`` without one), both sorted."""
+        out: dict[str, list[str]] = {}
+        for k in self.keys():
+            out.setdefault(section_of(k), []).append(k)
+        return dict(sorted(out.items()))
+
+    def rejections(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every rejected call of the run, oldest first: entry_id, reason, step, cursor, message, ts."""
+        c = rejections.c
+        q = (select(c.entry_id, c.reason, c.step, c.cursor, c.message, c.ts)
+             .where(c.project == self.project, c.run == self.id).order_by(c.id))
+        if limit is not None:
+            q = q.limit(limit)
+        with self._api._connect() as conn, conn.begin():
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # --- snapshot and column resolution ----------------------------------------------------------------------
+
+    def _snapshot(self, lo: int | None, hi: int | None) -> tuple[list[HistoryColumn], list[_Seg]]:
+        """The run's columns and its segments overlapping ``[lo, hi)``, from one snapshot of the metadata."""
+        s = segments.c
+        q = select(s.file, s.min_step, s.max_step).where(s.project == self.project, s.run == self.id)
+        if lo is not None:
+            q = q.where(s.max_step >= lo)
+        if hi is not None:
+            q = q.where(s.min_step < hi)
+        with self._api._connect() as conn, conn.begin():
+            blob = conn.execute(
+                select(runs.c.info).where(runs.c.project == self.project, runs.c.run == self.id)
+            ).scalar()
+            segs = [_Seg(r.file, int(r.min_step), int(r.max_step)) for r in conn.execute(q.order_by(s.min_step))]
+        if blob is None:
+            raise RunNotFound(f"run {self.path} is gone")
+        info = unpackb(bytes(blob))
+        return columns_of(info), segs
+
+    @staticmethod
+    def _resolve(cols: list[HistoryColumn], key: str) -> list[HistoryColumn]:
+        """Columns of ``key``: every kind of the key, else the column whose field name is ``key``."""
+        if key in SPECIAL_COLUMNS:
+            return [HistoryColumn(key, key, NUMBER)]
+        ident = key_ident(key)
+        found = [c for c in cols if key_ident(c.key) == ident]
+        return found or [c for c in cols if key_ident(c.field) == ident or key_ident(c.label) == ident]
+
+    def _read(
+        self, pick: Callable[[list[HistoryColumn]], list[str] | None], lo: int | None, hi: int | None,
+    ) -> tuple[pa.Table, list[HistoryColumn]]:
+        """The run's rows in ``[lo, hi)``, sorted by step, with the fields ``pick(columns)`` names (None: all).
+
+        ``pick`` sees the column list of the same snapshot as the segments, so a key is resolved against exactly
+        the columns the files can hold.
+        """
+        for _ in range(_RETRIES):
+            cols, segs = self._snapshot(lo, hi)
+            try:
+                return self._read_segments(segs, pick(cols), lo, hi), cols
+            except _SegmentGone:
+                continue
+        raise SteplineError(f"run {self.path}: segments keep disappearing while reading (compaction too fast?)")
+
+    def _read_segments(self, segs: list[_Seg], fields: list[str] | None, lo: int | None, hi: int | None) -> pa.Table:
+        tables: list[pa.Table] = []
+        cache = self._api._cache
+        for seg in segs:
+            schema = cache.schema(seg.file)
+            pf = None
+            if schema is None:
+                pf = _open(self._api.data_dir / seg.file)
+                schema = pf.schema_arrow
+            want = schema.names if fields is None else [f for f in fields if f in schema.names]
+            got = {f: cache.get(seg.file, f) for f in want}
+            missing = [f for f, arr in got.items() if arr is None]
+            if missing:
+                pf = pf or _open(self._api.data_dir / seg.file)
+                read = pf.read(columns=missing, use_threads=True)
+                cache.put(seg.file, schema, read)
+                got.update({f: read.column(f) for f in missing})
+            t = pa.Table.from_arrays([got[f] for f in want], schema=pa.schema([schema.field(f) for f in want]))
+            # The range filter on the segment list is by step range; within a file, slice exactly.
+            if (lo is not None and seg.min_step < lo) or (hi is not None and seg.max_step >= hi):
+                t = _slice_steps(t, lo, hi)
+            tables.append(t)
+        if not tables:
+            return pa.table({STEP: pa.array([], pa.int64())})
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+        # Segments hold disjoint step ranges, so ordered by min_step they are already in step order; sort only if
+        # the store ever breaks that (cheap to check on the list, expensive to sort a big table for nothing).
+        if any(a.max_step >= b.min_step for a, b in pairwise(segs)):
+            table = table.sort_by(STEP)
+        return table
+
+    # --- history -----------------------------------------------------------------------------------------------
+
+    @overload
+    def history(
+        self, keys: Sequence[str] | None = ..., samples: int | None = ..., x_axis: str = ...,
+        min_step: int | None = ..., max_step: int | None = ..., *, pandas: Literal[False],
+    ) -> dict[str, Array]: ...
+
+    @overload
+    def history(
+        self, keys: Sequence[str] | None = ..., samples: int | None = ..., x_axis: str = ...,
+        min_step: int | None = ..., max_step: int | None = ..., pandas: bool = ...,
+    ) -> Any: ...
+
+    def history(
+        self, keys: Sequence[str] | None = None, samples: int | None = 500, x_axis: str = STEP,
+        min_step: int | None = None, max_step: int | None = None, pandas: bool = True,
+    ) -> Any:
+        """Rows of the run, as W&B's ``Run.history``.
+
+        With ``keys``, only rows holding every key (and ``x_axis``) are returned, with columns ``_step``,
+        ``x_axis`` and the keys' columns; without, every row and column. ``samples=None`` returns all rows;
+        otherwise at most ``samples`` evenly spaced rows (first and last kept). ``min_step`` is inclusive,
+        ``max_step`` exclusive. Returns a pandas DataFrame when ``pandas`` and pandas is importable, else a dict
+        of numpy arrays: number columns float64 with NaN for missing (int64 when every value is an int and none
+        is missing), strings/bools/other as object arrays with None for missing, media decoded.
+        """
+        if samples is not None and samples < 1:
+            raise QueryError(f"samples must be >= 1 or None, got {samples}")
+        data = self._history_arrays(keys, samples, x_axis, min_step, max_step)
+        if pandas:
+            try:
+                import pandas as pd
+            except ImportError:
+                return data
+            return pd.DataFrame(data)
+        return data
+
+    def _history_arrays(
+        self, keys: Sequence[str] | None, samples: int | None, x_axis: str, lo: int | None, hi: int | None,
+    ) -> dict[str, Array]:
+        # W&B adds the x axis to the keys: rows without an x value cannot be drawn.
+        wanted = None if keys is None else list(dict.fromkeys([x_axis, *keys]))
+
+        def plan(cols: list[HistoryColumn]) -> tuple[list[list[HistoryColumn]], list[HistoryColumn]]:
+            if wanted is None:
+                groups = [] if x_axis == STEP else [self._x_columns(cols, x_axis)]
+                return groups, [HistoryColumn(n, n, NUMBER) for n in SPECIAL_COLUMNS] + cols
+            groups = [self._resolve(cols, k) for k in wanted]
+            out = {c.field: c for g in [[HistoryColumn(STEP, STEP, NUMBER)], *groups] for c in g}
+            return groups, list(out.values())
+
+        table, cols = self._read(lambda cols: None if wanted is None else [c.field for c in plan(cols)[1]], lo, hi)
+        groups, out_cols = plan(cols)
+        mask = _rows_holding(table, groups)
+        idx = np.flatnonzero(mask) if mask is not None else None
+        n = len(idx) if idx is not None else table.num_rows
+        if samples is not None and n > samples:
+            # Evenly spaced rows, computed from n alone: deterministic, first and last included.
+            pick = np.unique(np.round(np.linspace(0, n - 1, samples)).astype(np.int64))
+            idx = pick if idx is None else idx[pick]
+        if idx is not None:
+            table = table.take(pa.array(idx))
+        return {c.label: _to_numpy(table, c) for c in out_cols}
+
+    def _x_columns(self, cols: list[HistoryColumn], x_axis: str) -> list[HistoryColumn]:
+        found = [c for c in self._resolve(cols, x_axis) if c.kind == NUMBER]
+        if not found:
+            raise QueryError(f"x_axis {x_axis!r} is not a number column of run {self.path}")
+        return found
+
+    # --- scan_history ------------------------------------------------------------------------------------------
+
+    def scan_history(
+        self, keys: Sequence[str] | None = None, page_size: int = 1000, min_step: int | None = 0,
+        max_step: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every row in ``[min_step, max_step)`` as a dict, streamed ``page_size`` rows at a time.
+
+        A row holds ``_step``, ``_timestamp``, ``_runtime`` and its present values (absent keys are absent, NaN
+        stays NaN); other and media values are decoded. With ``keys``, only rows holding all of them, with only
+        those keys. A number column that is a float anywhere in the run yields floats everywhere.
+        """
+        if page_size < 1:
+            raise QueryError(f"page_size must be >= 1, got {page_size}")
+        lo = min_step
+        for attempt in range(_RETRIES):
+            cols, segs = self._snapshot(lo, max_step)
+            try:
+                # Resume after the last row yielded if a file disappeared under us (a reader slower than the grace).
+                for row in self._scan(cols, segs, keys, page_size, lo, max_step):
+                    lo = int(row[STEP]) + 1
+                    yield row
+                return
+            except _SegmentGone:
+                if attempt == _RETRIES - 1:
+                    raise SteplineError(f"run {self.path}: segments keep disappearing while scanning") from None
+
+    def _scan(
+        self, cols: list[HistoryColumn], segs: list[_Seg], keys: Sequence[str] | None, page_size: int, lo: int | None,
+        hi: int | None,
+    ) -> Iterator[dict[str, Any]]:
+        if keys is None:
+            groups: list[list[HistoryColumn]] = []
+            user = cols
+        else:
+            groups = [self._resolve(cols, k) for k in dict.fromkeys(keys)]
+            if any(not g for g in groups):
+                return  # a key the run never logged: no row holds it
+            user = [c for c in {c.field: c for g in groups for c in g}.values() if c.field not in SPECIAL_COLUMNS]
+        fields = [*SPECIAL_COLUMNS, *(c.field for c in user)]
+        # Types across the whole scan, from the files' footers: a float64 anywhere makes the column float64
+        # everywhere (as history's concatenation does), so a consumer never sees 3 then 2.5 then 4 as int/float.
+        floats: set[str] = set()
+        for s in segs:
+            try:
+                schema = pq.read_schema(self._api.data_dir / s.file, memory_map=True)
+            except FileNotFoundError as e:
+                raise _SegmentGone(s.file) from e
+            floats.update(f.name for f in schema if f.type == pa.float64())
+        for seg in segs:
+            pf = _open(self._api.data_dir / seg.file)
+            names = set(pf.schema_arrow.names)
+            present = [f for f in fields if f in names]
+            for batch in pf.iter_batches(batch_size=page_size, columns=present, use_threads=True):
+                t = _slice_steps(pa.Table.from_batches([batch]), lo, hi)
+                mask = _rows_holding(t, groups)
+                if mask is not None:
+                    t = t.filter(pa.array(mask))
+                if t.num_rows:
+                    yield from _rows(t, [c for c in user if c.field in names], floats)
+                # Files are sorted by step and segments by range: once past max_step, nothing later qualifies.
+                if hi is not None and batch.num_rows and batch.column(STEP)[batch.num_rows - 1].as_py() >= hi - 1:
+                    return
+
+    # --- sampled lines -----------------------------------------------------------------------------------------
+
+    def sampled(
+        self, key: str, x_axis: str = STEP, buckets: int = 1000, x_min: float | None = None,
+        x_max: float | None = None,
+    ) -> Sampled:
+        """One line of ``key`` against ``x_axis`` within ``[x_min, x_max]``, M4-downsampled (DESIGN §6).
+
+        Points are rows holding both a number value of ``key`` and an ``x_axis`` value (NaN x skipped; NaN y
+        kept, skipped for min/max). At most ``buckets`` points → all of them, unchanged. Otherwise the range is
+        split into ``buckets`` equal buckets and each keeps its first, last, min and max point, plus the range's
+        first and last point. The band arrays describe each non-empty bucket (x of its first and last point,
+        min and max of y) so a chart can draw the envelope. Deterministic.
+        """
+        if buckets < 1:
+            raise QueryError(f"buckets must be >= 1, got {buckets}")
+        # On the step axis the x range is a step range: only overlapping segments are opened.
+        lo = math.ceil(x_min) if x_axis == STEP and x_min is not None else None
+        hi = math.floor(x_max) + 1 if x_axis == STEP and x_max is not None else None
+        chosen: list[HistoryColumn] = []
+
+        def pick(cols: list[HistoryColumn]) -> list[str]:
+            chosen.clear()
+            found = self._resolve(cols, key)
+            ys = [c for c in found if c.kind == NUMBER]
+            if found and not ys:
+                raise QueryError(f"key {key!r} of run {self.path} has no number column")
+            x_col = (HistoryColumn(x_axis, x_axis, NUMBER) if x_axis in SPECIAL_COLUMNS
+                     else self._x_columns(cols, x_axis)[0])
+            # An unknown key has no points; its made-up field is simply absent from every file.
+            chosen.extend([x_col, ys[0] if ys else HistoryColumn(key, key, NUMBER)])
+            return list(dict.fromkeys([STEP, x_col.field, chosen[1].field]))
+
+        table, _ = self._read(pick, lo, hi)
+        x_col, y_col = chosen
+        if y_col.field not in table.column_names or x_col.field not in table.column_names:
+            return _empty_sampled()
+        steps = table.column(STEP).to_numpy()
+        xs = table.column(x_col.field)
+        y_arr = table.column(y_col.field)
+        x = xs.to_numpy(zero_copy_only=False)
+        y = y_arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        # Row filter; a column without nulls on the step axis over the whole run needs none (the common case).
+        masks = [np.asarray(c.is_valid().to_numpy(zero_copy_only=False), dtype=bool) for c in (y_arr, xs)
+                 if c.null_count]
+        if x.dtype.kind == "f":
+            masks.append(~np.isnan(x))
+        if x_min is not None:
+            masks.append(x >= x_min)
+        if x_max is not None:
+            masks.append(x <= x_max)
+        if masks:
+            ok = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
+            if not ok.all():
+                x, y, steps = x[ok], y[ok], steps[ok]
+        if len(x) > 1 and x_axis != STEP and np.any(x[1:] < x[:-1]):
+            # A stable sort keeps step order among equal x, so the result stays a function of the history.
+            order = np.argsort(x, kind="stable")
+            x, y, steps = x[order], y[order], steps[order]
+        r = m4(x, y, buckets, x_min, x_max)
+        return Sampled(
+            x=x[r.keep], y=y[r.keep], step=steps[r.keep],
+            bucket_x0=x[r.bucket_first], bucket_x1=x[r.bucket_last],
+            bucket_min=r.bucket_min, bucket_max=r.bucket_max,
+            count=len(x), sampled=r.sampled,
+        )
+
+
+class Sampled(TypedDict):
+    """A sampled line: points (``x``, ``y`` and their ``step``) and, per non-empty bucket, its band."""
+
+    x: Array
+    y: npt.NDArray[np.float64]
+    step: npt.NDArray[np.int64]
+    bucket_x0: Array
+    bucket_x1: Array
+    bucket_min: npt.NDArray[np.float64]
+    bucket_max: npt.NDArray[np.float64]
+    count: int  # points in the range before sampling
+    sampled: bool  # False: every point of the range is returned
+
+
+def _empty_sampled() -> Sampled:
+    f = np.empty(0, np.float64)
+    i = np.empty(0, np.int64)
+    return Sampled(x=f, y=f, step=i, bucket_x0=f, bucket_x1=f, bucket_min=f, bucket_max=f, count=0, sampled=False)
+
+
+# --- arrow → python/numpy ----------------------------------------------------------------------------------------
+
+
+def _rows_holding(table: pa.Table, groups: list[list[HistoryColumn]]) -> npt.NDArray[np.bool_] | None:
+    """Rows holding every group (a group = the columns of one key; any of them present counts); None = all."""
+    mask: npt.NDArray[np.bool_] | None = None
+    names = set(table.column_names)
+    for group in groups:
+        g = np.zeros(table.num_rows, dtype=bool)
+        for c in group:
+            if c.field in names:
+                col = table.column(c.field)
+                g |= True if col.null_count == 0 else np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)
+        mask = g if mask is None else mask & g
+    return mask
+
+
+def _to_numpy(table: pa.Table, col: HistoryColumn) -> Array:
+    n = table.num_rows
+    if col.field not in table.column_names:
+        return np.full(n, np.nan) if col.kind == NUMBER else np.full(n, None, dtype=object)
+    arr = table.column(col.field)
+    if col.kind in (NUMBER, STRING, BOOL) or col.field in SPECIAL_COLUMNS:
+        # Nulls become NaN in number columns (int64 with nulls turns float64), None in string and bool ones.
+        out: Array = arr.to_numpy(zero_copy_only=False)
+        if col.kind == NUMBER and out.dtype == object:  # an all-null column reads as object
+            out = np.full(n, np.nan)
+        # Zero-copy views of Arrow buffers are read-only and may be shared with the column cache: callers get
+        # arrays they own, as from W&B.
+        return out if out.flags.writeable else out.copy()
+    return np.array([None if v is None else unpackb(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
+
+
+def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Iterator[dict[str, Any]]:
+    steps = table.column(STEP).to_pylist()
+    tss = table.column(TIMESTAMP).to_pylist()
+    rts = table.column(RUNTIME).to_pylist()
+    values: list[tuple[str, list[Any], bool]] = []
+    for c in user:
+        arr = table.column(c.field)
+        if c.kind == NUMBER and c.field in floats and arr.type != pa.float64():
+            arr = arr.cast(pa.float64())
+        values.append((c.label, arr.to_pylist(), c.kind not in (NUMBER, STRING, BOOL)))
+    for i, step in enumerate(steps):
+        row: dict[str, Any] = {STEP: step, TIMESTAMP: tss[i], RUNTIME: rts[i]}
+        for name, vals, packed in values:
+            v = vals[i]
+            if v is not None:
+                row[name] = unpackb(v) if packed else v
+        yield row

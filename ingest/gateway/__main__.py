@@ -1,5 +1,0 @@
-"""``python -m ingest.gateway``: the same as ``stepline gateway``."""
-
-from .cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The one settings pattern of stepline: frozen dataclasses filled from defaults, ``STEPLINE_*`` variables and
+explicit overrides, in that order of precedence (lowest first).
+
+Conventions every settings class follows (``ingest.settings``, ``workers.settings``, ``gateway.settings``):
+
+- durations are seconds as ``float`` and their names end in ``_s``; sizes are bytes and end in ``_bytes``
+  (flags and variables keep their documented units, e.g. ``--lease-ttl-ms``: the parser converts);
+- each class lists its variables in one table of :class:`EnvVar`; only :func:`from_env` reads the environment,
+  everything else receives the settings object;
+- a malformed variable raises :class:`SettingsError` naming the variable; an empty one counts as unset;
+- an override of ``None`` means "not given" (argparse leaves absent flags at ``None``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import SettingsError
+
+T = TypeVar("T")
+
+#: Where stepline data lives unless told otherwise (relative to the working directory).
+DEFAULT_DATA_DIR = Path("stepline-data")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    """One ``STEPLINE_*`` variable: the field it sets and how its text becomes the field's value."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any] = str
+
+
+def flag(text: str) -> bool:
+    """A boolean variable: ``1``, ``true`` or ``yes`` (any case) are true, anything else false."""
+    return text.strip().lower() in ("1", "true", "yes")
+
+
+def ms_to_s(text: str) -> float:
+    """A variable given in milliseconds, for a field held in seconds."""
+    return int(text) / 1000.0
+
+
+def env_values(table: Sequence[EnvVar], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields set by the variables of ``table`` present (and non-empty) in ``environ`` (default
+    ``os.environ``). Raises :class:`SettingsError` naming the first malformed variable."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in table:
+        raw = env.get(var.name)
+        if not raw:
+            continue
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError:
+            raise SettingsError(f"{var.name} is malformed: {raw!r}") from None
+    return values
+
+
+def from_env(cls: Callable[..., T], table: Sequence[EnvVar], environ: Mapping[str, str] | None,
+             overrides: Mapping[str, Any]) -> T:
+    """``cls(**fields)`` from the variables of ``table`` and then ``overrides`` (``None`` values ignored).
+
+    A value the class refuses (its ``__post_init__`` raises ``ValueError``) becomes a :class:`SettingsError`."""
+    values = env_values(table, environ)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except SettingsError:
+        raise
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """A copy of a settings object with ``changes`` applied (``None`` values are ignored)."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]

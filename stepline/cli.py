@@ -1,0 +1,406 @@
+"""The ``stepline`` console script, and the one module that composes ``ingest`` and ``workers``.
+
+Subcommands: ``up`` (embedded all-in-one), ``demo`` (the main job end to end), ``worker``, ``replay``,
+``status``, ``history``, ``sync``. Settings come from flags and ``STEPLINE_*`` environment variables, read here
+once and passed down.
+
+Embedded mode: without ``--redis-url`` a private ``redis-server`` child process is started with its files (AOF on)
+under ``<data-dir>/redis`` when the binary is on PATH, else fakeredis's in-process TCP server (fine for a laptop,
+far slower than real Redis). Metadata is SQLite and segments are files under the data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.service import add_arguments as add_worker_arguments
+from workers.service import serve as serve_worker
+from workers.service import settings_from_args
+from workers.settings import WorkerSettings
+from workers.worker import Worker
+
+DEFAULT_DATA_DIR = Path("stepline-data")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A Redis for the embedded mode: a ``redis-server`` child, or fakeredis's TCP server in a thread."""
+
+    url: str
+    kind: str
+    proc: subprocess.Popen[bytes] | None = None
+    server: Any = None
+    thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.thread is not None:
+            self.thread.join(5)
+
+
+def start_embedded_redis(data_dir: Path, *, prefer_fake: bool = False) -> EmbeddedRedis:
+    import redis
+
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    binary = shutil.which("redis-server")
+    if binary and not prefer_fake:
+        rdir = data_dir / "redis"
+        rdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir.resolve()),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str((rdir / "redis.log").resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        emb = EmbeddedRedis(url=url, kind="redis-server", proc=proc)
+    else:
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+        thread.start()
+        emb = EmbeddedRedis(url=url, kind="fakeredis", server=server, thread=thread)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=0.5) as c:
+                c.ping()
+            return emb
+        except redis.RedisError:
+            if time.monotonic() > deadline or (emb.proc is not None and emb.proc.poll() is not None):
+                emb.close()
+                raise RuntimeError(f"the embedded Redis ({emb.kind}) did not start on port {port}") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def worker_processes(settings: WorkerSettings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker child processes (real parallelism on several cores); SIGTERM and wait on exit."""
+    procs = []
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "workers", "--redis-url", settings.redis_url, "--namespace", settings.namespace,
+           "--partitions", str(settings.partitions), "--data-dir", str(settings.data_dir),
+           "--commit-interval", str(settings.commit_interval_s)]
+    if settings.db_url:
+        cmd += ["--db-url", settings.db_url]
+    log_path = settings.data_dir / "workers.log"
+    with open(log_path, "ab") as logf:
+        try:
+            for _ in range(count):
+                procs.append(subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf))
+            yield procs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(settings.drain_timeout_s + 5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+# --- up ------------------------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway import GatewaySettings, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redis_url = args.redis_url or os.environ.get("STEPLINE_REDIS_URL")
+    emb = None
+    if not redis_url:
+        emb = start_embedded_redis(data_dir, prefer_fake=args.fakeredis)
+        redis_url = emb.url
+    settings = WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=args.namespace,
+                                       partitions=args.partitions, db_url=args.db_url)
+    abs_data_dir = data_dir.resolve()
+
+    async def main() -> None:
+        ws = [Worker(WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=settings.namespace,
+                                             partitions=settings.partitions, db_url=settings.db_url,
+                                             worker_id=f"{settings.worker_id}-{i}"),
+                     handle_signals=False) for i in range(args.workers)]
+        # The gateway binds loopback: `up` is the laptop mode (use `stepline gateway` with keys to serve others).
+        gw = GatewaySettings.from_env(host="127.0.0.1", port=args.gateway_port, redis_url=redis_url,
+                                      data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
+                                      partitions=settings.partitions)
+        runner = web.AppRunner(create_app(gw), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, gw.host, gw.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            kind = emb.kind if emb else "external Redis"
+            print(f"stepline is up ({kind}); {args.workers} worker(s) in this process.")
+            print(f"Gateway (HTTP API): http://{host}:{port}/  (loopback only)")
+            print(f"Web page: http://{host}:{port}/")
+            print("Connect a training script with:")
+            print(f"  export STEPLINE_REDIS_URL={redis_url}")
+            print(f"  export STEPLINE_DATA_DIR={abs_data_dir}")
+            print(f"  export STEPLINE_URL=http://{host}:{port}")
+            if settings.namespace != "sl":
+                print(f"  export STEPLINE_NAMESPACE={settings.namespace}")
+            print("(STEPLINE_URL sends over HTTP; without it the SDK XADDs to Redis directly.) Ctrl-C stops.")
+            sys.stdout.flush()
+            loop = asyncio.get_running_loop()
+
+            def stop_all() -> None:
+                for w in ws:
+                    w.stop()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_all)
+            await asyncio.gather(*(w.async_run() for w in ws))
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if emb:
+            emb.close()
+    return 0
+
+
+# --- status / history / replay -------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from workers.metastore import MetaStore
+
+    settings = settings_from_args(args)
+    store = MetaStore(settings.metadata_url)
+    parts = {int(p["p"]): p for p in store.partitions()}
+    store.close()
+    names = settings.names
+    rows = []
+    from schemas.clients import sync_redis
+
+    with sync_redis(settings.redis_url, socket_connect_timeout=3) as r:
+        owners = {p: r.get(names.lease(p)) for p in range(names.partitions)}
+        for p in range(names.partitions):
+            meta = parts.get(p, {})
+            offset = str(meta.get("offset", "0-0"))
+            start = offset if offset == "0-0" else "(" + offset
+            lag = len(r.xrange(names.stream(p), min=start if start != "0-0" else "-", max="+", count=10001))
+            owner = owners[p]
+            rows.append({
+                "partition": p, "owner": owner.decode() if owner else None, "epoch": meta.get("epoch", 0),
+                "offset": offset, "lag": lag, "stream_len": r.xlen(names.stream(p)),
+                "dead_letters": r.xlen(names.dlq(p)),
+            })
+        workers = {k.decode(): int(v) for k, v in r.hgetall(names.workers).items()}
+    if args.format == "json":
+        print(json.dumps({"partitions": rows, "workers": workers}))
+        return 0
+    now = int(time.time() * 1000)
+    print(f"workers: {len(workers)} live")
+    for w, hb in workers.items():
+        print(f"  {w} (heartbeat {now - hb} ms ago)")
+    print(f"{'part':>4} {'owner':<32} {'epoch':>5} {'offset':<18} {'lag':>6} {'stream':>8} {'dlq':>5}")
+    for row in rows:
+        lag_s = ">10000" if int(row["lag"]) > 10000 else str(row["lag"])
+        print(f"{row['partition']:>4} {row['owner'] or '-':<32.32} {row['epoch']:>5} {row['offset']:<18} {lag_s:>6} "
+              f"{row['stream_len']:>8} {row['dead_letters']:>5}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from history import Api, format_history
+
+    data_dir = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
+    with Api(data_dir=data_dir, db_url=args.db_url) as api:
+        run = api.run(args.path)
+        keys = args.keys.split(",") if args.keys else None
+        data = run.history(keys=keys, samples=args.samples, pandas=False)
+        print(format_history(data, args.format))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from workers.replay import replay
+
+    settings = settings_from_args(args)
+    project, run = args.project, args.run
+    if args.path:
+        project, _, run = args.path.partition("/")
+        run = run or None
+
+    def keep(p: str, r: str) -> bool:
+        return (project is None or p == project) and (run is None or r == run)
+
+    t0 = time.perf_counter()
+    report = asyncio.run(replay(settings, keep if (project or run) else None))
+    print(f"replayed {report.entries} stream entries of {report.partitions} partitions ({report.runs} runs) into "
+          f"{settings.data_dir} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    serve_worker(settings_from_args(args))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ingest import sync
+
+    return sync.main(args.rest)
+
+
+def cmd_import_wandb(args: argparse.Namespace) -> int:
+    from . import wandb_import
+
+    return wandb_import.main(args.rest)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from history import export
+
+    return export.main(args.rest)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway import keys_main
+
+    return keys_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run_demo(args, start_embedded_redis=start_embedded_redis, worker_processes=worker_processes,
+                         worker_settings=WorkerSettings.from_env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stepline", description="Streaming ingestion of ML experiment history.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="embedded all-in-one: Redis (child process or fakeredis), workers, SQLite")
+    p.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--db-url")
+    p.add_argument("--namespace")
+    p.add_argument("--partitions", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gateway-port", type=int, default=8080, help="the HTTP gateway's port on 127.0.0.1 (0: any free)")
+    p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("demo", help="the main job end to end on the embedded default")
+    p.add_argument("--runs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="run one worker process")
+    add_worker_arguments(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="rebuild history from the streams into a fresh data directory")
+    add_worker_arguments(p)
+    p.add_argument("path", nargs="?", help="PROJECT or PROJECT/RUN (default: everything)")
+    p.add_argument("--project")
+    p.add_argument("--run")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("status", help="partitions, owners, epochs, committed offsets, lag, dead letters")
+    add_worker_arguments(p)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("history", help="print a run's history")
+    p.add_argument("path", help="PROJECT/RUN")
+    p.add_argument("--keys", help="comma-separated keys")
+    p.add_argument("--samples", type=int, default=None, help="downsample to about N rows (default: all rows)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--db-url")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("sync", help="resend frames spilled to disk while Redis was unreachable", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("gateway", help="the HTTP gateway: authenticated ingest and read API", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("keys", help="create, list and revoke API keys (create|list|revoke)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("import-wandb", help="import W&B offline runs (run-*.wandb files)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_import_wandb)
+
+    p = sub.add_parser("export", help="export a run's history to Parquet, CSV or JSON Lines", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_export)
+    return ap
+
+
+#: Subcommands whose module parses its own arguments (``stepline sync --help`` shows that module's help).
+_PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cmd_export, "gateway": cmd_gateway,
+                "keys": cmd_keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Running a worker as a process: its command-line flags, signal handlers for stack dumps, and an exit that does
+not wait for abandoned executor threads. ``python -m workers`` and ``stepline worker`` both end up in :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import importlib.abc
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from .settings import WorkerSettings
+from .worker import Worker
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--redis-url", help="Redis URL (STEPLINE_REDIS_URL)")
+    ap.add_argument("--namespace", help="key namespace (STEPLINE_NAMESPACE, default sl)")
+    ap.add_argument("--partitions", type=int, help="partition count (STEPLINE_PARTITIONS, default 16)")
+    ap.add_argument("--data-dir", type=Path, help="data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
+    ap.add_argument("--db-url", help="metadata SQLAlchemy URL (STEPLINE_DB_URL; default SQLite in the data dir)")
+    ap.add_argument("--worker-id", help="worker id (default host-pid-random)")
+    ap.add_argument("--lease-ttl-ms", type=int, help="lease time to live in ms (STEPLINE_LEASE_TTL_MS, default 10000)")
+    ap.add_argument("--commit-interval", type=float, dest="commit_interval_s", help="seconds between commits")
+    ap.add_argument("--retention", type=float, dest="retention_s", help="seconds of stream kept for replay")
+    ap.add_argument("--metrics-port", type=int, help="serve /metrics on this port (STEPLINE_WORKER_METRICS_PORT)")
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    return WorkerSettings.from_env(
+        redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
+        db_url=args.db_url, worker_id=args.worker_id,
+        lease_ttl_s=None if args.lease_ttl_ms is None else args.lease_ttl_ms / 1000,
+        commit_interval_s=args.commit_interval_s, retention_s=args.retention_s,
+        metrics_port=args.metrics_port,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stepline worker", description="Consume partition streams into history.")
+    add_arguments(ap)
+    serve(settings_from_args(ap.parse_args(argv)))
+    return 0
+
+
+def serve(settings: WorkerSettings) -> None:
+    """Run one worker in this process until SIGTERM/SIGINT, then end the process (:func:`exit_now`).
+
+    A worker that does not stop can be looked into where it runs, without a debugger or ptrace:
+    ``kill -USR1 <pid>`` prints the Python stack of every thread to stderr from the main thread (consistent, but
+    only once the main thread runs Python again); ``kill -USR2 <pid>`` makes faulthandler print them from the
+    signal handler itself, which works even when the main thread is stuck in C code but may show a running thread
+    half-updated.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGUSR1, _print_stacks)
+    if sys.stderr is not None:  # started with stderr closed: nowhere to dump to
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+    Worker(settings).run()
+    exit_now(0)
+
+
+def _print_stacks(signum: int, frame: object) -> None:
+    # A handler's exception would be raised inside whatever the main thread was doing (the event loop): a dump
+    # that cannot be written (stderr's reader gone, disk full) must cost nothing but the dump.
+    with contextlib.suppress(Exception):
+        _write_stacks(signum)
+
+
+def _write_stacks(signum: int) -> None:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = [f"--- stacks of every thread (signal {signum}) ---"]
+    for ident, top in sys._current_frames().items():
+        out.append(f"Thread {ident:#x} ({names.get(ident, '?')}):")
+        out.append("".join(traceback.format_stack(top)).rstrip())
+    # Straight to the file descriptor: the signal may have interrupted a write to sys.stderr, and its buffered
+    # writer refuses a reentrant call.
+    data = ("\n".join(out) + "\n--- end of stacks ---\n").encode(errors="replace")
+    while data:
+        data = data[os.write(2, data):]
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """Makes ``import pandas`` fail in a worker process: workers never use pandas, but pyarrow imports it, if
+    installed, the first time it converts an array (to check whether it is a pandas object). That import costs
+    ~41 MB of every worker's memory; pyarrow works as without pandas when the import fails."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError(f"pandas is not loaded in a worker process ({fullname})", name=fullname)
+
+
+def exit_now(code: int) -> None:
+    """End the process without joining abandoned executor threads (see :meth:`Worker.run`)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
