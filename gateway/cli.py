@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from schemas import SettingsError
+from schemas.settings import non_negative_float, port, positive_int
 
 from .app import create_app
 from .keys import KeyStore, writer_engine
@@ -19,15 +20,18 @@ from .settings import GatewaySettings
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stepline gateway", description="The HTTP gateway: ingest and read API.")
     ap.add_argument("--host", help="address to bind (STEPLINE_GATEWAY_HOST, default 127.0.0.1)")
-    ap.add_argument("--port", type=int, help="port (STEPLINE_GATEWAY_PORT, default 8080)")
+    ap.add_argument("--port", type=port, help="port (STEPLINE_GATEWAY_PORT, default 8080)")
     ap.add_argument("--redis-url", help="Redis URL (STEPLINE_REDIS_URL)")
     ap.add_argument("--data-dir", type=Path, help="data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
     ap.add_argument("--db-url", help="metadata SQLAlchemy URL (STEPLINE_DB_URL; default SQLite in the data dir)")
     ap.add_argument("--namespace", help="key namespace (STEPLINE_NAMESPACE, default sl)")
-    ap.add_argument("--partitions", type=int, help="partition count (STEPLINE_PARTITIONS, default 16)")
-    ap.add_argument("--backlog-high-water", type=int, help="429 past this many uncommitted entries per partition")
-    ap.add_argument("--rate", type=float, dest="rate_per_s", help="requests per second per key (0: no limit)")
-    ap.add_argument("--burst", type=float, dest="rate_burst", help="requests a key may send at once (token bucket)")
+    ap.add_argument("--partitions", type=positive_int, help="partition count (STEPLINE_PARTITIONS, default 16)")
+    ap.add_argument("--backlog-high-water", type=positive_int,
+                    help="429 past this many uncommitted entries per partition")
+    ap.add_argument("--rate", type=non_negative_float, dest="rate_per_s",
+                    help="requests per second per key (0: no limit)")
+    ap.add_argument("--burst", type=non_negative_float, dest="rate_burst",
+                    help="requests a key may send at once (token bucket)")
     ap.add_argument("--access-log", action="store_true", help="log every request")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -13,6 +13,7 @@ Conventions every settings class follows (``ingest.settings``, ``workers.setting
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -81,3 +82,42 @@ def from_env(cls: Callable[..., T], table: Sequence[EnvVar], environ: Mapping[st
 def replace(obj: T, **changes: Any) -> T:
     """A copy of a settings object with ``changes`` applied (``None`` values are ignored)."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
+
+def positive_int(text: str) -> int:
+    """A command-line number that must be a whole number above zero (argparse names the flag on failure)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A command-line number of seconds (or similar) that must be finite and above zero."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above zero")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    """A command-line number that may be zero but must be finite and not negative."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return positive_float(text)
+
+
+def port(text: str) -> int:
+    """A TCP port number (0 asks the system for a free one)."""
+    if text.strip() == "0":
+        return 0
+    v = positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535, or 0 for any free port)")
+    return v

@@ -1,8 +1,11 @@
-"""The ``stepline`` console script, and the one module that composes ``ingest`` and ``workers``.
+"""The ``stepline`` console script: one subcommand per job, composed from the SDK, the workers, the read side
+and the gateway.
 
 Subcommands: ``up`` (embedded all-in-one), ``demo`` (the main job end to end), ``worker``, ``replay``,
-``status``, ``history``, ``sync``. Settings come from flags and ``STEPLINE_*`` environment variables, read here
-once and passed down.
+``status``, ``history``, ``sync``, ``gateway``, ``keys``, ``import-wandb``, ``export``. Settings come from flags
+and ``STEPLINE_*`` environment variables, read here once and passed down. A user's mistake (a bad flag value, an
+unknown run, an unreachable server, an unwritable path) ends with one line ``stepline: error: ...`` and a non-zero
+exit; a traceback means a bug.
 
 Embedded mode: without ``--redis-url`` a private ``redis-server`` child process is started with its files (AOF on)
 under ``<data-dir>/redis`` when the binary is on PATH, else fakeredis's in-process TCP server (fine for a laptop,
@@ -13,124 +16,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from schemas.settings import port, positive_int
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import serve as serve_worker
 from workers.service import settings_from_args
 from workers.settings import WorkerSettings
 from workers.worker import Worker
 
+from . import console
+from .embedded import start_embedded_redis
+
 DEFAULT_DATA_DIR = Path("stepline-data")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class EmbeddedRedis:
-    """A Redis for the embedded mode: a ``redis-server`` child, or fakeredis's TCP server in a thread."""
-
-    url: str
-    kind: str
-    proc: subprocess.Popen[bytes] | None = None
-    server: Any = None
-    thread: threading.Thread | None = None
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-        if self.thread is not None:
-            self.thread.join(5)
-
-
-def start_embedded_redis(data_dir: Path, *, prefer_fake: bool = False) -> EmbeddedRedis:
-    import redis
-
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    binary = shutil.which("redis-server")
-    if binary and not prefer_fake:
-        rdir = data_dir / "redis"
-        rdir.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir.resolve()),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str((rdir / "redis.log").resolve())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        emb = EmbeddedRedis(url=url, kind="redis-server", proc=proc)
-    else:
-        from fakeredis import TcpFakeServer
-
-        server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-        thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
-        thread.start()
-        emb = EmbeddedRedis(url=url, kind="fakeredis", server=server, thread=thread)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with redis.Redis.from_url(url, socket_connect_timeout=0.5) as c:
-                c.ping()
-            return emb
-        except redis.RedisError:
-            if time.monotonic() > deadline or (emb.proc is not None and emb.proc.poll() is not None):
-                emb.close()
-                raise RuntimeError(f"the embedded Redis ({emb.kind}) did not start on port {port}") from None
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def worker_processes(settings: WorkerSettings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker child processes (real parallelism on several cores); SIGTERM and wait on exit."""
-    procs = []
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "workers", "--redis-url", settings.redis_url, "--namespace", settings.namespace,
-           "--partitions", str(settings.partitions), "--data-dir", str(settings.data_dir),
-           "--commit-interval", str(settings.commit_interval_s)]
-    if settings.db_url:
-        cmd += ["--db-url", settings.db_url]
-    log_path = settings.data_dir / "workers.log"
-    with open(log_path, "ab") as logf:
-        try:
-            for _ in range(count):
-                procs.append(subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf))
-            yield procs
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(settings.drain_timeout_s + 5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
 
 
 # --- up ------------------------------------------------------------------------------------------------------------
@@ -235,11 +139,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"workers: {len(workers)} live")
     for w, hb in workers.items():
         print(f"  {w} (heartbeat {now - hb} ms ago)")
-    print(f"{'part':>4} {'owner':<32} {'epoch':>5} {'offset':<18} {'lag':>6} {'stream':>8} {'dlq':>5}")
-    for row in rows:
-        lag_s = ">10000" if int(row["lag"]) > 10000 else str(row["lag"])
-        print(f"{row['partition']:>4} {row['owner'] or '-':<32.32} {row['epoch']:>5} {row['offset']:<18} {lag_s:>6} "
-              f"{row['stream_len']:>8} {row['dead_letters']:>5}")
+    console.print_table(
+        [("part", "right"), ("owner", "left"), ("epoch", "right"), ("offset", "left"), ("lag", "right"),
+         ("stream", "right"), ("dlq", "right")],
+        [[row["partition"], row["owner"] or "-", row["epoch"], row["offset"],
+          ">10000" if int(row["lag"]) > 10000 else row["lag"], row["stream_len"], row["dead_letters"]]
+         for row in rows])
     return 0
 
 
@@ -312,8 +217,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.run_demo(args, start_embedded_redis=start_embedded_redis, worker_processes=worker_processes,
-                         worker_settings=WorkerSettings.from_env)
+    return demo.run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,16 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--db-url")
     p.add_argument("--namespace")
-    p.add_argument("--partitions", type=int)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--gateway-port", type=int, default=8080, help="the HTTP gateway's port on 127.0.0.1 (0: any free)")
+    p.add_argument("--partitions", type=positive_int)
+    p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--gateway-port", type=port, default=8080, help="the HTTP gateway's port on 127.0.0.1 (0: any free)")
     p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default")
-    p.add_argument("--runs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--runs", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--redis-url", help="use this Redis instead of an embedded one")
     p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
@@ -360,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="print a run's history")
     p.add_argument("path", help="PROJECT/RUN")
     p.add_argument("--keys", help="comma-separated keys")
-    p.add_argument("--samples", type=int, default=None, help="downsample to about N rows (default: all rows)")
+    p.add_argument("--samples", type=positive_int, default=None, help="downsample to about N rows (default: all rows)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--db-url")
@@ -395,11 +299,44 @@ _PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cm
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in _PASSTHROUGH:
-        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
-    return rc
+    try:
+        if argv and argv[0] in _PASSTHROUGH:
+            return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+        args = build_parser().parse_args(argv)
+        rc: int = args.func(args)
+        return rc
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise  # a bug: its traceback is the report
+        console.error(message)
+        return 1
+
+
+def user_error(e: BaseException) -> str | None:
+    """One line for an error a user can fix (bad input, a server that cannot be reached, a path that cannot be
+    used), or None for anything else."""
+    import redis
+    import sqlalchemy.exc
+
+    from schemas import SteplineError
+
+    if isinstance(e, SteplineError | LookupError):
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # str(KeyError) adds quotes
+        return str(text) or type(e).__name__
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
+        return f"cannot reach Redis: {e} (check --redis-url / STEPLINE_REDIS_URL)"
+    if isinstance(e, redis.RedisError):
+        return f"Redis refused the request: {e}"
+    if isinstance(e, sqlalchemy.exc.OperationalError | sqlalchemy.exc.ArgumentError):
+        first = str(e.orig if isinstance(e, sqlalchemy.exc.DBAPIError) else e).strip().splitlines()[0]
+        return f"cannot use the metadata database: {first} (check --db-url / STEPLINE_DB_URL and --data-dir)"
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return None
 
 
 if __name__ == "__main__":

@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from workers.settings import WorkerSettings
+
+from . import console
+from .embedded import start_embedded_redis, worker_processes
 
 VAL_EVERY = 100
 BAD_EVERY = 500
@@ -85,16 +88,6 @@ def _histogram(rng: np.random.Generator) -> Any:
     return Histogram(rng.normal(0.0, 1.0, 512), num_bins=32)
 
 
-def _progress(label: str, done: int, total: int, t0: float, enabled: bool) -> None:
-    if not enabled:
-        return
-    width = 30
-    frac = done / total if total else 1.0
-    bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
-    sys.stderr.write(f"\r{label:<10} [{bar}] {done}/{total} {time.perf_counter() - t0:5.1f}s")
-    sys.stderr.flush()
-
-
 def verify(api: Any, project: str, exp: Expected) -> list[str]:
     """Differences between the run's history and the oracle (empty when identical)."""
     problems: list[str] = []
@@ -125,16 +118,10 @@ def verify(api: Any, project: str, exp: Expected) -> list[str]:
     return problems
 
 
-def run_demo(
-    args: argparse.Namespace,
-    *,
-    start_embedded_redis: Callable[..., Any],
-    worker_processes: Callable[..., Any],
-    worker_settings: Callable[..., Any],
-) -> int:
-    """The demo; the stack's parts are passed in by the CLI (``ingest`` does not import ``workers``)."""
+def run_demo(args: argparse.Namespace) -> int:
+    """The demo: an embedded stack, simulated runs logged through the SDK, history read back and verified."""
     import ingest
-    from history.query import Api
+    from history import Api
 
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", "stepline-data"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +132,7 @@ def run_demo(
         emb = start_embedded_redis(data_dir, prefer_fake=args.fakeredis)
         redis_url = emb.url
     namespace = "sl"
-    settings = worker_settings(redis_url=redis_url, data_dir=data_dir, namespace=namespace)
+    settings = WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=namespace)
     project = "demo"
     stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     print(f"stepline demo: {args.runs} runs x {args.steps} steps, {args.workers} worker process(es), "
@@ -162,42 +149,42 @@ def run_demo(
             ]
             threads = [threading.Thread(target=simulate, args=(r, e, i, progress[i]))
                        for i, (r, e) in enumerate(zip(runs, exps, strict=True))]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
             total = args.runs * args.steps
-            while any(t.is_alive() for t in threads):
-                _progress("logging", sum(p[0] for p in progress), total, t0, show)
-                time.sleep(0.1)
-            for t in threads:
-                t.join()
-            _progress("logging", total, total, t0, show)
-            t_logged = time.perf_counter() - t0
-            if show:
-                sys.stderr.write("\n")
+            with console.progress(show) as bars:
+                logging_bar = bars.add_task("logging", total=total)
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    bars.update(logging_bar, completed=sum(p[0] for p in progress))
+                    time.sleep(0.1)
+                for t in threads:
+                    t.join()
+                bars.update(logging_bar, completed=total)
+                t_logged = time.perf_counter() - t0
+                committed_bar = bars.add_task("committed", total=total)
+                with Api(data_dir=data_dir) as api:
+                    deadline = time.monotonic() + max(120.0, total / 2000)
+                    while True:
+                        done = 0
+                        for e in exps:
+                            try:
+                                r = api.run(f"{project}/{e.run_id}")
+                                done += min(r.rows, e.steps) if r.state == "finished" else min(r.rows, e.steps - 1)
+                            except LookupError:
+                                pass
+                        bars.update(committed_bar, completed=done)
+                        if done >= total:
+                            break
+                        if time.monotonic() > deadline:
+                            console.error(f"timed out waiting for commits ({done}/{total} rows); "
+                                          f"see {data_dir}/workers.log")
+                            return 2
+                        time.sleep(0.2)
+            t_all = time.perf_counter() - t0
+            problems: list[str] = []
+            rows = []
             with Api(data_dir=data_dir) as api:
-                deadline = time.monotonic() + max(120.0, total / 2000)
-                while True:
-                    done = 0
-                    for e in exps:
-                        try:
-                            r = api.run(f"{project}/{e.run_id}")
-                            done += min(r.rows, e.steps) if r.state == "finished" else min(r.rows, e.steps - 1)
-                        except LookupError:
-                            pass
-                    _progress("committed", done, total, t0, show)
-                    if done >= total:
-                        break
-                    if time.monotonic() > deadline:
-                        print(f"\ntimed out waiting for commits ({done}/{total} rows); see {data_dir}/workers.log")
-                        return 2
-                    time.sleep(0.2)
-                t_all = time.perf_counter() - t0
-                if show:
-                    sys.stderr.write("\n")
-                problems: list[str] = []
-                print(f"\n{'run':<32} {'rows':>6} {'number':>6} {'string':>6} {'bool':>5} {'media':>5} "
-                      f"{'rejected (reason)':<28} warnings")
                 for e in exps:
                     r = api.run(f"{project}/{e.run_id}")
                     kinds: dict[str, int] = {}
@@ -205,9 +192,13 @@ def run_demo(
                         kinds[c["kind"]] = kinds.get(c["kind"], 0) + 1
                     media = sum(n for k, n in kinds.items() if k not in ("number", "string", "bool", "other"))
                     rej = ", ".join(f"{n} {reason}" for reason, n in sorted(r.rejected.items())) or "0"
-                    print(f"{e.run_id:<32} {r.rows:>6} {kinds.get('number', 0):>6} {kinds.get('string', 0):>6} "
-                          f"{kinds.get('bool', 0):>5} {media:>5} {rej:<28} {len(r.warnings)}")
+                    rows.append([e.run_id, r.rows, kinds.get("number", 0), kinds.get("string", 0),
+                                 kinds.get("bool", 0), media, rej, len(r.warnings)])
                     problems += verify(api, project, e)
+            print()
+            console.print_table([("run", "left"), ("rows", "right"), ("number", "right"), ("string", "right"),
+                                 ("bool", "right"), ("media", "right"), ("rejected (reason)", "left"),
+                                 ("warnings", "right")], rows)
             points = sum(e.points for e in exps)
             print(f"\n{points:,} points in {t_logged:.2f} s of logging ({points / t_logged:,.0f} points/s); "
                   f"all committed and queryable after {t_all:.2f} s ({points / t_all:,.0f} points/s end to end)")

@@ -75,6 +75,7 @@ from schemas import (
 )
 from schemas.frame import check_run_id
 from schemas.media import collect_blobs
+from schemas.settings import positive_float, positive_int
 
 __all__ = ["WandbFormatError", "WandbRun", "import_file", "main", "parse_file", "read_records"]
 
@@ -509,9 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--project", help="import into this project instead of the W&B project")
     ap.add_argument("--redis-url", help="default: STEPLINE_REDIS_URL or redis://127.0.0.1:6379/0")
     ap.add_argument("--namespace", help="default: STEPLINE_NAMESPACE or sl")
-    ap.add_argument("--partitions", type=int, help="default: STEPLINE_PARTITIONS or 16")
+    ap.add_argument("--partitions", type=positive_int, help="default: STEPLINE_PARTITIONS or 16")
     ap.add_argument("--data-dir", help="where unsent frames are spilled (default: STEPLINE_DATA_DIR)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Redis per file (default 60)")
+    ap.add_argument("--timeout", type=positive_float, default=60.0,
+                    help="seconds to wait for Redis per file (default 60)")
     ap.add_argument("--dry-run", action="store_true", help="read and convert only; print what would be imported")
     return ap
 

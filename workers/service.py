@@ -16,6 +16,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from schemas.settings import non_negative_float, port, positive_float, positive_int
+
 from .settings import WorkerSettings
 from .worker import Worker
 
@@ -23,14 +25,16 @@ from .worker import Worker
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--redis-url", help="Redis URL (STEPLINE_REDIS_URL)")
     ap.add_argument("--namespace", help="key namespace (STEPLINE_NAMESPACE, default sl)")
-    ap.add_argument("--partitions", type=int, help="partition count (STEPLINE_PARTITIONS, default 16)")
+    ap.add_argument("--partitions", type=positive_int, help="partition count (STEPLINE_PARTITIONS, default 16)")
     ap.add_argument("--data-dir", type=Path, help="data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
     ap.add_argument("--db-url", help="metadata SQLAlchemy URL (STEPLINE_DB_URL; default SQLite in the data dir)")
     ap.add_argument("--worker-id", help="worker id (default host-pid-random)")
-    ap.add_argument("--lease-ttl-ms", type=int, help="lease time to live in ms (STEPLINE_LEASE_TTL_MS, default 10000)")
-    ap.add_argument("--commit-interval", type=float, dest="commit_interval_s", help="seconds between commits")
-    ap.add_argument("--retention", type=float, dest="retention_s", help="seconds of stream kept for replay")
-    ap.add_argument("--metrics-port", type=int, help="serve /metrics on this port (STEPLINE_WORKER_METRICS_PORT)")
+    ap.add_argument("--lease-ttl-ms", type=positive_int,
+                    help="lease time to live in ms (STEPLINE_LEASE_TTL_MS, default 10000)")
+    ap.add_argument("--commit-interval", type=positive_float, dest="commit_interval_s", help="seconds between commits")
+    ap.add_argument("--retention", type=non_negative_float, dest="retention_s",
+                    help="seconds of stream kept for replay")
+    ap.add_argument("--metrics-port", type=port, help="serve /metrics on this port (STEPLINE_WORKER_METRICS_PORT)")
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:

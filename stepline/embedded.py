@@ -1,0 +1,117 @@
+"""The embedded all-in-one mode: a private Redis (a ``redis-server`` child with AOF under ``<data-dir>/redis``
+when the binary is on PATH, else fakeredis's in-process TCP server), worker child processes, and everything
+stopped and reaped on the way out. Used by ``stepline up`` and ``stepline demo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers.settings import WorkerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A Redis for the embedded mode: a ``redis-server`` child, or fakeredis's TCP server in a thread."""
+
+    url: str
+    kind: str
+    proc: subprocess.Popen[bytes] | None = None
+    server: Any = None
+    thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.thread is not None:
+            self.thread.join(5)
+
+
+def start_embedded_redis(data_dir: Path, *, prefer_fake: bool = False) -> EmbeddedRedis:
+    import redis
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    binary = shutil.which("redis-server")
+    if binary and not prefer_fake:
+        rdir = data_dir / "redis"
+        rdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir.resolve()),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str((rdir / "redis.log").resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        emb = EmbeddedRedis(url=url, kind="redis-server", proc=proc)
+    else:
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+        thread.start()
+        emb = EmbeddedRedis(url=url, kind="fakeredis", server=server, thread=thread)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=0.5) as c:
+                c.ping()
+            return emb
+        except redis.RedisError:
+            if time.monotonic() > deadline or (emb.proc is not None and emb.proc.poll() is not None):
+                emb.close()
+                raise RuntimeError(f"the embedded Redis ({emb.kind}) did not start on port {port}") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def worker_processes(settings: WorkerSettings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker child processes (real parallelism on several cores); SIGTERM and wait on exit."""
+    procs = []
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "workers", "--redis-url", settings.redis_url, "--namespace", settings.namespace,
+           "--partitions", str(settings.partitions), "--data-dir", str(settings.data_dir),
+           "--commit-interval", str(settings.commit_interval_s)]
+    if settings.db_url:
+        cmd += ["--db-url", settings.db_url]
+    log_path = settings.data_dir / "workers.log"
+    with open(log_path, "ab") as logf:
+        try:
+            for _ in range(count):
+                procs.append(subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf))
+            yield procs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(settings.drain_timeout_s + 5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
