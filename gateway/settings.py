@@ -6,7 +6,7 @@ variable                      default                     meaning
 ``STEPLINE_GATEWAY_HOST``     ``127.0.0.1``               address to bind (non-loopback needs API keys)
 ``STEPLINE_GATEWAY_PORT``     ``8080``                    port to bind
 ``STEPLINE_REDIS_URL``        ``redis://127.0.0.1:6379/0`` where frames are XADDed
-``STEPLINE_NAMESPACE``        ``sl``                      key prefix (DESIGN §4)
+``STEPLINE_NAMESPACE``        ``sl``                      key prefix (docs/DESIGN.md §5)
 ``STEPLINE_PARTITIONS``       ``16``                      partition count, fixed per deployment
 ``STEPLINE_DATA_DIR``         ``./stepline-data``         history store (segments, SQLite metadata)
 ``STEPLINE_DB_URL``           SQLite in the data dir      metadata SQLAlchemy URL

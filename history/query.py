@@ -26,7 +26,7 @@ Guarantees:
   its field, ``key`` (number) or ``key:<kind>`` (others). Asking for a key gives all its kinds; asking for a
   field name gives that column. A number column that is int64 in one segment and float64 in another reads as float64.
 - Downsampling is deterministic: same history, same arguments → same rows. :meth:`RunView.history` keeps evenly
-  spaced rows (first and last included); :meth:`RunView.sampled` keeps M4 points (DESIGN §6).
+  spaced rows (first and last included); :meth:`RunView.sampled` keeps M4 points (docs/DESIGN.md §8).
 
 Errors (all :class:`schemas.SteplineError`): :class:`RunNotFound` (also a ``LookupError``) for an unknown run,
 :class:`QueryError` (also a ``ValueError``) for a malformed path or argument.
@@ -565,7 +565,7 @@ class RunView:
         self, key: str, x_axis: str = STEP, buckets: int = 1000, x_min: float | None = None,
         x_max: float | None = None,
     ) -> Sampled:
-        """One line of ``key`` against ``x_axis`` within ``[x_min, x_max]``, M4-downsampled (DESIGN §6).
+        """One line of ``key`` against ``x_axis`` within ``[x_min, x_max]``, M4-downsampled (docs/DESIGN.md §8).
 
         Points are rows holding both a number value of ``key`` and an ``x_axis`` value (NaN x skipped; NaN y
         kept, skipped for min/max). At most ``buckets`` points → all of them, unchanged. Otherwise the range is

@@ -1,4 +1,4 @@
-"""Deterministic M4 downsampling of one line (DESIGN §6), vectorised with numpy.
+"""Deterministic M4 downsampling of one line (docs/DESIGN.md §8), vectorised with numpy.
 
 Guarantees, for points sorted by x (ascending, ties in any fixed order) and ``n >= 1`` buckets:
 

@@ -8,7 +8,7 @@ Guarantees:
   keys as the previous call and only ``float``/``int``/``str``/``bool``/``None`` values, which are immutable, so
   flattening and capture can be skipped). Under backpressure (``max_pending_rows`` calls not yet packed because
   the sender is stalled) ``log()`` packs the pending calls itself, which may write the spill file.
-- Every call is sent in call order, including a call whose step is below the client's cursor (DESIGN §2): the
+- Every call is sent in call order, including a call whose step is below the client's cursor (docs/DESIGN.md §2): the
   worker rejects it and records the reason; the client only logs a warning.
 - ``finish()`` flushes and waits (``timeout``); what could not be sent is kept in the spill file and reported
   (:class:`FinishResult`, a warning naming the file). An ``atexit`` handler finishes every unfinished run.
@@ -265,11 +265,14 @@ class Run:
 
     @property
     def step(self) -> int:
-        """The client's view of the step cursor (DESIGN §2): the step the next ``log(d)`` writes at."""
+        """The client's view of the step cursor (docs/DESIGN.md §2): the step the next ``log(d)`` writes at."""
         return self._step
 
     def log(self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = None) -> None:
-        """Log a dict of values at ``step`` (W&B semantics, DESIGN §2). Raises :class:`SchemaError` on bad input."""
+        """Log a dict of values at ``step`` (W&B semantics, docs/DESIGN.md §2).
+
+        Raises :class:`SchemaError` on bad input.
+        """
         if self.finished:
             raise SteplineError(f"run {self.id} is finished; log() after finish() is not allowed")
         b = self._b

@@ -7,7 +7,7 @@ settings object. Environment variables:
 variable                      default                     meaning
 ============================  ==========================  ==============================================
 ``STEPLINE_REDIS_URL``        ``redis://127.0.0.1:6379/0`` where frames are XADDed
-``STEPLINE_NAMESPACE``        ``sl``                      key prefix (DESIGN §4)
+``STEPLINE_NAMESPACE``        ``sl``                      key prefix (docs/DESIGN.md §5)
 ``STEPLINE_PARTITIONS``       ``16``                      partition count, fixed per deployment
 ``STEPLINE_DATA_DIR``         ``./stepline-data``         spill files go to ``<data_dir>/spill/``
 ``STEPLINE_URL``              (none)                      the HTTP gateway; when set, frames go there, not

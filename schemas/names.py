@@ -1,4 +1,4 @@
-"""Every Redis key stepline uses, built in one place (DESIGN §4).
+"""Every Redis key stepline uses, built in one place (docs/DESIGN.md §5).
 
 All keys of one partition share the hash tag ``{pNN}`` so that they live in one Redis Cluster slot and
 per-partition operations (XADD of a frame with its blobs, lease checks) never cross slots. The partition of a run

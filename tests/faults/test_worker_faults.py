@@ -1,6 +1,6 @@
 """Fault injection with real worker processes: kill -9 at random moments, and a paused zombie that wakes up.
 
-DESIGN §5: consumption restarts from the committed offset, so a crash at any point loses nothing and duplicates
+docs/DESIGN.md §6: consumption restarts from the committed offset, so a crash at any point loses nothing and duplicates
 nothing; a worker whose partition was taken (its epoch moved on) has every commit refused.
 """
 

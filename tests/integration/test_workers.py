@@ -1,7 +1,7 @@
 """Real Redis, real worker processes: what is logged is what the history holds, exactly, through joins and leaves.
 
 Frames are XADDed straight into the partition streams (the SDK's wire format, built with :mod:`schemas`); the
-expected history of every run comes from the independent oracle of DESIGN §2 (``tests/history_oracle.py``).
+expected history of every run comes from the independent oracle of docs/DESIGN.md §2 (``tests/history_oracle.py``).
 """
 
 from __future__ import annotations

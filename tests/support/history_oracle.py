@@ -1,4 +1,4 @@
-"""An independent model of DESIGN §2 (the oracle) and a reader of what workers wrote, shared by the test suites.
+"""An independent model of docs/DESIGN.md §2 (the oracle) and a reader of what workers wrote, shared by the test suites.
 
 The oracle is written straight from the §2 table, with plain dicts keyed by field name, and knows nothing of
 ``workers.align``. Rows come out as ``(step, ts, runtime, {field: value})`` where ``field`` is the segment column
@@ -23,7 +23,7 @@ OracleRejection = tuple[str, int, int]
 
 @dataclass
 class Oracle:
-    """One run: a step cursor, one pending row, the rows written and the calls rejected (DESIGN §2)."""
+    """One run: a step cursor, one pending row, the rows written and the calls rejected (docs/DESIGN.md §2)."""
 
     cursor: int = 0
     start_ts: float | None = None

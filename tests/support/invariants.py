@@ -7,7 +7,7 @@ directory + metadata store the workers wrote, :func:`check_runs` asserts, per ru
   stored twice is **duplicated**, a stored step not after the previous one in segment order is **reordered**, a
   row whose values differ is **mismatched**);
 - every rejected call is in ``sl_rejections`` exactly once, with a reason and a message, in call order, and agrees
-  with the semantics table (DESIGN §2: ``non_monotonic_step`` only when ``step < cursor``);
+  with the semantics table (docs/DESIGN.md §2: ``non_monotonic_step`` only when ``step < cursor``);
 - no duplicate ``(run, step)`` rows and steps strictly increasing per run (segments do not overlap);
 - the run's counters (``rows``, ``rejected``) and its summary (last value per key, W&B's default) agree with the
   history.

@@ -1,4 +1,5 @@
-"""The step aligner as a specification: DESIGN §2, row by row, plus a property test against an independent oracle."""
+"""The step aligner as a specification: docs/DESIGN.md §2, row by row, plus a property test against an
+independent oracle."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def run(events: list[Any], split: int | None = None) -> tuple[RunAligner, list[A
     return r, rows, rejections
 
 
-# --- DESIGN §2, one row of the table (or one edge of it) per case ----------------------------------------------
+# --- docs/DESIGN.md §2, one row of the table (or one edge of it) per case --------------------------------------
 
 CASES: list[tuple[str, list[Any], list[tuple[int, dict[str, Any]]], list[tuple[str, int, int]], int]] = [
     # (name, events, rows written, rejections (reason, tried step, cursor), cursor after)

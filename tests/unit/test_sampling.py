@@ -1,4 +1,5 @@
-"""M4 downsampling (DESIGN §6) as properties: deterministic, ends kept, no spike hidden, small input unchanged."""
+"""M4 downsampling (docs/DESIGN.md §8) as properties: deterministic, ends kept, no spike hidden, small input
+unchanged."""
 
 from __future__ import annotations
 

@@ -295,7 +295,7 @@ def test_producers_differ_per_run_object(tmp_path: Path) -> None:
     assert make_run(tmp_path).producer != make_run(tmp_path).producer
 
 
-# -- the client-side cursor (DESIGN §2) --------------------------------------------------------------------------
+# -- the client-side cursor (docs/DESIGN.md §2) ------------------------------------------------------------------
 
 CURSOR_TABLE: list[tuple[str, list[tuple[int | None, bool | None]], int]] = [
     ("plain calls advance", [(None, None), (None, None)], 2),
