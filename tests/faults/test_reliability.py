@@ -529,7 +529,7 @@ def test_sqlite_locked_for_a_while_workers_wait_and_commit_once(redis_url: str, 
 
 def test_postgres_connections_refused_for_a_while_workers_retry_and_commit_once(
         redis_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> None:
-    from pg import fresh_database
+    from support.pg import fresh_database
 
     names = Names(namespace, P)
     rng = random.Random(31)
