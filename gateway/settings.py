@@ -20,39 +20,26 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from schemas import DEFAULT_LIMITS, Limits, Names, SettingsError
+from schemas import SettingsError
 from schemas import settings as _settings
-from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL
-from schemas.settings import EnvVar
-from schemas.store import normalize_db_url
+from schemas.settings import DB_ENV, DEPLOYMENT_ENV, EnvVar, StoreDeployment
 
 #: The variables the gateway reads.
 ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_GATEWAY_HOST", "host"),
     EnvVar("STEPLINE_GATEWAY_PORT", "port", int),
-    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
-    EnvVar("STEPLINE_NAMESPACE", "namespace"),
-    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
-    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
-    EnvVar("STEPLINE_DB_URL", "db_url"),
+    *DEPLOYMENT_ENV,
+    DB_ENV,
 )
 
 
 @dataclass(frozen=True, slots=True)
-class GatewaySettings:
+class GatewaySettings(StoreDeployment):
     host: str = "127.0.0.1"
     port: int = 8080
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = DEFAULT_NAMESPACE
-    partitions: int = DEFAULT_PARTITIONS
-    data_dir: Path = Path("./stepline-data")
-    #: Metadata SQLAlchemy URL; ``None`` = SQLite file ``<data_dir>/meta.sqlite``.
-    db_url: str | None = None
-    limits: Limits = field(default=DEFAULT_LIMITS)
 
     #: Largest request body as sent (compressed or not), bytes: 413 past it.
     max_body_bytes: int = 16 << 20
@@ -84,21 +71,11 @@ class GatewaySettings:
     redis_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
-        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+        StoreDeployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
         if not 0 < self.port < 65536 and self.port != 0:
             raise SettingsError(f"port must be within 0..65535, got {self.port}")
         if self.max_body_bytes <= 0 or self.max_decoded_bytes <= 0 or self.max_frames_per_request <= 0:
             raise SettingsError("body and frame limits must be positive")
-
-    @property
-    def names(self) -> Names:
-        return Names(self.namespace, self.partitions)
-
-    @property
-    def metadata_url(self) -> str:
-        return normalize_db_url(self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}")
 
     @property
     def loopback(self) -> bool:

@@ -51,12 +51,12 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, inspect, select
 
 from schemas import SteplineError, key_ident, section_of, unpackb
+from schemas.settings import normalize_db_url
 from schemas.store import (
     RUNTIME,
     SPECIAL_COLUMNS,
     STEP,
     TIMESTAMP,
-    normalize_db_url,
     reader_engine,
     rejections,
     runs,

@@ -22,36 +22,28 @@ them. A malformed variable fails at ``init`` with its name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from schemas import DEFAULT_LIMITS, Limits, Names, SettingsError
+from schemas import SettingsError
 from schemas import settings as _settings
-from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL
-from schemas.settings import EnvVar
+from schemas.names import DEFAULT_REDIS_URL
+from schemas.settings import DEPLOYMENT_ENV, Deployment, EnvVar
 
 __all__ = ["DEFAULT_REDIS_URL", "ClientSettings", "SettingsError"]
 
 #: The variables a client reads (``STEPLINE_PARTITIONS`` must be an integer).
 ENV: tuple[EnvVar, ...] = (
-    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
-    EnvVar("STEPLINE_NAMESPACE", "namespace"),
-    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
-    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
+    *DEPLOYMENT_ENV,
     EnvVar("STEPLINE_URL", "url"),
     EnvVar("STEPLINE_API_KEY", "api_key"),
 )
 
 
 @dataclass(frozen=True, slots=True)
-class ClientSettings:
+class ClientSettings(Deployment):
     """Everything the SDK needs, fixed for the life of a run."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = DEFAULT_NAMESPACE
-    partitions: int = DEFAULT_PARTITIONS
-    data_dir: Path = Path("./stepline-data")
     #: The HTTP gateway (``http://host:port``); when set, frames are posted there instead of XADDed to Redis.
     url: str | None = None
     #: The gateway API key (a ``write`` key of the run's project).
@@ -83,12 +75,9 @@ class ClientSettings:
     blob_ttl_s: float = 7 * 86400.0
     #: ``finish()`` and the ``atexit`` handler wait at most this long for unsent frames (seconds).
     finish_timeout_s: float = 60.0
-    limits: Limits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data_dir, Path):  # a str from a caller: accept it, keep the type honest
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
-        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+        Deployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
         if self.flush_interval_s <= 0 or self.frame_target_bytes <= 0 or self.max_block_rows <= 0:
             raise ValueError("flush_interval_s, frame_target_bytes and max_block_rows must be positive")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
@@ -97,10 +86,6 @@ class ClientSettings:
             raise SettingsError(f"http_encoding must be identity or gzip, got {self.http_encoding!r}")
         if self.frame_target_bytes >= self.limits.max_frame_bytes:
             raise ValueError("frame_target_bytes must be below limits.max_frame_bytes")
-
-    @property
-    def names(self) -> Names:
-        return Names(self.namespace, self.partitions)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:

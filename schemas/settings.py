@@ -17,11 +17,13 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import SettingsError
+from .limits import DEFAULT_LIMITS, Limits
+from .names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL, Names
 
 T = TypeVar("T")
 
@@ -36,6 +38,57 @@ class EnvVar:
     name: str
     field: str
     parse: Callable[[str], Any] = str
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """The fields every part of one deployment must agree on: where frames go, how keys are named, where data
+    lives and the size limits. The client's, the workers' and the gateway's settings extend it."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = DEFAULT_NAMESPACE
+    partitions: int = DEFAULT_PARTITIONS
+    data_dir: Path = DEFAULT_DATA_DIR
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):  # a str from a caller: accept it, keep the type honest
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace, self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeployment(Deployment):
+    """A deployment part that also reads or writes the metadata database (workers, the gateway)."""
+
+    #: SQLAlchemy URL of the metadata store; ``None`` = the SQLite file ``<data_dir>/meta.sqlite``.
+    db_url: str | None = None
+
+    @property
+    def metadata_url(self) -> str:
+        return normalize_db_url(self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}")
+
+
+#: The variables of :class:`Deployment`'s fields (and ``STEPLINE_DB_URL`` of :class:`StoreDeployment`).
+DEPLOYMENT_ENV: tuple[EnvVar, ...] = (
+    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
+    EnvVar("STEPLINE_NAMESPACE", "namespace"),
+    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
+    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
+)
+DB_ENV = EnvVar("STEPLINE_DB_URL", "db_url")
+
+
+def normalize_db_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean PostgreSQL through psycopg 3 (the one driver we ship)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
 
 
 def flag(text: str) -> bool:

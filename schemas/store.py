@@ -1,6 +1,6 @@
 """The storage format of history: SQL metadata tables and Parquet segment files.
 
-Workers write this format and the query library in ``ingest`` reads it; both build on these definitions, so
+Workers write this format and the query library in ``history`` reads it; both build on these definitions, so
 neither imports the other.
 
 **Metadata** (SQLAlchemy Core; SQLite by default, PostgreSQL for several hosts):
@@ -46,6 +46,7 @@ from sqlalchemy import (
     event,
 )
 
+from .settings import normalize_db_url
 from .values import NUMBER
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
@@ -170,14 +171,6 @@ def blob_path(sha256: str) -> str:
 
 def column_info(display: str, kind: str) -> dict[str, Any]:
     return {"key": display, "kind": kind, "field": field_name(display, kind)}
-
-
-def normalize_db_url(url: str) -> str:
-    """``postgresql://`` and ``postgres://`` mean PostgreSQL through psycopg 3 (the one driver we ship)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
 
 
 def writer_engine(url: str) -> Engine:

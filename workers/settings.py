@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas import DEFAULT_LIMITS, Limits, Names
 from schemas import settings as _settings
-from schemas.names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL
-from schemas.settings import EnvVar, flag, ms_to_s
+from schemas.settings import DB_ENV, DEPLOYMENT_ENV, EnvVar, StoreDeployment, flag, ms_to_s
 
 
 def _default_worker_id() -> str:
@@ -23,11 +21,8 @@ def _default_worker_id() -> str:
 #: The variables a worker reads. Housekeeping cadences are here so tests and the chaos runner can shorten them to
 #: see trimming within a round. ``STEPLINE_LEASE_TTL_MS`` keeps its documented unit (milliseconds).
 ENV: tuple[EnvVar, ...] = (
-    EnvVar("STEPLINE_REDIS_URL", "redis_url"),
-    EnvVar("STEPLINE_NAMESPACE", "namespace"),
-    EnvVar("STEPLINE_PARTITIONS", "partitions", int),
-    EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
-    EnvVar("STEPLINE_DB_URL", "db_url"),
+    *DEPLOYMENT_ENV,
+    DB_ENV,
     EnvVar("STEPLINE_WORKER_ID", "worker_id"),
     EnvVar("STEPLINE_LEASE_TTL_MS", "lease_ttl_s", ms_to_s),
     EnvVar("STEPLINE_RETENTION_S", "retention_s", float),
@@ -43,13 +38,7 @@ ENV: tuple[EnvVar, ...] = (
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = DEFAULT_NAMESPACE
-    partitions: int = DEFAULT_PARTITIONS
-    data_dir: Path = Path("stepline-data")
-    #: SQLAlchemy URL of the metadata store; ``None`` = SQLite file in the data directory.
-    db_url: str | None = None
+class WorkerSettings(StoreDeployment):
     worker_id: str = field(default_factory=_default_worker_id)
     #: Lease time to live (seconds): a crashed worker's partitions are taken over within about this long.
     lease_ttl_s: float = 10.0
@@ -71,7 +60,6 @@ class WorkerSettings:
     compaction_interval_s: float = 5.0
     #: Files dropped by compaction are deleted after this grace period, so readers can finish.
     gc_grace_s: float = 300.0
-    limits: Limits = DEFAULT_LIMITS
     #: Record every commit (partition, epoch, offset) in ``sl_commits``: for tests and audits, it grows forever.
     commit_audit: bool = False
     #: Touched by the membership loop every ``lease_ttl/3`` s: the liveness probe (``python -m workers.health``).
@@ -81,20 +69,12 @@ class WorkerSettings:
     metrics_host: str = "127.0.0.1"
 
     @property
-    def names(self) -> Names:
-        return Names(self.namespace, self.partitions)
-
-    @property
-    def metadata_url(self) -> str:
-        return self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}"
-
-    @property
     def lease_ttl_ms(self) -> int:
         """The lease TTL as Redis takes it (``SET ... PX``), at least 1 ms."""
         return max(1, round(self.lease_ttl_s * 1000))
 
     def __post_init__(self) -> None:
-        Names(self.namespace, self.partitions)  # raises ValueError on a bad namespace or partition count
+        StoreDeployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
         for name in ("lease_ttl_s", "commit_interval_s", "drain_timeout_s", "trim_interval_s",
                      "compaction_interval_s", "gc_grace_s"):
             if not getattr(self, name) > 0:
