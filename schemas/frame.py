@@ -28,7 +28,7 @@ import numpy as np
 from .errors import LimitError, SchemaError
 from .keys import check_key
 from .limits import DEFAULT_LIMITS, Limits
-from .values import Media, kind_of, packb, unpackb, values_equal
+from .values import Media, check_nesting, check_text, kind_of, packb, unpackb, values_equal
 
 FRAME_VERSION = 1
 #: The one field of a stream entry that holds the frame bytes.
@@ -59,13 +59,30 @@ def _opt(m: dict[str, Any], name: str, types: type | tuple[type, ...], what: str
     return _req(m, name, types, what)
 
 
+def _check_value(v: Any, key: str, limits: Limits) -> None:
+    """A received value: a wire value (``kind_of`` raises otherwise) nested no deeper than the limit."""
+    t = type(v)
+    if t is float or t is int or t is str or t is bool or v is None:  # the common case: nothing to walk
+        return
+    kind_of(v)
+    check_nesting(v, limits, key)
+
+
 def _check_data(data: Any, what: str, limits: Limits) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SchemaError(f"{what} data must be a map", code="bad_event")
     for k, v in data.items():
-        check_key(k, limits)
-        kind_of(v)  # raises SchemaError on anything that is not a wire value
+        _check_value(v, check_key(k, limits), limits)
     return data
+
+
+def _check_config(cfg: dict[str, Any], what: str, limits: Limits) -> dict[str, Any]:
+    """Config values are captured like logged values (any str key, no key rules): the same nesting limit."""
+    for k, v in cfg.items():
+        if type(k) is not str:
+            raise SchemaError(f"{what} keys must be str", code="bad_event")
+        _check_value(v, k, limits)
+    return cfg
 
 
 class Event:
@@ -227,7 +244,7 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
     """Decode and validate one event's bytes."""
     if len(raw) > limits.max_event_bytes:
         raise LimitError(f"event is {len(raw)} bytes, the limit is {limits.max_event_bytes}", code="event_too_large")
-    m = unpackb(raw)
+    m = unpackb(raw, limits)
     if not isinstance(m, dict):
         raise SchemaError("an event must be a map", code="bad_event")
     k = m.get("k")
@@ -250,16 +267,22 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
         cfg = {} if cfg is None else cfg
         if not isinstance(cfg, dict):
             raise SchemaError("start config must be a map", code="bad_event")
+        name = _opt(m, "name", str, "start")
+        if name is not None:
+            check_run_name(name)
         return Start(
             ts=_num(m.get("ts"), "start ts"),
-            name=_opt(m, "name", str, "start"),
+            name=name,
             resume=_opt(m, "resume", str, "start"),
-            config=cfg,
+            config=_check_config(cfg, "start config", limits),
         )
     if k == "define_metric":
         name = _req(m, "name", str, "define_metric")
-        if not name or len(name) > limits.max_key_length:
+        if not name or len(name) > limits.max_key_length or "\x00" in name:
             raise SchemaError(f"bad metric name {name!r:.80}", code="bad_event")
+        step_metric = _opt(m, "step_metric", str, "define_metric")
+        if step_metric is not None and "\x00" in step_metric:
+            raise SchemaError(f"bad step metric name {step_metric!r:.80}", code="bad_event")
         summary = _opt(m, "summary", str, "define_metric")
         if summary is not None:
             bad = {s.strip() for s in summary.split(",") if s.strip()} - SUMMARY_MODES
@@ -270,7 +293,7 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
             raise SchemaError(f"goal must be minimize or maximize, got {goal!r}", code="bad_event")
         return DefineMetric(
             name=name,
-            step_metric=_opt(m, "step_metric", str, "define_metric"),
+            step_metric=step_metric,
             summary=summary,
             hidden=_flag(m, "hidden", False),
             goal=goal,
@@ -278,17 +301,15 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
         )
     if k == "config":
         data = m.get("data")
-        if not isinstance(data, dict) or not all(isinstance(x, str) for x in data):
+        if not isinstance(data, dict):
             raise SchemaError("config data must be a map with str keys", code="bad_event")
-        return Config(data=data)
+        return Config(data=_check_config(data, "config data", limits))
     if k == "summary":
         data = m.get("data")
         if not isinstance(data, dict):
             raise SchemaError("summary data must be a map", code="bad_event")
         for key, v in data.items():
-            check_key(key, limits)
-            if v is not None:
-                kind_of(v)
+            _check_value(v, check_key(key, limits), limits)
         return Summary(data=data)
     if k == "finish":
         code = m.get("exit_code", 0)
@@ -324,7 +345,7 @@ def _decode_block(m: dict[str, Any], limits: Limits) -> LogBlock:
         if key in seen:
             raise SchemaError(f"logs block: key {key!r} twice", code="key_collision")
         seen.add(key)
-    for col in cols:
+    for key, col in zip(keys, cols, strict=True):
         if isinstance(col, np.ndarray):
             if col.ndim != 1 or col.dtype.kind not in "fi" or len(col) != n:
                 raise SchemaError("logs block: array columns must be 1-d float or int of length n", code="bad_event")
@@ -332,7 +353,7 @@ def _decode_block(m: dict[str, Any], limits: Limits) -> LogBlock:
             if len(col) != n:
                 raise SchemaError("logs block: column length differs from step count", code="bad_event")
             for v in col:
-                kind_of(v)
+                _check_value(v, key, limits)
         else:
             raise SchemaError("logs block: a column must be a list or an array", code="bad_event")
     return LogBlock(keys=keys, ts=ts, step=steps, commit=commits, cols=cols)
@@ -370,12 +391,30 @@ class Frame:
 
 
 def check_run_id(value: Any, what: str) -> str:
+    """A project or run id: a non-empty str of at most 128 characters, no ``/``, no outer spaces, no NUL (the
+    metadata database stores it as text, and PostgreSQL text cannot hold NUL), valid Unicode."""
     if type(value) is not str or not value or len(value) > 128 or "/" in value or value != value.strip():
         raise SchemaError(
             f"{what} must be a non-empty str of at most 128 characters without '/' or outer spaces, got {value!r:.60}",
             code="bad_frame",
         )
-    return value
+    if "\x00" in value:
+        raise SchemaError(f"{what} must not contain a NUL character, got {value!r:.60}", code="bad_frame")
+    return check_text(value, what)
+
+
+#: Longest run display name (the metadata database's column).
+MAX_RUN_NAME = 256
+
+
+def check_run_name(value: Any) -> str:
+    """A run's display name: a str of at most 256 characters without NUL (stored as text), valid Unicode."""
+    if type(value) is not str or len(value) > MAX_RUN_NAME or "\x00" in value:
+        raise SchemaError(
+            f"a run name must be a str of at most {MAX_RUN_NAME} characters without NUL, got {value!r:.60}",
+            code="bad_event",
+        )
+    return check_text(value, "the run name")
 
 
 def encode_frame_raw(
@@ -395,7 +434,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS, *, strict: bool =
         raise SchemaError("a frame must be bytes", code="bad_frame")
     if len(data) > limits.max_frame_bytes:
         raise LimitError(f"frame is {len(data)} bytes, the limit is {limits.max_frame_bytes}", code="frame_too_large")
-    m = unpackb(bytes(data))
+    m = unpackb(bytes(data), limits)
     if not isinstance(m, dict):
         raise SchemaError("a frame must be a map", code="bad_frame")
     v = m.get("v")

@@ -5,6 +5,8 @@
   ``{"a.b": 1, "a": {"b": 2}}`` raises :class:`SchemaError` (``key_collision``) instead of silently keeping one.
 - Keys are identified case-insensitively (:func:`key_ident`); the first spelling seen is kept for display.
 - The panel section of a key is the text before its first ``/`` (``val/loss`` → ``val``); no ``/`` → ``""``.
+- A key is valid Unicode text (no lone surrogates) without NUL characters: keys become column names and
+  metadata text, and PostgreSQL text cannot hold NUL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from .errors import LimitError, SchemaError
 from .limits import DEFAULT_LIMITS, Limits
+from .values import text_ok
 
 #: Columns the pipeline writes itself; a user may not log them.
 RESERVED_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
@@ -44,6 +47,10 @@ def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
         )
     if key in RESERVED_KEYS:
         raise SchemaError(f"key {key!r} is reserved for the pipeline", code="reserved_key", key=key)
+    if not key.isascii() and not text_ok(key):
+        raise SchemaError(f"key {key!r:.80} is not valid Unicode text (a lone surrogate)", code="bad_key", key=key)
+    if "\x00" in key:
+        raise SchemaError(f"key {key!r:.80} contains a NUL character, which keys cannot hold", code="bad_key", key=key)
     return key
 
 
@@ -55,6 +62,8 @@ def flatten(data: Mapping[Any, Any], limits: Limits = DEFAULT_LIMITS) -> dict[st
     """
     out: dict[str, Any] = {}
     _flatten_into(out, data, "", limits, 0)
+    if len(out) > limits.max_elements:  # the decoder refuses a map this large
+        raise LimitError(f"one call logs {len(out)} keys, the limit is {limits.max_elements}", code="too_many_keys")
     return out
 
 

@@ -3,6 +3,10 @@
 The defaults are chosen so that one frame stays far below Redis's 512 MB bulk limit and one history row stays
 cheap to hold in a worker's memory. Exceeding a limit is a :class:`~schemas.errors.LimitError` at the client
 and a 413/422 at the gateway; the worker dead-letters an oversized event it receives anyway.
+
+The decoder (:func:`schemas.values.unpackb`) enforces the byte and element limits on every string, bin, list and
+map header before it allocates anything, and the nesting limit before it decodes a media payload; the frame
+decoder then checks each value's nesting depth. ``log()`` refuses the same values up front.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ MAX_VALUE_BYTES = 1 << 20
 MAX_EVENT_BYTES = 4 << 20
 #: Largest encoded frame (one stream entry), in bytes.
 MAX_FRAME_BYTES = 8 << 20
-#: Deepest nesting of dicts (flattened) and lists inside one logged value.
+#: Deepest nesting inside one logged value, and of nested dicts flattened into keys. In a value every list,
+#: tuple, dict, numpy array and media reference is one level (``[[1.0]]`` is 2, an image 1, a table of scalars
+#: 3), whether it reaches the decoder as msgpack containers or as ext types.
 MAX_DEPTH = 32
+#: Most items in one list or map of a decoded message (a log call's keys, a list value, a block's rows).
+MAX_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,7 @@ class Limits:
     max_event_bytes: int = MAX_EVENT_BYTES
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_depth: int = MAX_DEPTH
+    max_elements: int = MAX_ELEMENTS
 
 
 DEFAULT_LIMITS = Limits()

@@ -10,13 +10,27 @@ Kinds (a key logged with two kinds yields two columns):
   next to the frame, never inside it.
 
 :func:`capture` turns what a user passes to ``log()`` into an immutable wire value at call time, so mutating the
-object afterwards cannot change what was logged. :func:`packb`/:func:`unpackb` are the one msgpack codec of the
-project: numpy arrays travel as ext type 1 (dtype, shape, raw bytes), media as ext type 2. Malformed bytes raise
-:class:`SchemaError` and nothing else.
+object afterwards cannot change what was logged. It refuses, naming the key, everything the pipeline could not
+store and serve back exactly: strings that are not valid Unicode (lone surrogates, anywhere in the value, its
+dict keys or a media payload), complex numbers, ``datetime64``/``timedelta64``, object arrays, other types, and
+values nested deeper than ``Limits.max_depth``.
+
+Nesting depth (:func:`nesting_depth`) counts every container: a list, tuple, dict, numpy array or media
+reference is one level (a media reference's payload values sit one level below it); a scalar is 0. ``log()``
+and every decoder apply the same count, so what the client accepts the worker and the gateway accept too.
+
+:func:`packb`/:func:`unpackb` are the one msgpack codec of the project: numpy arrays travel as ext type 1
+(dtype, shape, raw bytes), media as ext type 2. :func:`unpackb` is bounded: string, bin and ext lengths and
+element counts are capped by :class:`Limits` (and never exceed the input's length) before anything is
+allocated, and a media reference's payload is decoded after the enclosing object by an iterative loop, never
+from inside msgpack's C unpacker, with the chain of media inside media capped at ``max_depth``: hostile nesting
+costs no C stack. Malformed or over-limit bytes raise :class:`SchemaError` and nothing else.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -40,7 +54,8 @@ ARRAY_HISTOGRAM_THRESHOLD: Final = 32
 
 EXT_NDARRAY: Final = 1
 EXT_MEDIA: Final = 2
-_ARRAY_DTYPE_KINDS: Final = frozenset("biufc")
+#: dtype kinds an array value may have (complex, datetime, object, ... have no stored form).
+_ARRAY_DTYPE_KINDS: Final = frozenset("biuf")
 
 
 class Media:
@@ -135,13 +150,44 @@ def kind_of(value: Any) -> str | None:
 # --- capture (client side) -------------------------------------------------------------------------------------
 
 
+def text_ok(s: str) -> bool:
+    """True when ``s`` is valid Unicode text (no lone surrogates), so it encodes to UTF-8 and reads back equal."""
+    if s.isascii():  # the common case, without encoding
+        return True
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(s: str, what: str, key: str | None = None) -> str:
+    """Return ``s``; raise :class:`SchemaError` (``bad_text``) when it is not valid Unicode text."""
+    if not text_ok(s):
+        raise SchemaError(
+            f"{what} is not valid Unicode text (a lone surrogate, e.g. from errors='surrogateescape'): {s!r:.80}",
+            code="bad_text",
+            key=key,
+        )
+    return s
+
+
+def _too_deep(key: str, limits: Limits) -> SchemaError:
+    return SchemaError(f"value of {key!r} nests deeper than {limits.max_depth} levels", code="too_deep", key=key)
+
+
 def capture(value: Any, key: str = "?", limits: Limits = DEFAULT_LIMITS) -> Any:
     """Turn a user value into an immutable wire value, now; raise :class:`SchemaError` naming ``key``."""
     t = type(value)
-    if t is float or t is str or t is bool or value is None:
-        if t is str and len(value) * 4 > limits.max_value_bytes and len(value.encode()) > limits.max_value_bytes:
-            raise LimitError(f"value of {key!r} is over {limits.max_value_bytes} bytes", key=key)
+    if t is float or t is bool or value is None:
         return value
+    if t is str:
+        # ASCII strings hold one byte per character: their size is their length, and they are valid text.
+        if value.isascii():
+            if len(value) > limits.max_value_bytes:
+                raise LimitError(f"value of {key!r} is over {limits.max_value_bytes} bytes", key=key)
+            return value
+        return _capture_text(value, key, limits)
     if t is int:
         if not INT64_MIN <= value <= INT64_MAX:
             raise SchemaError(f"value of {key!r} is an int outside int64: {value}", code="int_range", key=key)
@@ -156,18 +202,37 @@ def capture(value: Any, key: str = "?", limits: Limits = DEFAULT_LIMITS) -> Any:
     return out
 
 
+def _capture_text(value: str, key: str, limits: Limits) -> str:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        check_text(value, f"value of {key!r}", key)  # raises, with the message
+        raise
+    if size > limits.max_value_bytes:
+        raise LimitError(f"value of {key!r} is over {limits.max_value_bytes} bytes", key=key)
+    return value
+
+
 def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
-    if depth > limits.max_depth:
-        raise SchemaError(f"value of {key!r} nests deeper than {limits.max_depth}", code="too_deep", key=key)
+    """Capture ``value`` found inside ``depth`` containers; a container here is level ``depth + 1``."""
     t = type(value)
-    if t is float or t is str or t is bool or value is None:
+    if t is float or t is bool or value is None:
         return value
+    if t is str:
+        return value if value.isascii() else check_text(value, f"a string in the value of {key!r}", key)
     if t is int:
         if not INT64_MIN <= value <= INT64_MAX:
             raise SchemaError(f"value of {key!r} holds an int outside int64: {value}", code="int_range", key=key)
         return value
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, np.datetime64 | np.timedelta64):  # timedelta64 is an np.integer: test it first
+        raise SchemaError(
+            f"value of {key!r} is a numpy {type(value).__name__}, which has no stored form; log a number "
+            "(e.g. seconds) or a string instead",
+            code="bad_value",
+            key=key,
+        )
     if isinstance(value, np.integer):
         iv = int(value)
         if not INT64_MIN <= iv <= INT64_MAX:
@@ -175,13 +240,24 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         return iv
     if isinstance(value, np.floating):
         return float(value)
+    if isinstance(value, complex | np.complexfloating):
+        raise SchemaError(
+            f"value of {key!r} is a complex number, which has no stored form; log its real and imaginary parts "
+            "(or abs/angle) as two keys",
+            code="bad_value",
+            key=key,
+        )
+    if depth >= limits.max_depth:  # everything below is a container, one level more
+        raise _too_deep(key, limits)
     if t is Media:
+        _check_payload(value.payload, key, limits, depth + 1)
         return value
     to_media = getattr(value, "to_media", None)
     if to_media is not None:
         media = to_media()
         if not isinstance(media, Media):
             raise SchemaError(f"{t.__name__}.to_media() of {key!r} did not return Media", key=key)
+        _check_payload(media.payload, key, limits, depth + 1)
         return media
     if isinstance(value, list | tuple):
         return [_capture_deep(v, key, limits, depth + 1) for v in value]
@@ -190,14 +266,25 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 raise SchemaError(f"value of {key!r} holds a non-str dict key {k!r:.40}", code="bad_key", key=key)
+            if not k.isascii():
+                check_text(k, f"a dict key in the value of {key!r}", key)
             out[k] = _capture_deep(v, key, limits, depth + 1)
         return out
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
-        arr = np.asarray(value)
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise SchemaError(f"value of {key!r}: {t.__name__} does not convert to an array: {e}", key=key) from e
         if arr.dtype.kind not in _ARRAY_DTYPE_KINDS:
-            if arr.dtype.kind in "OUS" and depth == 0:
+            if arr.dtype.kind in "US" and depth == 0:  # strings: logged as a list of str (bytes are refused)
                 return _capture_deep(arr.tolist(), key, limits, depth)
-            raise SchemaError(f"value of {key!r}: arrays of dtype {arr.dtype} are not supported", key=key)
+            hint = "; convert it with .astype() or .tolist()" if arr.dtype.kind == "O" else ""
+            raise SchemaError(
+                f"value of {key!r}: numpy arrays of dtype {arr.dtype} have no stored form (bool, int, uint and "
+                f"float arrays do){hint}",
+                code="bad_value",
+                key=key,
+            )
         if arr.size > ARRAY_HISTOGRAM_THRESHOLD and depth == 0:
             from .media import Histogram  # media builds on this module
 
@@ -205,6 +292,85 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         # A copy, in native byte order: later mutation of the caller's array cannot reach what was logged.
         return np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True, order="C")
     raise SchemaError(f"value of {key!r} has unsupported type {t.__module__}.{t.__name__}", key=key)
+
+
+def _check_payload(payload: Any, key: str, limits: Limits, depth: int) -> None:
+    """Check a media payload in place (media constructors build it; it is not copied): every string valid
+    text, every value a wire value, no container deeper than the limit. ``depth``: containers around it."""
+    if type(payload) is not dict:
+        raise SchemaError(f"media payload of {key!r} must be a dict, got {type(payload).__name__}", key=key)
+    _check_wire(payload.values(), key, limits, depth)
+
+
+def _check_wire(items: Any, key: str, limits: Limits, depth: int) -> None:
+    for v in items:
+        t = type(v)
+        if t is float or t is bool or v is None:
+            continue
+        if t is str:
+            if not v.isascii():
+                check_text(v, f"a string in the media value of {key!r}", key)
+            continue
+        if t is int:
+            if not INT64_MIN <= v <= INT64_MAX:
+                raise SchemaError(f"media value of {key!r} holds an int outside int64: {v}", code="int_range",
+                                  key=key)
+            continue
+        if depth >= limits.max_depth:
+            raise _too_deep(key, limits)
+        if t is list or t is tuple:
+            _check_wire(v, key, limits, depth + 1)
+        elif t is dict:
+            for k in v:
+                if type(k) is not str:
+                    raise SchemaError(f"media value of {key!r} holds a non-str dict key {k!r:.40}", code="bad_key",
+                                      key=key)
+                if not k.isascii():
+                    check_text(k, f"a dict key in the media value of {key!r}", key)
+            _check_wire(v.values(), key, limits, depth + 1)
+        elif t is Media:
+            _check_payload(v.payload, key, limits, depth + 1)
+        elif t is np.ndarray:
+            if v.dtype.kind not in _ARRAY_DTYPE_KINDS:
+                raise SchemaError(f"media value of {key!r} holds an array of dtype {v.dtype}", code="bad_value",
+                                  key=key)
+        else:
+            raise SchemaError(f"media value of {key!r} holds a {t.__module__}.{t.__name__}, which has no stored "
+                              "form", code="bad_value", key=key)
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """The nesting depth of a wire value (see the module docstring), counted up to ``limit + 1`` at most: a
+    value deeper than ``limit`` is not walked further (no recursion past it, whatever the value holds)."""
+    t = type(value)
+    if t is list:
+        children: Any = value
+    elif t is dict:
+        children = value.values()
+    elif t is Media:
+        children = value.payload.values()
+    elif t is np.ndarray:
+        return 1
+    else:
+        return 0
+    if limit <= 0:
+        return 1
+    deepest = 0
+    for x in children:
+        tx = type(x)
+        if tx is list or tx is dict or tx is Media or tx is np.ndarray:
+            d = nesting_depth(x, limit - 1)
+            if d > deepest:
+                deepest = d
+                if d >= limit:  # already past the limit: stop looking
+                    break
+    return 1 + deepest
+
+
+def check_nesting(value: Any, limits: Limits = DEFAULT_LIMITS, key: str = "?") -> None:
+    """Raise :class:`SchemaError` (``too_deep``) when a decoded value nests deeper than ``limits.max_depth``."""
+    if nesting_depth(value, limits.max_depth) > limits.max_depth:
+        raise _too_deep(key, limits)
 
 
 # --- msgpack codec ---------------------------------------------------------------------------------------------
@@ -252,9 +418,21 @@ def _check_dtype(dtype_s: str) -> np.dtype[Any]:
     return dtype
 
 
+class _DecodeState(threading.local):
+    """Per-thread state of :func:`unpackb`: media references whose payloads are still to be decoded."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[Media, bytes, int]] = deque()
+        #: How many media references enclose the bytes being decoded (0: the top object).
+        self.level = 0
+
+
+_state = _DecodeState()
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_NDARRAY:
-        parts = msgpack.unpackb(data, raw=False)
+        parts = msgpack.unpackb(data, raw=False)  # no ext hook here: its nesting is msgpack's own, bounded
         if not (isinstance(parts, list) and len(parts) == 3):
             raise SchemaError("ndarray ext must be [dtype, shape, bytes]", code="bad_array")
         dtype_s, shape, buf = parts
@@ -274,20 +452,68 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise SchemaError("ndarray byte length does not match dtype and shape", code="bad_array")
         return np.frombuffer(buf, dtype=dtype).reshape(shape)
     if code == EXT_MEDIA:
-        parts = unpackb(data)
-        if not (isinstance(parts, list) and len(parts) == 2 and isinstance(parts[1], dict)):
-            raise SchemaError("media ext must be [kind, map]", code="bad_media")
-        return Media(parts[0], parts[1])
+        # Decoding the payload here would nest one C unpacker (tens of KB of C stack) per level of media inside
+        # media, and ~200 levels kill the process. Return the reference now; unpackb() fills it in after this C
+        # call returns, checking the depth budget before it decodes any payload.
+        st = _state
+        media = Media.__new__(Media)
+        media.kind, media.payload, media.blobs = "", {}, {}
+        st.pending.append((media, data, st.level + 1))
+        return media
     raise SchemaError(f"unknown msgpack ext type {code}", code="bad_ext")
 
 
-def unpackb(data: bytes) -> Any:
-    """Decode msgpack bytes; any malformed input raises :class:`SchemaError` (never another type)."""
-    try:
+def _unpack(data: bytes, limits: Limits) -> Any:
+    n = len(data)
+    if n <= limits.max_value_bytes and n <= limits.max_event_bytes and n <= limits.max_elements:
+        # msgpack's own caps are the input's length (half of it for maps): here they are the tighter ones.
         return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0)
+    # Each cap is checked by msgpack against a header before it allocates anything for it.
+    return msgpack.unpackb(
+        data, raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0,
+        max_str_len=min(n, limits.max_value_bytes), max_bin_len=min(n, limits.max_event_bytes),
+        max_ext_len=min(n, limits.max_event_bytes), max_array_len=min(n, limits.max_elements),
+        max_map_len=min(n // 2, limits.max_elements),
+    )
+
+
+def _resolve_media(pending: deque[tuple[Media, bytes, int]], limits: Limits) -> None:
+    """Decode the payloads of the media references :func:`_ext_hook` left, breadth first, each in its own C call:
+    no recursion, whatever the nesting. A payload's bytes are dropped once decoded, so at most two levels' worth
+    are held at once."""
+    st = _state
+    try:
+        while pending:
+            media, raw, level = pending.popleft()
+            if level > limits.max_depth:  # each media reference is a level: checked before its payload is read
+                raise SchemaError(f"media values nest deeper than {limits.max_depth} levels", code="too_deep")
+            st.level = level
+            parts = _unpack(raw, limits)
+            if not (isinstance(parts, list) and len(parts) == 2 and type(parts[0]) is str
+                    and isinstance(parts[1], dict)):
+                raise SchemaError("media ext must be [kind, map]", code="bad_media")
+            if parts[0] not in MEDIA_KINDS:
+                raise SchemaError(f"unknown media kind {parts[0]!r:.40}", code="bad_media")
+            media.kind, media.payload = parts
+    finally:
+        st.level = 0
+
+
+def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode msgpack bytes within ``limits`` (see the module docstring); any malformed input raises
+    :class:`SchemaError` (never another type)."""
+    pending = _state.pending
+    try:
+        out = _unpack(data, limits)
+        if pending:
+            _resolve_media(pending, limits)
+        return out
     except SchemaError:
+        pending.clear()
         raise
     except RecursionError as e:
+        pending.clear()
         raise SchemaError("msgpack nests too deep", code="malformed") from e
     except Exception as e:  # msgpack raises a zoo of types (ExtraData, FormatError, ValueError, TypeError, ...)
+        pending.clear()
         raise SchemaError(f"malformed msgpack: {type(e).__name__}: {e}"[:300], code="malformed") from e

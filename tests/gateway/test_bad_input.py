@@ -40,6 +40,20 @@ def log_raw(**wire: Any) -> bytes:
     return packb({"k": "log", "ts": 1.0, "step": None, "commit": None, "data": {"a": 1.0}, **wire})
 
 
+def _media_chain(n: int) -> msgpack.ExtType:
+    m = msgpack.ExtType(2, msgpack.packb(["image", {}]))
+    for _ in range(n):
+        m = msgpack.ExtType(2, msgpack.packb(["table", {"m": m}]))
+    return m
+
+
+def _lists(n: int) -> Any:
+    v: Any = 1.0
+    for _ in range(n):
+        v = [v]
+    return v
+
+
 CASES: list[tuple[str, dict[str, str], bytes, int, str]] = [
     ("empty body", FRAMES, b"", 400, "bad_body"),
     ("empty array", FRAMES, body([]), 400, "bad_body"),
@@ -73,6 +87,12 @@ CASES: list[tuple[str, dict[str, str], bytes, int, str]] = [
     ("deeply nested value", FRAMES, body([frame_with_events([
         b"\x82\xa1k\xa3log\xa4data" + b"\x81\xa1a" + b"\x91" * 5000 + b"\xc0"])]), 422, "malformed"),
     ("deeply nested body", FRAMES, b"\x91" * 100_000 + b"\xc0", 400, "bad_body"),
+    # Issue 15: media nested 200 levels killed the gateway (SIGSEGV in msgpack's C unpacker).
+    ("media nested 200 deep", FRAMES, body([frame_with_events([log_raw(data={"x": _media_chain(200)})])]), 422,
+     "too_deep"),
+    ("value one level past the limit", FRAMES, body([frame_with_events([log_raw(data={"x": _lists(33)})])]), 422,
+     "too_deep"),
+    ("NUL in a key", FRAMES, body([frame_with_events([log_raw(data={"a\x00b": 1.0})])]), 422, "bad_key"),
     ("wrong content type", {"Content-Type": "application/json"}, body(frames_for("p", "r")), 415,
      "unsupported_media_type"),
     ("no content type", {}, body(frames_for("p", "r")), 415, "unsupported_media_type"),
