@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -184,34 +185,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    from ingest import sync
-
-    return sync.main(args.rest)
-
-
-def cmd_import_wandb(args: argparse.Namespace) -> int:
-    from . import wandb_import
-
-    return wandb_import.main(args.rest)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from history import export
-
-    return export.main(args.rest)
+#: Subcommands whose module parses its own arguments (``stepline sync --help`` shows that module's help):
+#: name -> (module, its entry point taking argv, one line of help). Imported only when used.
+_PASSTHROUGH: dict[str, tuple[str, str, str]] = {
+    "sync": ("ingest.sync", "main", "resend frames spilled to disk while Redis was unreachable"),
+    "gateway": ("gateway", "main", "the HTTP gateway: authenticated ingest and read API"),
+    "keys": ("gateway", "keys_main", "create, list and revoke API keys (create|list|revoke)"),
+    "import-wandb": ("stepline.wandb_import", "main", "import W&B offline runs (run-*.wandb files)"),
+    "export": ("history.export", "main", "export a run's history to Parquet, CSV or JSON Lines"),
+}
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    from gateway import main as gateway_main
-
-    return gateway_main(args.rest)
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway import keys_main
-
-    return keys_main(args.rest)
+def cmd_passthrough(args: argparse.Namespace) -> int:
+    module, entry, _help = _PASSTHROUGH[args.command]
+    rc: int = getattr(importlib.import_module(module), entry)(args.rest)
+    return rc
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -270,38 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db-url")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("sync", help="resend frames spilled to disk while Redis was unreachable", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_sync)
-
-    p = sub.add_parser("gateway", help="the HTTP gateway: authenticated ingest and read API", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_gateway)
-
-    p = sub.add_parser("keys", help="create, list and revoke API keys (create|list|revoke)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_keys)
-
-    p = sub.add_parser("import-wandb", help="import W&B offline runs (run-*.wandb files)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_import_wandb)
-
-    p = sub.add_parser("export", help="export a run's history to Parquet, CSV or JSON Lines", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_export)
+    for name, (_module, _entry, help_) in _PASSTHROUGH.items():
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_passthrough)
     return ap
-
-
-#: Subcommands whose module parses its own arguments (``stepline sync --help`` shows that module's help).
-_PASSTHROUGH = {"sync": cmd_sync, "import-wandb": cmd_import_wandb, "export": cmd_export, "gateway": cmd_gateway,
-                "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] in _PASSTHROUGH:
-            return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+            return cmd_passthrough(argparse.Namespace(command=argv[0], rest=argv[1:]))
         args = build_parser().parse_args(argv)
         rc: int = args.func(args)
         return rc

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from support.gateway_frames import wait_for
+from support.worker_harness import wait_until
 
 import ingest
 from gateway import GatewaySettings
@@ -78,7 +78,7 @@ def test_gateway_killed_and_restarted_mid_run(gateway_proc: Callable[..., Any], 
 
     worker()
     with Api(data_dir) as api:
-        wait_for(lambda: finished_rows(api, "p/restart", n), 60, f"{n} committed rows")
+        wait_until(lambda: finished_rows(api, "p/restart", n), 60, f"{n} committed rows")
         h = api.run("p/restart").history(keys=["i"], samples=None, pandas=False)
     assert h["i"].tolist() == [float(i) for i in range(n)]  # every event once, in order
     assert h["_step"].tolist() == list(range(n))
@@ -149,6 +149,6 @@ def test_load_50_runs_only_429s_and_exactly_once(gateway_proc: Callable[..., Any
     worker()
     with Api(data_dir) as api:
         for j, r in enumerate(runs):
-            wait_for(lambda r=r, j=j: finished_rows(api, f"load/{r.id}", counts[j]), 60, f"{r.id} committed")
+            wait_until(lambda r=r, j=j: finished_rows(api, f"load/{r.id}", counts[j]), 60, f"{r.id} committed")
             h = api.run(f"load/{r.id}").history(keys=["i"], samples=None, pandas=False)
             assert h["i"].tolist() == [float(i) for i in range(counts[j])], r.id

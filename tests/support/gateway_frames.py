@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgpack
@@ -36,14 +35,3 @@ def stream_len(r: redis.Redis, names: Names, project: str, run: str) -> int:
 
 def total_len(r: redis.Redis, names: Names) -> int:
     return sum(int(r.xlen(names.stream(p))) for p in range(names.partitions))
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)

@@ -99,8 +99,8 @@ def rows_same(got: list[OracleRow], want: list[OracleRow]) -> bool:
     return True
 
 
-def read_history(data_dir: Path, store: Any, project: str, run: str) -> list[OracleRow]:
-    """Every row of a run as the workers committed it: the segments listed in ``sl_segments``, in step order."""
+def segment_rows(data_dir: Path, store: Any, project: str, run: str) -> list[OracleRow]:
+    """Every row of a run as stored: segments in ``sl_segments`` order (``min_step``), rows in file order."""
     out: list[OracleRow] = []
     for seg in store.segments_of(project, run):
         table = pq.read_table(data_dir / seg["file"])
@@ -109,5 +109,9 @@ def read_history(data_dir: Path, store: Any, project: str, run: str) -> list[Ora
             values = {name: col[i] for name, col in cols.items()
                       if name not in (STEP, TIMESTAMP, RUNTIME) and col[i] is not None}
             out.append((cols[STEP][i], cols[TIMESTAMP][i], cols[RUNTIME][i], values))
-    out.sort(key=lambda r: r[0])
     return out
+
+
+def read_history(data_dir: Path, store: Any, project: str, run: str) -> list[OracleRow]:
+    """Every row of a run as the workers committed it, in step order."""
+    return sorted(segment_rows(data_dir, store, project, run), key=lambda r: r[0])

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from schemas import unpackb
-from schemas.store import RUNTIME, STEP, TIMESTAMP
 from schemas.store import rejections as rejections_table
 from schemas.store import runs as runs_table
 from schemas.values import KINDS
-from support.history_oracle import Oracle, values_same
+from support.history_oracle import Oracle, segment_rows, values_same
 from workers.metastore import MetaStore
 
 #: Reason codes a stored rejection may carry: the aligner's, and the schema codes of a malformed event.
@@ -79,15 +77,7 @@ class Violations:
 
 def stored_rows(data_dir: Path, store: MetaStore, project: str, run: str) -> list[tuple[int, float, dict[str, Any]]]:
     """A run's rows in storage order (segments by ``min_step``, rows in file order): ``(step, ts, values)``."""
-    out: list[tuple[int, float, dict[str, Any]]] = []
-    for seg in store.segments_of(project, run):
-        table = pq.read_table(data_dir / seg["file"])
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
-        for i in range(table.num_rows):
-            values = {name: col[i] for name, col in cols.items()
-                      if name not in (STEP, TIMESTAMP, RUNTIME) and col[i] is not None}
-            out.append((cols[STEP][i], cols[TIMESTAMP][i], values))
-    return out
+    return [(step, ts, values) for step, ts, _runtime, values in segment_rows(data_dir, store, project, run)]
 
 
 def stored_rejections(store: MetaStore, project: str, run: str) -> list[tuple[str, int | None, int | None, str]]:
