@@ -55,7 +55,7 @@ from schemas.frame import check_run_id
 from .batch import Batcher, Sig
 from .sender import AsyncSender, Core, ThreadSender
 from .settings import ClientSettings, SettingsError
-from .spill import Outbox
+from .spill import Outbox, spill_path
 
 logger = logging.getLogger("ingest")
 
@@ -230,7 +230,7 @@ class Run:
         self.partition = names.partition(self.project, self.id)
         self.stream = names.stream(self.partition)
         p = self.partition
-        self.spill_path = settings.data_dir / "spill" / self.project / f"{self.id}-{self.producer}.spill"
+        self.spill_path = spill_path(settings.data_dir, self.project, self.id, self.producer)
         self._b = Batcher(
             project=self.project,
             run=self.id,

@@ -6,7 +6,8 @@ Guarantees:
   lost is sent again (the workers skip duplicates by ``(producer, seq)``), so nothing produced is ever dropped.
 - At most ``memory_cap`` bytes of frames and blobs are held in memory. Past the cap, or when asked (Redis has
   been failing for a while, or the run finishes with frames unsent), every frame held in memory is appended to
-  the spill file ``<data_dir>/spill/<project>/<run>-<producer>.spill``. The file's frames are always older than
+  the spill file ``<data_dir>/spill/<project>/<run>-<producer>.spill`` (names escaped by :func:`file_name`, so
+  no project or run name can lead outside ``<data_dir>/spill``). The file's frames are always older than
   the ones in memory, so sending the file first and memory second keeps the producer's order.
 - The spill file is append-only, holds length-prefixed, CRC-checked records (stream key, frame bytes, media
   blobs), is locked (``flock``) by its owner while open, fsync'd when closed and deleted once every frame in it
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 import msgpack
 
@@ -39,6 +41,19 @@ logger = logging.getLogger("ingest")
 
 MAGIC = b"STEPLINE-SPILL-1\n"
 _HEAD = struct.Struct(">II")
+
+
+def file_name(name: str) -> str:
+    """``name`` as one path component that stays inside its folder: every character but ASCII letters, digits,
+    ``_``, ``-`` and non-leading ``.`` is percent-escaped (so ``..``, ``/``, NUL and case-folding file systems'
+    surprises cannot name another place), and it is never empty."""
+    escaped = quote(name, safe="") or "%00"
+    return "%2E" + escaped[1:] if escaped.startswith(".") else escaped
+
+
+def spill_path(data_dir: Path, project: str, run: str, producer: str) -> Path:
+    """Where the producer's frames spill: ``<data_dir>/spill/<project>/<run>-<producer>.spill``, names escaped."""
+    return data_dir / "spill" / file_name(project) / f"{file_name(run)}-{file_name(producer)}.spill"
 
 
 @dataclass(slots=True)

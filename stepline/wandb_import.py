@@ -54,6 +54,7 @@ from ingest.batch import Batcher
 from ingest.sender import Core, sync_client
 from ingest.settings import ClientSettings
 from ingest.spill import Outbox
+from ingest.spill import spill_path as spill_file_of
 from schemas import (
     AnyEvent,
     Config,
@@ -459,7 +460,7 @@ def import_file(
         blob_key=lambda sha: names.blob(p, sha), limits=settings.limits,
         frame_target_bytes=settings.frame_target_bytes, max_block_rows=settings.max_block_rows,
     )
-    spill = settings.data_dir.absolute() / "spill" / run.project / f"{run.run_id}-{producer}.spill"
+    spill = spill_file_of(settings.data_dir.absolute(), run.project, run.run_id, producer)
     core = Core(batcher, Outbox(spill, settings.memory_cap_bytes), settings)
     client = sync_client(settings)
     try:

@@ -197,3 +197,24 @@ def test_sync_skips_a_file_its_producer_still_holds(redis_server_factory: Callab
     (frames,) = read_frames(srv.url, Names(NS, 16)).values()
     evs = deduped_events(frames)
     assert logged_values(evs) == [float(i) for i in range(2000)] and isinstance(evs[-1], Finish)
+
+
+@pytest.mark.parametrize("project", ["..", ".", "a%2Fb", "ünï cödé", ".hidden"])
+def test_spill_files_of_any_project_name_stay_in_the_spill_folder_and_sync_finds_them(
+    redis_server_factory: Callable[..., Any], data_dir: Path, project: str
+) -> None:
+    """A project named ``..`` used to spill to ``<data-dir>/..-<id>.spill``, where ``stepline sync`` never looked."""
+    srv = redis_server_factory()
+    srv.stop()
+    run = ingest.init(project=project, id="r", settings=settings_for(srv.url, data_dir))
+    for i in range(10):
+        run.log({"i": float(i)})
+    res = run.finish(timeout=0.3)
+    assert not res.ok and res.spill_path is not None and res.spill_path.exists()
+    spill_root = (data_dir / "spill").resolve()
+    assert res.spill_path.resolve().parent.parent == spill_root
+    srv.start()
+    assert sync_main([str(data_dir / "spill"), "--redis-url", srv.url]) == 0
+    assert not res.spill_path.exists()
+    (frames,) = read_frames(srv.url, Names(NS, 16)).values()
+    assert logged_values(deduped_events(frames)) == [float(i) for i in range(10)]

@@ -449,3 +449,18 @@ def test_finish_without_redis_reports_and_keeps_frames(tmp_path: Path) -> None:
     assert not res.ok and res.unsent_frames >= 1 and res.spill_path == run.spill_path
     assert res.spill_path is not None and res.spill_path.exists()
     assert str(res.spill_path).startswith(str(tmp_path / "spill" / "proj" / "run1-"))
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_spill_file_names_stay_in_their_folder_and_are_distinct(name: str) -> None:
+    from ingest.spill import file_name
+
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return  # not a valid run or project id (ids are checked as Unicode text before they get here)
+    component = file_name(name)
+    assert component not in ("", ".", "..") and "/" not in component and "\x00" not in component
+    assert not component.startswith(".")
+    assert Path(component).name == component
+    assert file_name(name + "x") != component
