@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             engine.dispose()
     except (SettingsError, ValueError) as e:
-        print(f"stepline gateway: {e}", file=sys.stderr)
+        print(f"stepline gateway: error: {e}", file=sys.stderr)
         return 2
     if keys == 0 and not s.loopback:
-        print(f"stepline gateway: refusing to listen on {s.host} without API keys; create one with "
+        print(f"stepline gateway: error: refusing to listen on {s.host} without API keys; create one with "
               "`stepline keys create PROJECT --scopes write` or bind 127.0.0.1", file=sys.stderr)
         return 2
     if keys == 0:

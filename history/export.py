@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         n = export_history(data, fmt, sys.stdout if args.out == "-" else Path(args.out))
     except SteplineError as e:
-        print(f"stepline export: {e}", file=sys.stderr)
+        print(f"stepline export: error: {e}", file=sys.stderr)
         return 1
     print(f"{args.path}: {n} rows, {len(data)} columns -> {args.out} ({fmt})", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ import argparse
 import fcntl
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not Path(args.path).exists():
+        print(f"stepline sync: error: {args.path} does not exist (give a .spill file or a directory)",
+              file=sys.stderr)
+        return 1
     res = sync_path(args.path, args.redis_url)
     print(f"sent {res.frames_sent} frames from {len(res.files_done)} files; "
           f"{len(res.files_skipped)} in use, {len(res.files_failed)} failed")
+    if not res.ok:
+        print(f"stepline sync: error: {len(res.files_failed)} spill files were not sent (kept; run sync again)",
+              file=sys.stderr)
     return 0 if res.ok else 1

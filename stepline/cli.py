@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from schemas import SettingsError
 from schemas.settings import port, positive_int
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import serve as serve_worker
@@ -167,8 +168,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     project, run = args.project, args.run
     if args.path:
-        project, _, run = args.path.partition("/")
-        run = run or None
+        parts = args.path.split("/")
+        if len(parts) > 2 or not all(parts):
+            raise SettingsError(f"replay takes PROJECT or PROJECT/RUN, got {args.path!r}")
+        project, run = parts[0], (parts[1] if len(parts) == 2 else None)
 
     def keep(p: str, r: str) -> bool:
         return (project is None or p == project) and (run is None or r == run)

@@ -525,14 +525,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         importlib.import_module("wandb.proto.wandb_internal_pb2")
     except ImportError:
-        print("stepline import-wandb needs the wandb package: pip install 'stepline[wandb]'", file=sys.stderr)
+        print("stepline import-wandb: error: the wandb package is needed: pip install 'stepline[wandb]'",
+              file=sys.stderr)
         return 2
     settings = ClientSettings.from_env(
         redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
     )
     files = find_run_files(args.paths)
     if not files:
-        print("no run-*.wandb files found", file=sys.stderr)
+        print(f"stepline import-wandb: error: no run-*.wandb files in {' '.join(map(str, args.paths))}",
+              file=sys.stderr)
         return 1
     failed = 0
     for f in files:
@@ -554,6 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         print(f"{f}: {res.project}/{res.run} {res.rows} rows, {res.events} events, {res.sent_frames} frames"
               f"{' (truncated file: imported up to the cut)' if res.truncated else ''}{_skipped(res.skipped)}")
+    if failed:
+        print(f"stepline import-wandb: error: {failed} of {len(files)} files were not imported (see above)",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
