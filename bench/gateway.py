@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,12 +42,7 @@ import sqlalchemy
 
 from schemas import FRAME_FIELD, Finish, LogBlock, Names, Start, encode_event, encode_frame_raw
 from schemas.store import runs as runs_table
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from stepline.embedded import free_port
 
 
 @dataclass

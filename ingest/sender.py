@@ -52,14 +52,14 @@ _IDLE_WAIT_S = 1.0
 SEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
 
 
+def _fail_fast(settings: ClientSettings) -> dict[str, Any]:
+    """Client options without hidden retries: the sender owns retrying and ordering."""
+    return {"socket_connect_timeout": settings.connect_timeout_s, "socket_timeout": settings.socket_timeout_s}
+
+
 def sync_client(settings: ClientSettings) -> SyncRedis:
     """A sync client that fails fast (no hidden retries: the sender owns retrying and ordering)."""
-    return sync_redis(
-        settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return sync_redis(settings.redis_url, retry=Retry(NoBackoff(), 0), **_fail_fast(settings))
 
 
 def sync_transport(settings: ClientSettings, batcher: Batcher) -> SyncRedis | HttpTransport:
@@ -72,12 +72,7 @@ def sync_transport(settings: ClientSettings, batcher: Batcher) -> SyncRedis | Ht
 def async_client(settings: ClientSettings) -> AsyncRedis:
     from redis.asyncio.retry import Retry as AsyncRetry
 
-    return async_redis(
-        settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        retry=AsyncRetry(NoBackoff(), 0),
-    )
+    return async_redis(settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **_fail_fast(settings))
 
 
 def needs_transaction(batch: list[Entry]) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -182,21 +183,30 @@ def writer_engine(url: str) -> Engine:
     url = normalize_db_url(url)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
-    engine = create_engine(url, pool_size=4, max_overflow=4,
-                           connect_args={"timeout": 30, "check_same_thread": False})
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
+    def pragmas(cur: Any) -> None:
         _set_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
+
+    return _sqlite_engine(url, pragmas, "BEGIN IMMEDIATE", pool_size=4, max_overflow=4)
+
+
+def _sqlite_engine(url: str, pragmas: Callable[[Any], None], begin: str, **pool: Any) -> Engine:
+    """A SQLite engine whose connections wait up to 30 s for a lock, run ``pragmas`` once, and start every
+    transaction with ``begin`` (pysqlite's own implicit BEGIN is turned off)."""
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        pragmas(cur)
         cur.close()
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
     return engine
 
@@ -222,24 +232,15 @@ def _set_wal(cur: Any) -> None:
 
 
 def reader_engine(url: str) -> Engine:
-    """The readers' engine: never takes SQLite's write lock, and each transaction is one WAL snapshot."""
+    """The readers' engine: never takes SQLite's write lock, and each transaction is one WAL snapshot.
+
+    pysqlite does not BEGIN before a SELECT, so two SELECTs would see two states; a deferred BEGIN makes the whole
+    read one snapshot (which never blocks the writer)."""
     url = normalize_db_url(url)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
+    def pragmas(cur: Any) -> None:
         cur.execute("PRAGMA query_only=ON")  # the writer already put the database in WAL mode
-        cur.close()
-        # pysqlite does not BEGIN before a SELECT, so two SELECTs would see two states; a deferred BEGIN makes
-        # the whole read one snapshot (which never blocks the writer).
-        dbapi_conn.isolation_level = None
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
+    return _sqlite_engine(url, pragmas, "BEGIN")

@@ -4,7 +4,6 @@ free ports, and the rule for a missing server (skip with the reason, or fail und
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -12,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from stepline.embedded import free_port
+
+__all__ = ["IN_CI", "PG_URL", "REDIS_URL", "RedisServer", "free_port", "need"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REDIS_URL = os.environ.get("STEPLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -23,12 +26,6 @@ def need(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
