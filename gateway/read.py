@@ -9,9 +9,13 @@ mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{
 media blob of that run: images with their type, HTML as ``text/html`` under a ``sandbox`` CSP so it can never
 run as the page's origin; immutable, so cacheable for good).
 
-``format=json`` (default) | ``msgpack`` | ``csv``. JSON has no NaN: missing and NaN are omitted from rows
-(as :func:`history.query.format_history`) or ``null``; ±inf are ``"Infinity"``/``"-Infinity"``. msgpack keeps
-floats bit for bit (NaN included) and media as W&B-style maps. ``scan`` streams: JSON lines
+``format=json`` (default) | ``msgpack`` | ``csv``; every stored value is served in each (README, "HTTP gateway").
+JSON has no NaN: missing and NaN are omitted from rows (as :func:`history.formatting.format_history`) or ``null``
+elsewhere (inside lists, arrays, config, summary, sampled arrays); ±inf are ``"Infinity"``/``"-Infinity"``
+(:func:`history.formatting.plain`, all the way down). msgpack keeps floats bit for bit (NaN, ±inf, -0.0) and
+media as W&B-style maps. CSV writes floats with ``repr`` (exact), ±inf as ``Infinity``/``-Infinity``, NaN and
+missing as empty cells, anything else as JSON text. Complex numbers (stored before they were refused) are
+``{"_type": "complex", "real", "imag"}`` in every format. ``scan`` streams: JSON lines
 (``application/x-ndjson``), a msgpack stream of maps, or CSV with the run's columns as the header.
 Unknown run → 404 ``not_found``; a malformed parameter → 400.
 """
@@ -50,15 +54,17 @@ T = TypeVar("T")
 def _wire(v: Any) -> Any:
     """A msgpack-friendly value: arrays as lists, numpy scalars unwrapped, media as W&B dicts; floats kept."""
     if isinstance(v, np.ndarray):
-        return [_wire(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+        return [_wire(x) for x in v.tolist()] if v.dtype.kind in "Oc" else v.tolist()
     if isinstance(v, np.generic):
-        return v.item()
+        return _wire(v.item())
     if isinstance(v, Media):
         return _wire(v.to_dict())
     if isinstance(v, dict):
         return {str(k): _wire(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_wire(x) for x in v]
+    if isinstance(v, complex):  # msgpack has no complex type: the map JSON has (plain), floats kept
+        return {"_type": "complex", "real": v.real, "imag": v.imag}
     return v
 
 
@@ -258,7 +264,11 @@ async def history(request: web.Request) -> web.Response:
         if fmt == "json":
             return format_history(data, "json")
         if fmt == "csv":
-            return format_history(data, "csv")
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(list(data))
+            w.writerows([_csv_cell(a[i]) for a in data.values()] for i in range(len(next(iter(data.values()), ()))))
+            return buf.getvalue()
         return msgpack.packb({"columns": list(data), "data": {k: _wire(v) for k, v in data.items()}},
                              use_bin_type=True)
 

@@ -2,7 +2,8 @@
 
 Shared by the CLI, export and the gateway's read routes, so a value renders the same everywhere: missing and
 NaN are empty (``null`` in JSON), ±inf are the strings ``"Infinity"``/``"-Infinity"`` (JSON has no such numbers),
-numpy values are unwrapped, media are W&B-style ``{"_type": ...}`` dicts and bytes are hex.
+numpy values are unwrapped, media are W&B-style ``{"_type": ...}`` dicts, bytes are hex and complex numbers
+(stored before ``log()`` refused them) are ``{"_type": "complex", "real": r, "imag": i}``, at any depth.
 """
 
 from __future__ import annotations
@@ -22,23 +23,36 @@ from .query import Array, QueryError
 
 
 def plain(v: Any) -> Any:
-    """A JSON-friendly value: None for missing/NaN, numpy scalars and arrays unwrapped, media as W&B dicts."""
-    if v is None:
-        return None
-    if isinstance(v, Media):
-        return v.to_dict()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
+    """A JSON-friendly value: None for missing/NaN, ``"Infinity"``/``"-Infinity"`` for ±inf, numpy scalars and
+    arrays unwrapped, media as W&B dicts, bytes as hex, complex numbers as ``{"_type": "complex", "real", "imag"}``.
+
+    Applied all the way down (inside lists, arrays, dicts and media payloads), so ``json.dumps(plain(v),
+    allow_nan=False)`` never fails on a stored value.
+    """
+    if v is None or isinstance(v, str | bool | int):
+        return v
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
         return None if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind in "biu":
+            return v.tolist()
+        if v.dtype.kind == "f" and bool(np.isfinite(v).all()):
+            return v.tolist()
+        return [plain(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        return plain(v.item())
+    if isinstance(v, Media):
+        return plain(v.to_dict())
     if isinstance(v, dict):
         return {k: plain(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [plain(x) for x in v]
     if isinstance(v, bytes):
         return v.hex()
+    if isinstance(v, complex):
+        return {"_type": "complex", "real": plain(v.real), "imag": plain(v.imag)}
     return v
 
 

@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, inspect, select
 
-from schemas import SteplineError, key_ident, section_of, unpackb
+from schemas import SteplineError, key_ident, section_of
 from schemas.settings import normalize_db_url
 from schemas.store import (
     RUNTIME,
@@ -65,6 +65,7 @@ from schemas.store import (
 from schemas.values import BOOL, NUMBER, STRING
 
 from .sampling import m4
+from .stored import unpack_stored
 
 __all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Sampled", "columns_of"]
 
@@ -285,7 +286,7 @@ class RunView:
         self.last_step: int | None = None if row["last_step"] is None else int(row["last_step"])
         self.created_at: float | None = row["created_at"]
         self.updated_at: float | None = row["updated_at"]
-        self.info: dict[str, Any] = unpackb(bytes(row["info"]))
+        self.info: dict[str, Any] = unpack_stored(bytes(row["info"]))
 
     def __repr__(self) -> str:
         return f"<RunView {self.project}/{self.id} ({self.state})>"
@@ -365,7 +366,7 @@ class RunView:
             segs = [_Seg(r.file, int(r.min_step), int(r.max_step)) for r in conn.execute(q.order_by(s.min_step))]
         if blob is None:
             raise RunNotFound(f"run {self.path} is gone")
-        info = unpackb(bytes(blob))
+        info = unpack_stored(bytes(blob))
         return columns_of(info), segs
 
     @staticmethod
@@ -677,7 +678,7 @@ def _to_numpy(table: pa.Table, col: HistoryColumn) -> Array:
         # Zero-copy views of Arrow buffers are read-only and may be shared with the column cache: callers get
         # arrays they own, as from W&B.
         return out if out.flags.writeable else out.copy()
-    return np.array([None if v is None else unpackb(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
+    return np.array([None if v is None else unpack_stored(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
 
 
 def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Iterator[dict[str, Any]]:
@@ -695,5 +696,5 @@ def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Itera
         for name, vals, packed in values:
             v = vals[i]
             if v is not None:
-                row[name] = unpackb(v) if packed else v
+                row[name] = unpack_stored(v) if packed else v
         yield row
