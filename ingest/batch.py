@@ -7,6 +7,11 @@ contiguous per producer, one per event, a block being one event) and cuts them i
 ``frame_target_bytes``. Packing is serialised by ``pack_lock``, so frames reach the outbox in ``seq`` order even
 when two threads pack.
 
+A block that fails to encode (a value ``log()`` should have refused: a bug, or an object changed under a fast
+path) is never dropped whole: its calls are encoded again one by one, the calls that cannot be encoded are dropped
+and counted (``dropped_calls``, reported by ``finish()``), and a ``warning`` event in their place tells the
+worker, which adds it to the run's warnings. Every other call of the batch is sent.
+
 Block columns are float64 arrays when every value of the column is a ``float``, int64 arrays when every value is
 an ``int`` (never ``bool``), else lists; ``ts`` is a float64 array (the wire contract of ``schemas.LogBlock``).
 A block remembers the value types of its rows (its *signature*) while they all agree, so the packer converts
@@ -22,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas import LimitError, Limits, LogBlock, encode_event, encode_frame_raw
+from schemas import ClientWarning, LimitError, Limits, LogBlock, encode_event, encode_frame_raw, packb
 
 from .spill import Entry
 
@@ -82,6 +87,16 @@ def encode_block(keys: tuple[str, ...], rows: list[Row], limits: Limits, sig: Si
         return encode_block(keys, rows[:half], limits, sig) + encode_block(keys, rows[half:], limits, sig)
 
 
+def _reason(keys: tuple[str, ...], row: Row, err: Exception) -> str:
+    """Why a call does not encode, naming the first key whose value does not encode alone when there is one."""
+    for key, v in zip(keys, row[0], strict=False):
+        try:
+            packb(v)
+        except Exception as e:  # only looking for the culprit, whatever it raises
+            return f"key {key!r:.80}: {type(e).__name__}: {e}"[:400]
+    return f"{type(err).__name__}: {err}"[:400]
+
+
 class Batcher:
     """Pending log calls and events of one producer. ``lock`` guards the buffers; hold it briefly."""
 
@@ -117,7 +132,8 @@ class Batcher:
         self.sealed_rows = 0
         #: The next event's sequence number.
         self.seq = 0
-        self.dropped_events = 0
+        #: Log calls dropped because they could not be encoded (each is also in a ``warning`` event).
+        self.dropped_calls = 0
         #: Called (under ``lock``) when a call or event arrives while nothing is pending: an idle sender sleeps
         #: until then instead of waking every flush interval.
         self.on_first: Callable[[], None] | None = None
@@ -172,12 +188,38 @@ class Batcher:
                 continue
             try:
                 events.extend((raw, {}) for raw in encode_block(a, b, self.limits, sig))
-            except LimitError as e:
-                # One call bigger than an event: log() rejects these up front, so this is a bug; say it loudly
-                # rather than kill the sender (no seq is used, so the producer's numbering stays contiguous).
-                self.dropped_events += 1
-                logger.error("stepline: dropped a log call of run %s that cannot be encoded: %s", self.run, e)
+            except Exception:  # whatever failed, the block's other calls must still be sent
+                events.extend(self._salvage(a, b))
         return self._frames(events)
+
+    def _salvage(self, keys: tuple[str, ...], rows: list[Row]) -> list[tuple[bytes, dict[str, bytes]]]:
+        """Encode the calls of a block that failed as a whole: the calls that encode alone, in order, then a
+        ``warning`` event naming what was dropped. log() refuses such values up front, so reaching this is a
+        bug; the calls lost are counted and reported, never dropped quietly with the rest of the batch."""
+        good: list[Row] = []
+        bad: list[tuple[Row, str]] = []
+        for row in rows:
+            try:
+                encode_block(keys, [row], self.limits)
+            except Exception as e:  # the reason is reported, whatever it is
+                bad.append((row, _reason(keys, row, e)))
+            else:
+                good.append(row)
+        out: list[tuple[bytes, dict[str, bytes]]] = []
+        if good:
+            out.extend((raw, {}) for raw in encode_block(keys, good, self.limits))
+        if bad:
+            self.dropped_calls += len(bad)
+            steps = [r[1] for r, _ in bad if r[1] is not None]
+            at = f" (steps {steps[0]}..{steps[-1]})" if steps else ""
+            message = (f"{len(bad)} log() call(s) dropped by the client{at}: they could not be encoded: "
+                       f"{bad[0][1]}")[:900]
+            # The reason may quote the offending text: escape it, so the warning itself always encodes.
+            message = message.encode("utf-8", "backslashreplace").decode()
+            logger.error("stepline: run %s: %s", self.run, message)
+            warning = ClientWarning(ts=bad[0][0][3], message=message)
+            out.append((encode_event(warning, self.limits), {}))
+        return out
 
     def _frames(self, events: list[tuple[bytes, dict[str, bytes]]]) -> list[Entry]:
         out: list[Entry] = []

@@ -4,6 +4,9 @@ Guarantees:
 
 - ``log()`` validates and captures its values before returning: a bad value raises :class:`~schemas.SchemaError`
   naming the key and *nothing* of that call is sent; mutating an object afterwards cannot change what was logged.
+  Bad means anything the pipeline could not store and serve back exactly (see :func:`schemas.capture`): text
+  that is not valid Unicode (lone surrogates), NUL in keys, complex numbers, datetime64/timedelta64, ... The
+  fast path checks its strings too (``isascii()`` first, so ASCII text costs no encoding).
 - ``log()`` never does network I/O. It costs a few microseconds on its fast path (a plain ``dict`` with the same
   keys as the previous call and only ``float``/``int``/``str``/``bool``/``None`` values, which are immutable, so
   flattening and capture can be skipped). Under backpressure (``max_pending_rows`` calls not yet packed because
@@ -12,6 +15,9 @@ Guarantees:
   worker rejects it and records the reason; the client only logs a warning.
 - ``finish()`` flushes and waits (``timeout``); what could not be sent is kept in the spill file and reported
   (:class:`FinishResult`, a warning naming the file). An ``atexit`` handler finishes every unfinished run.
+- A call that ``log()`` accepted but that still fails to encode when the sender packs it (a bug) costs only that
+  call: the rest of its batch is sent, the call is counted in ``FinishResult.dropped_calls`` and a ``warning``
+  event puts it in the run's warnings (:mod:`ingest.batch`).
 
 Memory: unacknowledged frames are held in memory up to ``ClientSettings.memory_cap_bytes`` (64 MiB by default);
 beyond that they spill to ``<data_dir>/spill/<project>/<run>-<producer>.spill``.
@@ -50,7 +56,8 @@ from schemas import (
     encode_event,
     flatten,
 )
-from schemas.frame import check_run_id
+from schemas.frame import check_run_id, check_run_name
+from schemas.values import check_text, text_ok
 
 from .batch import Batcher, Sig
 from .sender import AsyncSender, Core, ThreadSender
@@ -78,15 +85,17 @@ _time = time.time
 
 @dataclass(frozen=True, slots=True)
 class FinishResult:
-    """What ``finish()`` achieved: frames acknowledged by Redis, frames left unsent and where they are."""
+    """What ``finish()`` achieved: frames acknowledged by Redis, frames left unsent and where they are, and log
+    calls dropped because they could not be encoded (each also reported in the run's warnings)."""
 
     sent_frames: int
     unsent_frames: int
     spill_path: Path | None
+    dropped_calls: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.unsent_frames == 0
+        return self.unsent_frames == 0 and self.dropped_calls == 0
 
 
 def _check_step_commit(step: Any, commit: Any) -> tuple[int | None, bool | None]:
@@ -179,6 +188,7 @@ class RunConfig(_EventMap):
     def _capture(self, key: Any, value: Any) -> Any:
         if type(key) is not str or not key:
             raise SchemaError(f"config keys must be non-empty str, got {key!r:.60}", code="bad_key")
+        check_text(key, "a config key", key)
         return capture(value, key, self._run.settings.limits)
 
     def _emit(self, changes: dict[str, Any]) -> None:
@@ -223,7 +233,7 @@ class Run:
         self.settings = settings
         self.project = check_run_id(project, "project")
         self.id = check_run_id(run_id, "run id")
-        self.name = name if name is not None else run_id
+        self.name = check_run_name(name) if name is not None else run_id
         self.resume = resume
         self.producer = secrets.token_hex(8)
         names = settings.names
@@ -320,7 +330,10 @@ class Run:
         if self._sig_strs:
             total = 0
             for i in self._sig_strs:
-                total += len(vals[i])
+                v = vals[i]
+                total += len(v)
+                if not v.isascii() and not text_ok(v):
+                    return False  # the slow path raises, naming the key
             return total <= self._fast_str_chars
         return True
 
@@ -445,7 +458,12 @@ class Run:
     def _result(self) -> FinishResult:
         path = self._core.outbox.close()
         unsent = len(self._core.outbox)
-        res = FinishResult(sent_frames=self._core.sent_frames, unsent_frames=unsent, spill_path=path)
+        dropped = self._b.dropped_calls
+        res = FinishResult(sent_frames=self._core.sent_frames, unsent_frames=unsent, spill_path=path,
+                           dropped_calls=dropped)
+        if dropped:
+            logger.warning("stepline: run %s finished with %d log() calls dropped because they could not be encoded "
+                           "(see the run's warnings)", self.id, dropped)
         if unsent:
             logger.warning(
                 "stepline: run %s finished with %d frames not acknowledged by Redis; they are kept in %s "
@@ -461,7 +479,8 @@ class Run:
         Returns what was achieved; frames still unsent are in the spill file named in the result.
         """
         if not self._close_log_side(exit_code):
-            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None,
+                                               self._b.dropped_calls)
         t = self.settings.finish_timeout_s if timeout is None else timeout
         sender = self._sender
         if isinstance(sender, ThreadSender):
@@ -503,7 +522,8 @@ class AsyncRun(Run):
 
     async def afinish(self, exit_code: int = 0, timeout: float | None = None) -> FinishResult:  # noqa: ASYNC109
         if not self._close_log_side(exit_code):
-            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None,
+                                               self._b.dropped_calls)
         sender = self._sender
         self._sender = None
         if isinstance(sender, AsyncSender):
@@ -519,7 +539,8 @@ class AsyncRun(Run):
         else:
             raise SteplineError("AsyncRun.finish() inside a running event loop: use `await run.afinish()`")
         if not self._close_log_side(exit_code):
-            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None)
+            return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None,
+                                               self._b.dropped_calls)
         self._sender = None  # its loop is gone or not ours to drive
         t = self.settings.finish_timeout_s if timeout is None else timeout
         from .sender import sync_transport
@@ -598,6 +619,7 @@ def _as_mapping(config: Any) -> dict[str, Any]:
     for k in out:
         if type(k) is not str or not k:
             raise SchemaError(f"config keys must be non-empty str, got {k!r:.60}", code="bad_key")
+        check_text(k, "a config key", k)
     return out
 
 

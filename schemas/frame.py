@@ -10,9 +10,11 @@ event; sequence numbers are contiguous per producer, so a worker skips a frame i
 malformed or oversized event is dead-lettered alone while the rest of the frame is applied.
 
 Event kinds (field ``k``): ``start``, ``log``, ``logs``, ``define_metric``, ``config``, ``summary``,
-``finish``. ``logs`` is the column-wise form of consecutive ``log`` calls with the same keys: the keys once,
-then one column per key (a float64/int64 numpy array when the column allows, else a list), so a worker can decode
-and align a whole block with vectorised code. A ``logs`` block of ``n`` calls counts as one event (one ``seq``).
+``finish``, ``warning`` (a problem the client found after ``log()`` returned, e.g. calls it had to drop; the
+worker adds it to the run's warnings). ``logs`` is the column-wise form of consecutive ``log`` calls with the
+same keys: the keys once, then one column per key (a float64/int64 numpy array when the column allows, else a
+list), so a worker can decode and align a whole block with vectorised code. A ``logs`` block of ``n`` calls
+counts as one event (one ``seq``).
 
 :func:`decode_frame` validates the envelope strictly and every event it can; a bad event comes back as a
 :class:`BadEvent` in place (``strict=True`` raises instead). Anything malformed raises :class:`SchemaError`.
@@ -210,6 +212,23 @@ class Finish(Event):
         return {"k": self.KIND, "ts": self.ts, "exit_code": self.exit_code}
 
 
+#: Longest client warning message, in characters.
+MAX_WARNING_CHARS = 1000
+
+
+@dataclass(eq=False, slots=True)
+class ClientWarning(Event):
+    """A problem the client could not raise in the caller (calls it had to drop while packing them); the worker
+    adds ``message`` to the run's warnings, so the loss is visible next to the run, not only in a client log."""
+
+    KIND: ClassVar[str] = "warning"
+    ts: float
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "ts": self.ts, "message": self.message}
+
+
 @dataclass(eq=False, slots=True)
 class BadEvent(Event):
     """An event that failed to decode or validate; the worker dead-letters it with ``error.code``."""
@@ -222,7 +241,7 @@ class BadEvent(Event):
         return {"k": self.KIND, "raw": self.raw, "error": str(self.error)}
 
 
-AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish
+AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish | ClientWarning
 
 
 def _flag(m: dict[str, Any], name: str, default: bool) -> bool:
@@ -316,6 +335,11 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
         if type(code) is not int:
             raise SchemaError("finish exit_code must be an int", code="bad_event")
         return Finish(ts=_num(m.get("ts"), "finish ts"), exit_code=code)
+    if k == "warning":
+        message = _req(m, "message", str, "warning")
+        if len(message) > MAX_WARNING_CHARS:
+            raise SchemaError(f"a warning is at most {MAX_WARNING_CHARS} characters", code="bad_event")
+        return ClientWarning(ts=_num(m.get("ts"), "warning ts"), message=message)
     raise SchemaError(f"unknown event kind {k!r:.40}", code="unknown_event")
 
 
@@ -467,6 +491,7 @@ __all__ = [
     "FRAME_VERSION",
     "AnyEvent",
     "BadEvent",
+    "ClientWarning",
     "Config",
     "DefineMetric",
     "Event",

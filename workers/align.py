@@ -23,7 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from schemas import KINDS, Config, DefineMetric, Finish, Log, LogBlock, Start, Summary, key_ident, kind_of
+from schemas import (
+    KINDS,
+    ClientWarning,
+    Config,
+    DefineMetric,
+    Finish,
+    Log,
+    LogBlock,
+    Start,
+    Summary,
+    key_ident,
+    kind_of,
+)
 from schemas.values import NUMBER
 
 from . import fastpath
@@ -139,6 +151,8 @@ class RunAligner(RunState):
                 self.cursor += 1
             self.state = "finished" if event.exit_code == 0 else "crashed"
             self.exit_code = event.exit_code
+        elif isinstance(event, ClientWarning):
+            self.warn(f"client: {event.message}")
         else:  # pragma: no cover - decode_frame only yields the kinds above
             raise TypeError(f"unknown event {type(event).__name__}")
 
