@@ -6,7 +6,9 @@ Guarantees:
   (:class:`.errors.Refused`). An unexpected exception is logged and answered with a 500 JSON error, never with a
   traceback; Redis trouble anywhere is 503 with ``Retry-After``, metadata trouble 503.
 - Without an active API key the gateway serves loopback addresses only: start-up fails (``SettingsError``) when
-  ``settings.host`` is another address, and says so in the log when it is loopback.
+  ``settings.host`` is another address, and says so in the log when it is loopback. It then also answers only
+  requests whose ``Host`` is a loopback name (``localhost``, ``127.x.y.z``, ``[::1]``, any port): any other →
+  421 ``bad_host``, so a DNS-rebinding page cannot read it.
 - The event loop never blocks on SQL, Parquet or large frame decoding: those run in threads.
 - Request bodies are read with a size cap and a deadline (``body_timeout_s``); idle keep-alive connections are
   closed after ``keepalive_timeout_s``. (A client that trickles its *headers* is left to a reverse proxy.)
@@ -40,7 +42,7 @@ from .backlog import Backlog
 from .errors import Refused
 from .keys import KeyStore
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .settings import GatewaySettings
+from .settings import GatewaySettings, is_loopback_host_header
 from .state import GW
 
 log = logging.getLogger("stepline.gateway")
@@ -95,6 +97,19 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         gw.metrics.observe(route, request.method, status, time.perf_counter() - t0)
 
 
+@web.middleware
+async def _open_mode_hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """In open mode (no key required) only loopback ``Host`` names are served: a page of another site whose name
+    was made to resolve to 127.0.0.1 (DNS rebinding) sends its own name, and gets 421 ``bad_host``."""
+    gw = request.app[GW.KEY]
+    if gw.auth_obj is not None and not gw.auth.required:
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) > 1 or (hosts and not is_loopback_host_header(hosts[0])):
+            raise Refused(421, "bad_host", "without API keys this gateway only answers requests for localhost, "
+                          "127.0.0.1 or [::1]; create a key (`stepline keys create PROJECT`) to serve other names")
+    return await handler(request)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -144,7 +159,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gw.engine = reader_engine(s.metadata_url)
     gw.api_obj = Api(s.data_dir, s.metadata_url, engine=gw.engine)
     store = KeyStore(gw.engine)
-    gw.auth_obj = KeyAuth(store, cache_s=s.key_cache_s, limiter=RateLimiter(s.rate_per_s, s.rate_burst))
+    gw.auth_obj = KeyAuth(store, cache_s=s.key_cache_s, limiter=RateLimiter(s.rate_per_s, s.rate_burst),
+                          failures=RateLimiter(s.auth_fail_per_s, s.auth_fail_burst),
+                          bad_key_cache_s=s.bad_key_cache_s)
     task: asyncio.Task[None] | None = None
     try:
         if not await gw.auth.refresh_mode():
@@ -186,7 +203,7 @@ async def _background(gw: GW) -> None:
 def create_app(settings: GatewaySettings) -> web.Application:
     """The gateway as an aiohttp application (serve it with ``web.run_app`` or an ``AppRunner``)."""
     app = web.Application(
-        middlewares=[_errors_and_metrics],
+        middlewares=[_errors_and_metrics, _open_mode_hosts],
         # Our handlers read bodies themselves, with their own caps; aiohttp's must not cut them first.
         client_max_size=max(settings.max_body_bytes, settings.max_blob_bytes) + 1,
         # We decode Content-Encoding ourselves, with a cap on the decoded size (aiohttp's would not know ours).

@@ -1,4 +1,4 @@
-"""Authentication (API keys), authorization (project + scope) and per-key rate limits.
+"""Authentication (API keys), authorization (project + scope), per-key rate limits and failed-authentication throttling.
 
 Guarantees:
 
@@ -6,23 +6,32 @@ Guarantees:
   API request needs ``Authorization: Bearer <key>``: none → 401 ``missing_key``, unknown or malformed → 401
   ``invalid_key``, revoked → 401 ``revoked_key``, another project's key or a missing scope → 403 ``forbidden``.
   Without any key the gateway is in open mode, which :func:`gateway.app.create_app` allows on loopback
-  addresses only; a key presented in open mode is still checked.
-- Verified keys are cached for ``key_cache_s`` seconds (by the SHA-256 of the token, never the token), so a
-  revocation takes effect within that time; the secret is compared in constant time (:mod:`.keys`).
-- Each key (open mode: each client address) has a token bucket of ``rate_per_s`` requests per second with a
+  addresses only (and only for loopback ``Host`` names); a key presented in open mode is still checked.
+- Key rows are cached by key id. A verified key is trusted for ``key_cache_s`` seconds, so a revocation takes
+  effect within that time. A key id that is not in the table, and the row of a key presented with a wrong secret,
+  are remembered for ``bad_key_cache_s``: a flood of bad keys costs one metadata lookup per key id, not one per
+  request (a malformed token costs none). Secrets are compared in constant time (:mod:`.keys`); the token itself
+  is never kept.
+- Failed authentication is throttled per client address: every presented key that is refused (401
+  ``invalid_key``/``revoked_key``) takes a token from the address's bucket (``auth_fail_burst`` failures,
+  refilled at ``auth_fail_per_s``); while it is empty, every request of that address that presents a key gets 429
+  ``auth_throttled`` with ``Retry-After``, before any lookup or hashing. Requests without a key cost no lookup; they
+  take from the address's ordinary bucket below (so a page that polls before its user entered a key is not locked
+  out). Behind a reverse proxy every client has the proxy's address: the throttle then applies to all of them.
+- Each key (no key: each client address) has a token bucket of ``rate_per_s`` requests per second with a
   burst of ``rate_burst``; past it → 429 ``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from .errors import Refused
-from .keys import ApiKey, KeyStore
+from .keys import ApiKey, KeyStore, hash_secret, parse_token
 
 _CACHE_MAX = 10_000
 
@@ -40,6 +49,16 @@ class RateLimiter:
         self.rate = rate
         self.burst = max(burst, 1.0)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def wait(self, name: str) -> float:
+        """Seconds until ``name`` has a token (0: it has one now); takes nothing."""
+        if self.rate <= 0:
+            return 0.0
+        b = self._buckets.get(name)
+        if b is None:
+            return 0.0
+        tokens = min(self.burst, b.tokens + (time.monotonic() - b.at) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self, name: str) -> float:
         if self.rate <= 0:
@@ -61,14 +80,20 @@ class RateLimiter:
 
 
 class KeyAuth:
-    """Key verification with a short cache, the open/required mode, and rate limits."""
+    """Key verification with a per-id cache, the open/required mode, rate limits and failure throttling."""
 
-    def __init__(self, store: KeyStore, *, cache_s: float, limiter: RateLimiter) -> None:
+    def __init__(self, store: KeyStore, *, cache_s: float, limiter: RateLimiter,
+                 failures: RateLimiter | None = None, bad_key_cache_s: float = 300.0) -> None:
         self.store = store
         self.cache_s = cache_s
+        self.bad_key_cache_s = bad_key_cache_s
         self.limiter = limiter
+        self.failures = failures if failures is not None else RateLimiter(0.0, 1.0)
         self.required = False
-        self._cache: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
+        #: key id → (its row and stored hash, or None when there is no such id; monotonic time of the lookup)
+        self._rows: OrderedDict[str, tuple[tuple[ApiKey, str] | None, float]] = OrderedDict()
+        #: Metadata lookups of key rows made so far (tests and metrics read it).
+        self.lookups = 0
 
     async def refresh_mode(self) -> bool:
         """Look for active keys; once any exists, keys stay required for the life of the process."""
@@ -77,34 +102,66 @@ class KeyAuth:
         return self.required
 
     async def _verify(self, token: str) -> ApiKey | None:
-        h = hashlib.sha256(token.encode()).hexdigest()
+        """The key a token names when its secret matches, else None; at most one lookup per id per cache time."""
+        parsed = parse_token(token)
+        if parsed is None:
+            return None
+        kid, secret = parsed
+        digest = hash_secret(secret)
         now = time.monotonic()
-        hit = self._cache.get(h)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        key = await asyncio.to_thread(self.store.verify, token)
-        if self.cache_s > 0:
-            self._cache[h] = (key, now + self.cache_s)
-            self._cache.move_to_end(h)
-            if len(self._cache) > _CACHE_MAX:
-                self._cache.popitem(last=False)
+        hit = self._rows.get(kid)
+        if hit is not None:
+            row, at = hit
+            if now - at < self.bad_key_cache_s:
+                if row is None:
+                    hmac.compare_digest(digest, "0" * 64)  # same work as for a known id
+                    return None
+                if not hmac.compare_digest(digest, row[1]):
+                    return None  # a row's hash never changes: a wrong secret stays wrong
+                if now - at < self.cache_s:
+                    return row[0]
+        self.lookups += 1
+        row = await asyncio.to_thread(self.store.lookup, kid)
+        self._rows[kid] = (row, time.monotonic())
+        self._rows.move_to_end(kid)
+        if len(self._rows) > _CACHE_MAX:
+            self._rows.popitem(last=False)
+        if row is None:
+            hmac.compare_digest(digest, "0" * 64)
+            return None
+        return row[0] if hmac.compare_digest(digest, row[1]) else None
+
+    async def _authenticate(self, authorization: str | None, client: str) -> ApiKey | None:
+        """The verified key presented (None: none presented, in open mode); raises the 401/429 refusals."""
+        addr = f"addr:{client}"
+        if authorization is None:
+            self._rate(addr)
+            if self.required:
+                raise Refused(401, "missing_key", "this gateway needs an API key: Authorization: Bearer <key>")
+            return None
+        wait = self.failures.wait(addr)
+        if wait > 0:
+            raise Refused(429, "auth_throttled", "too many failed authentications from this address; retry later",
+                          retry_after=wait)
+        try:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Refused(401, "invalid_key", "the Authorization header must be 'Bearer <key>'")
+            key = await self._verify(token.strip())
+            if key is None:
+                raise Refused(401, "invalid_key", "unknown API key")
+            if key.revoked_at is not None:
+                raise Refused(401, "revoked_key", f"API key {key.id} was revoked")
+        except Refused:
+            self.failures.take(addr)
+            raise
         return key
 
     async def authorize(self, authorization: str | None, project: str, scope: str, client: str) -> ApiKey | None:
         """The key allowed to do ``scope`` on ``project`` (None in open mode without a key); raises Refused."""
-        if authorization is None:
-            if self.required:
-                raise Refused(401, "missing_key", "this gateway needs an API key: Authorization: Bearer <key>")
-            self._rate(f"addr:{client}")
-            return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Refused(401, "invalid_key", "the Authorization header must be 'Bearer <key>'")
-        key = await self._verify(token.strip())
+        key = await self._authenticate(authorization, client)
         if key is None:
-            raise Refused(401, "invalid_key", "unknown API key")
-        if key.revoked_at is not None:
-            raise Refused(401, "revoked_key", f"API key {key.id} was revoked")
+            return None
         if not key.allows(project, scope):
             raise Refused(403, "forbidden", f"API key {key.id} may not {scope} project {project!r}")
         self._rate(f"key:{key.id}")
@@ -115,12 +172,13 @@ class KeyAuth:
 
         For requests that name no project (``GET /api/v1/projects``): the key then decides which project is seen.
         """
-        if authorization is None:
-            return await self.authorize(None, "", scope, client)
-        scheme, _, token = authorization.partition(" ")
-        key = await self._verify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-        # Unknown, malformed, revoked or out of scope: authorize() raises the same refusals as everywhere else.
-        return await self.authorize(authorization, key.project if key is not None else "", scope, client)
+        key = await self._authenticate(authorization, client)
+        if key is None:
+            return None
+        if not key.allows(key.project, scope):
+            raise Refused(403, "forbidden", f"API key {key.id} may not {scope} project {key.project!r}")
+        self._rate(f"key:{key.id}")
+        return key
 
     def _rate(self, name: str) -> None:
         wait = self.limiter.take(name)

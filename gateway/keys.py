@@ -123,20 +123,26 @@ class KeyStore:
         with self.engine.connect() as conn:
             return len(conn.execute(select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None))).all())
 
+    def lookup(self, kid: str) -> tuple[ApiKey, str] | None:
+        """The key with id ``kid`` and the stored SHA-256 of its secret (revoked keys too), or None."""
+        if not self._has_table():
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == kid)).first()
+        return None if row is None else (_key(row._mapping), str(row.hash))
+
     def verify(self, token: str) -> ApiKey | None:
         """The key a token belongs to when its secret matches (revoked keys are returned: the caller decides)."""
         parsed = parse_token(token)
-        if parsed is None or not self._has_table():
+        if parsed is None:
             return None
         kid, secret = parsed
-        with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.id == kid)).first()
-        if row is None:
+        found = self.lookup(kid)
+        if found is None:
             hmac.compare_digest(hash_secret(secret), "0" * 64)  # same work for unknown ids
             return None
-        if not hmac.compare_digest(hash_secret(secret), str(row.hash)):
-            return None
-        return _key(row._mapping)
+        key, stored = found
+        return key if hmac.compare_digest(hash_secret(secret), stored) else None
 
 
 def _key(m: object) -> ApiKey:

@@ -65,6 +65,14 @@ class GatewaySettings(StoreDeployment):
     retry_after_s: float = 1.0
     #: How long a key lookup is cached: a revoked key stops working within this many seconds.
     key_cache_s: float = 2.0
+    #: How long a key id that is not in the key table (or a key's row, for wrong secrets) is remembered: a flood of
+    #: bad keys costs one metadata lookup per key id in this time, not one per request.
+    bad_key_cache_s: float = 300.0
+    #: Failed authentications (a presented key refused with 401) per client address: a bucket of
+    #: ``auth_fail_burst`` failures refilled at ``auth_fail_per_s``; while empty, the address's requests with a
+    #: key get 429 ``auth_throttled`` + ``Retry-After`` before any lookup. ``auth_fail_per_s=0`` disables it.
+    auth_fail_per_s: float = 0.5
+    auth_fail_burst: float = 20.0
     #: Media blobs are buffered in Redis with this expiry (as the SDK's ``blob_ttl_s``).
     blob_ttl_s: float = 7 * 86400.0
     #: Socket timeout of the gateway's Redis client (seconds): past it the request gets 503.
@@ -98,3 +106,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name other than localhost may resolve anywhere
+
+
+def is_loopback_host_header(value: str) -> bool:
+    """Whether an HTTP ``Host`` value names this machine by a loopback name: ``localhost``, an IPv4 loopback address
+    (``127.x.y.z``) or ``[::1]``, each with or without a port. Any other name, even one that resolves to a loopback
+    address (which is what a DNS-rebinding page uses), is not."""
+    h = value.strip().lower()
+    if h.startswith("["):
+        name, sep, rest = h[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and _port(rest[1:]))):
+            return False
+        try:
+            return ipaddress.IPv6Address(name).is_loopback
+        except ValueError:
+            return False
+    name, sep, port = h.partition(":")
+    if sep and not _port(port):
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _port(s: str) -> bool:
+    return s == "" or (s.isascii() and s.isdigit() and len(s) <= 5)
+

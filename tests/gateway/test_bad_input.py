@@ -211,7 +211,7 @@ async def test_slow_and_truncated_bodies(gw_settings: GatewaySettings, thread_ga
     g = thread_gateway(small_settings(gw_settings))
     rc = redis.Redis.from_url(gw_settings.redis_url)
     data = body(frames_for("p", "r"))
-    head = (f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-stepline-frames\r\n"
+    head = (f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-stepline-frames\r\n"
             f"Content-Length: {len(data)}\r\n\r\n").encode()
     # A client that stops half way and waits: 408 after body_timeout_s.
     reply = await asyncio.to_thread(_raw_request, g.port, head, data[: len(data) // 2], 0.5)
