@@ -20,11 +20,11 @@ reference is one level (a media reference's payload values sit one level below i
 and every decoder apply the same count, so what the client accepts the worker and the gateway accept too.
 
 :func:`packb`/:func:`unpackb` are the one msgpack codec of the project: numpy arrays travel as ext type 1
-(dtype, shape, raw bytes), media as ext type 2. :func:`unpackb` is bounded: string, bin and ext lengths and
-element counts are capped by :class:`Limits` (and never exceed the input's length) before anything is
-allocated, and a media reference's payload is decoded after the enclosing object by an iterative loop, never
-from inside msgpack's C unpacker, with the chain of media inside media capped at ``max_depth``: hostile nesting
-costs no C stack. Malformed or over-limit bytes raise :class:`SchemaError` and nothing else.
+(dtype, shape, raw bytes), media as ext type 2. :func:`unpackb` is bounded: string lengths and element counts
+are capped by :class:`Limits`, and every length by the input's length, before anything is allocated; a media
+reference's payload is decoded after the enclosing object by an iterative loop, never from inside msgpack's C
+unpacker, with the chain of media inside media capped at ``max_depth``: hostile nesting costs no C stack.
+Malformed or over-limit bytes raise :class:`SchemaError` and nothing else.
 """
 
 from __future__ import annotations
@@ -465,14 +465,15 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def _unpack(data: bytes, limits: Limits) -> Any:
     n = len(data)
-    if n <= limits.max_value_bytes and n <= limits.max_event_bytes and n <= limits.max_elements:
+    if n <= limits.max_value_bytes and n <= limits.max_elements:
         # msgpack's own caps are the input's length (half of it for maps): here they are the tighter ones.
         return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0)
-    # Each cap is checked by msgpack against a header before it allocates anything for it.
+    # Each cap is checked by msgpack against a header before it allocates anything for it. Bin and ext lengths
+    # keep msgpack's cap, the input's length (bounded by the frame and event limits): they are plain bytes, and
+    # an oversized event inside a frame must reach decode_event, which refuses that event alone.
     return msgpack.unpackb(
         data, raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0,
-        max_str_len=min(n, limits.max_value_bytes), max_bin_len=min(n, limits.max_event_bytes),
-        max_ext_len=min(n, limits.max_event_bytes), max_array_len=min(n, limits.max_elements),
+        max_str_len=min(n, limits.max_value_bytes), max_array_len=min(n, limits.max_elements),
         max_map_len=min(n // 2, limits.max_elements),
     )
 

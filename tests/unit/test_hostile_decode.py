@@ -262,14 +262,23 @@ def test_element_counts_are_capped() -> None:
             unpackb(header + b"\x00" * 16)
 
 
-def test_string_and_bin_sizes_are_capped() -> None:
-    small = Limits(max_value_bytes=100, max_event_bytes=200)
+def test_string_sizes_are_capped() -> None:
+    small = Limits(max_value_bytes=100)
     assert unpackb(packb("a" * 100), small) == "a" * 100
     with pytest.raises(SchemaError):
         unpackb(packb("a" * 101), small)
-    assert unpackb(packb(b"b" * 200), small) == b"b" * 200
-    with pytest.raises(SchemaError):
-        unpackb(packb(b"b" * 201), small)
+
+
+def test_an_oversized_event_is_refused_alone() -> None:
+    # The caps must not make a frame with one oversized event malformed as a whole: that event is a BadEvent
+    # (event_too_large) and the others decode.
+    small = Limits(max_event_bytes=1000, max_value_bytes=2000)
+    big = _log_event({"v": "y" * 1500})
+    frame = decode_frame(_frame([_log_event({"a": 1.0}), big, _log_event({"a": 2.0})]), small)
+    kinds = [type(e).__name__ for e in frame.events]
+    assert kinds == ["Log", "BadEvent", "Log"]
+    bad = frame.events[1]
+    assert isinstance(bad, BadEvent) and bad.error.code == "event_too_large"
 
 
 def test_big_block_of_the_client_still_decodes() -> None:
