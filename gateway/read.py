@@ -6,8 +6,8 @@ summary, counters, warnings, conflicts, rejection counts and the latest rejectio
 max_step``, streamed) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
 ``.../runs/{run}/sections`` · ``GET /api/v1/projects`` (the projects the caller may read: every project in open
 mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{sha256}?project=&run=`` (a stored
-media blob of that run: images with their type, HTML as ``text/html`` under a ``sandbox`` CSP so it can never
-run as the page's origin; immutable, so cacheable for good).
+media blob that run references, 404 otherwise: images with their type, HTML as ``text/html`` under a ``sandbox``
+CSP so it can never run as the page's origin; immutable, so cacheable for good).
 
 ``format=json`` (default) | ``msgpack`` | ``csv``; every stored value is served in each (README, "HTTP gateway").
 JSON has no NaN: missing and NaN are omitted from rows (as :func:`history.formatting.format_history`) or ``null``
@@ -192,14 +192,26 @@ def _sniff(head: bytes) -> str:
     return "text/html; charset=utf-8"
 
 
+#: How many (project, run, sha256) grants of the blob route are remembered (a run's references never go away).
+_GRANTS_MAX = 100_000
+
+
 async def get_blob(request: web.Request) -> web.StreamResponse:
+    """A media blob, to a reader of a run that references it (a read key of project A never gets project B's blob
+    by naming one of A's runs: the run's stored values must hold the sha). 404 ``not_found`` alike for an unknown
+    run, a run that does not reference the blob and a blob not stored (yet), so the answer says nothing of other
+    projects' blobs."""
     gw = request.app[GW.KEY]
     sha, project, run = blob_target(request)
     await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
     path = gw.settings.data_dir / blob_path(sha)
+    grant = (project, run, sha)
+    granted = grant in gw.blob_grants
 
     def head() -> bytes | None:
-        gw.api.run(f"{project}/{run}")  # the run must exist in the project the key opens (404 otherwise)
+        r = gw.api.run(f"{project}/{run}")  # the run must exist in the project the key opens (404 otherwise)
+        if not granted and not r.references_blob(sha):
+            raise RunNotFound(f"run {project}/{run} has no media blob {sha}")
         try:
             with path.open("rb") as f:
                 return f.read(512)
@@ -209,6 +221,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     first = await _call(gw, head)
     if first is None:
         raise Refused(404, "not_found", f"no stored blob {sha} (not committed yet, or never logged)")
+    gw.blob_grants[grant] = None
+    gw.blob_grants.move_to_end(grant)
+    if len(gw.blob_grants) > _GRANTS_MAX:
+        gw.blob_grants.popitem(last=False)
     # Content-addressed: the bytes behind a name never change. The sandbox CSP gives HTML an opaque origin, so a
     # logged page cannot reach this origin's storage (the API key) or its API.
     return web.FileResponse(path, headers={

@@ -73,8 +73,15 @@ class GatewaySettings(StoreDeployment):
     #: key get 429 ``auth_throttled`` + ``Retry-After`` before any lookup. ``auth_fail_per_s=0`` disables it.
     auth_fail_per_s: float = 0.5
     auth_fail_burst: float = 20.0
-    #: Media blobs are buffered in Redis with this expiry (as the SDK's ``blob_ttl_s``).
+    #: Media blobs are buffered in Redis with this expiry (as the SDK's ``blob_ttl_s``), counted from the append
+    #: of a frame that references them.
     blob_ttl_s: float = 7 * 86400.0
+    #: An uploaded blob that no frame has referenced yet expires after this many seconds.
+    blob_pending_ttl_s: float = 3600.0
+    #: Per project, the most bytes of uploads (``PUT /api/v1/blobs``) held in Redis at once: each upload counts
+    #: until its key expires (``blob_pending_ttl_s``, or ``blob_ttl_s`` once referenced). Past it → 429
+    #: ``blob_quota``. ``0`` disables the quota.
+    blob_quota_bytes: int = 2 << 30
     #: Socket timeout of the gateway's Redis client (seconds): past it the request gets 503.
     redis_timeout_s: float = 5.0
 
@@ -84,6 +91,8 @@ class GatewaySettings(StoreDeployment):
             raise SettingsError(f"port must be within 0..65535, got {self.port}")
         if self.max_body_bytes <= 0 or self.max_decoded_bytes <= 0 or self.max_frames_per_request <= 0:
             raise SettingsError("body and frame limits must be positive")
+        if self.blob_ttl_s < 1 or self.blob_pending_ttl_s <= 0 or self.blob_quota_bytes < 0:
+            raise SettingsError("blob_ttl_s must be >= 1, blob_pending_ttl_s > 0 and blob_quota_bytes >= 0")
 
     @property
     def loopback(self) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
@@ -33,6 +34,8 @@ class GW:
     api_obj: Api | None = None
     auth_obj: KeyAuth | None = None
     backlog: Backlog | None = None
+    #: ``(project, run, sha256)`` the blob route found referenced by the run (LRU; see :func:`.read.get_blob`).
+    blob_grants: OrderedDict[tuple[str, str, str], None] = field(default_factory=OrderedDict)
 
     @property
     def redis(self) -> AsyncRedis:

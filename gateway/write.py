@@ -21,15 +21,30 @@
 
 - The blob's partition is the run's (blobs live next to the frames that reference them, in one Cluster slot), so
   the query names the run; the key needs ``write`` on ``P``. The body (``application/octet-stream``, optionally
-  gzip/zstd encoded) must hash to ``sha256``; it is stored with ``SET NX EX blob_ttl`` exactly as the SDK does:
-  201 when stored, 200 when it was there already (stored once).
+  gzip/zstd encoded) must hash to ``sha256``; it is stored with ``SET NX`` (the SDK's key): 201 when stored, 200
+  when it was there already (stored once).
+- An upload lives ``blob_pending_ttl_s`` (1 h) until a frame that references it is appended; that append extends
+  it (and its owner set) to ``blob_ttl_s`` (7 days, the SDK's TTL). Uploads never referenced expire quickly.
+- Ownership: each upload adds ``P`` to the blob's owner set ``<ns>:{pNN}:blobown:<sha256>`` (same TTL). A frame
+  may reference a blob only when its project sent the bytes (422 ``missing_blob`` otherwise): a project cannot
+  make another project's blob its own by naming its sha, even when their runs share a partition.
+- Quota: the bytes a project holds in Redis through the gateway are at most ``blob_quota_bytes``; past it 429
+  ``blob_quota`` with ``Retry-After`` (413 ``blob_over_quota`` for a blob larger than the whole quota). An upload
+  counts until it would expire (``blob_pending_ttl_s``); a frame that references a blob counts it for the project
+  of the frame until ``blob_ttl_s`` from then, whoever uploaded it. An upload of a blob that is stored already
+  adds no bytes and costs nothing. Accounting keys: ``<ns>:{bq-<h>}:blobs`` (sorted set: ``<partition>:<sha256>``
+  → expiry, ms, Redis's clock) and ``<ns>:{bq-<h>}:sizes`` (hash: member → bytes, and ``_total``), ``h`` = the
+  first 16 hex digits of sha256(project); they expire when the project is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import zlib
+from typing import Any
 
 import msgpack
 from aiohttp import web
@@ -50,6 +65,7 @@ from schemas.frame import check_run_id
 from schemas.media import blob_shas
 
 from .errors import Refused
+from .settings import GatewaySettings
 from .state import GW
 
 try:  # Python 3.14+
@@ -57,6 +73,7 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover - depends on the Python version
     from backports.zstd import ZstdDecompressor, ZstdError
 
+log = logging.getLogger("stepline.gateway")
 FRAMES_TYPE = "application/x-stepline-frames"
 ENCODINGS = ("identity", "gzip", "zstd")
 #: Bodies larger than this are decoded in a worker thread, so a big frame never stalls the event loop.
@@ -206,7 +223,7 @@ async def post_frames(request: web.Request) -> web.Response:
         events, blobs = await asyncio.to_thread(validate, frames, project, run, gw)
     else:
         events, blobs = validate(frames, project, run, gw)
-    ids = await _append(gw, p, frames, sorted(blobs))
+    ids = await _append(gw, p, project, frames, sorted(blobs))
     gw.metrics.frames += len(frames)
     gw.metrics.events += events
     if gw.backlog is not None:
@@ -215,34 +232,163 @@ async def post_frames(request: web.Request) -> web.Response:
 
 
 # Check the referenced blobs and append the frames in one atomic step: a Lua script over the partition's keys only
-# (stream and blobs share the hash tag, one Cluster slot), so it is valid on a single Redis and a Redis Cluster
-# alike (a cluster client's WATCH/immediate-command pipeline mode does not behave as the single-server one).
+# (stream, blobs and their owner sets share the hash tag, one Cluster slot), so it is valid on a single Redis and a
+# Redis Cluster alike (a cluster client's WATCH/immediate-command pipeline mode does not behave as the
+# single-server one). KEYS: stream, n blob keys, n owner-set keys. ARGV: field, project, blob TTL (ms), frames...
+# A blob counts as stored for this project when its bytes are there and the project uploaded them; once the
+# frames are appended, every referenced blob (and its owner set) lives at least the full blob TTL. Returns
+# {0, missing positions} or {1, stream ids, blob sizes}.
 _APPEND = """
+local n = (#KEYS - 1) / 2
 local missing = {}
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - 1 end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i]) == 0 or redis.call('SISMEMBER', KEYS[1 + n + i], ARGV[2]) == 0 then
+    missing[#missing + 1] = i
+  end
 end
 if #missing > 0 then return {0, missing} end
 local ids = {}
-for i = 2, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end
-return {1, ids}
+for i = 4, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end
+local ttl = tonumber(ARGV[3])
+for i = 1, n do
+  if redis.call('PTTL', KEYS[1 + i]) < ttl then
+    redis.call('PEXPIRE', KEYS[1 + i], ttl)
+    redis.call('PEXPIRE', KEYS[1 + n + i], ttl)
+  end
+end
+local sizes = {}
+for i = 1, n do sizes[i] = redis.call('STRLEN', KEYS[1 + i]) end
+return {1, ids, sizes}
 """
 
 
-async def _append(gw: GW, p: int, frames: list[bytes], shas: list[str]) -> list[str]:
+async def _append(gw: GW, p: int, project: str, frames: list[bytes], shas: list[str]) -> list[str]:
     names = gw.settings.names
     blob_keys = [names.blob(p, s) for s in shas]
+    owner_keys = [blob_owners_key(gw.settings, p, s) for s in shas]
     try:
-        ok, detail = await gw.redis.eval(
-            _APPEND, 1 + len(blob_keys), names.stream(p), *blob_keys, FRAME_FIELD, *frames)
+        ok, detail, *sizes = await gw.redis.eval(
+            _APPEND, 1 + 2 * len(shas), names.stream(p), *blob_keys, *owner_keys, FRAME_FIELD, project,
+            _ms(gw.settings.blob_ttl_s), *frames)
     except (RedisError, OSError) as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
                       retry_after=gw.settings.retry_after_s) from None
     if not ok:
         missing = [shas[int(i) - 1] for i in detail]
-        raise Refused(422, "missing_blob", f"{len(missing)} referenced blobs are not stored; "
-                      "PUT /api/v1/blobs/{sha256} first", missing=missing[:20])
+        raise Refused(422, "missing_blob", f"{len(missing)} referenced blobs are not stored for project "
+                      f"{project!r}; PUT /api/v1/blobs/{{sha256}}?project=&run= first", missing=missing[:20])
+    if shas:
+        # The frames are in: a failure to account for them is logged, not answered (a resend would be a duplicate).
+        pairs = [x for sha, size in zip(shas, sizes[0], strict=True) for x in (f"{p}:{sha}", int(size))]
+        try:
+            await _quota_call(gw, _EXTEND, project, _ms(gw.settings.blob_ttl_s), *pairs)
+        except Refused as e:
+            log.warning("gateway: blob accounting of project %r not updated: %s", project, e)
     return [r.decode() if isinstance(r, bytes) else str(r) for r in detail]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def blob_owners_key(settings: GatewaySettings, p: int, sha: str) -> str:
+    """The set of projects that uploaded blob ``sha`` of partition ``p`` through the gateway (next to the blob)."""
+    names = settings.names
+    return f"{names.namespace}:{names.tag(p)}:blobown:{sha}"
+
+
+def quota_keys(settings: GatewaySettings, project: str) -> tuple[str, str]:
+    """The project's upload accounting: a sorted set (member ``<p>:<sha>`` → expiry, ms) and a hash of sizes."""
+    h = hashlib.sha256(project.encode()).hexdigest()[:16]
+    base = f"{settings.names.namespace}:{{bq-{h}}}"
+    return f"{base}:blobs", f"{base}:sizes"
+
+
+# The accounting scripts share a prologue: the time (Redis's clock, one for every gateway), and the uploads whose
+# keys have expired dropped from the count (at most 1000 per call: each call adds at most one). KEYS: the project's
+# sorted set and hash. Their own TTL is ARGV[1] (ms) past the latest expiry they hold, so an idle project's vanish.
+_PROLOGUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(gone) do
+  local size = tonumber(redis.call('HGET', KEYS[2], m) or '0')
+  redis.call('HINCRBY', KEYS[2], '_total', -size)
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('ZREM', KEYS[1], m)
+end
+local keep = tonumber(ARGV[1])
+local function touch()
+  redis.call('PEXPIRE', KEYS[1], keep)
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
+"""
+
+# Charge an upload: ARGV keep, member, size, TTL of the upload (ms), quota (0: none).
+# Returns {1, charged} when allowed (charged 0: this project's upload of it is counted already), or
+# {0, ms until the oldest counted upload expires} when the quota is full.
+_RESERVE = _PROLOGUE + """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {1, 0} end
+local size = tonumber(ARGV[3])
+local total = tonumber(redis.call('HGET', KEYS[2], '_total') or '0')
+local quota = tonumber(ARGV[5])
+if quota > 0 and total + size > quota then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, first[2] and (tonumber(first[2]) - now) or 1000}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], size)
+redis.call('HINCRBY', KEYS[2], '_total', size)
+touch()
+return {1, 1}
+"""
+
+# Undo a charge (the upload found the blob stored already, or did not reach Redis): ARGV keep, member.
+_RELEASE = _PROLOGUE + """
+local size = redis.call('HGET', KEYS[2], ARGV[2])
+if size then
+  redis.call('HINCRBY', KEYS[2], '_total', -tonumber(size))
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+# Charge referenced blobs to the referencing project for the blob TTL (the append extended them to it), whoever
+# uploaded them first: ARGV keep, TTL (ms), then member and size pairs.
+_EXTEND = _PROLOGUE + """
+local exp = now + tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[2], '_total', tonumber(ARGV[i + 1]))
+  end
+  redis.call('ZADD', KEYS[1], 'GT', exp, ARGV[i])
+end
+touch()
+return 1
+"""
+
+# Store an upload: KEYS blob, owner set; ARGV bytes, TTL (ms), project. The owner set lives as long as the blob.
+_STORE = """
+local created = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if created then return 1 end
+return 0
+"""
+
+
+async def _quota_call(gw: GW, script: str, project: str, *args: int | str) -> Any:
+    """Run one of the accounting scripts on ``project``'s keys with ``args`` after ARGV[1]."""
+    keep = _ms(gw.settings.blob_ttl_s + 3600.0)
+    zset, sizes = quota_keys(gw.settings, project)
+    try:
+        return await gw.redis.eval(script, 2, zset, sizes, keep, *args)
+    except (RedisError, OSError) as e:
+        raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
+                      retry_after=gw.settings.retry_after_s) from None
 
 
 def blob_target(request: web.Request) -> tuple[str, str, str]:
@@ -268,11 +414,38 @@ async def put_blob(request: web.Request) -> web.Response:
     data = await read_body(request, gw, gw.settings.max_blob_bytes)
     if hashlib.sha256(data).hexdigest() != sha:
         raise Refused(422, "hash_mismatch", "the body does not hash to the sha256 in the URL")
-    p = gw.settings.names.partition(project, run)
+    s = gw.settings
+    p = s.names.partition(project, run)
+    member = f"{p}:{sha}"
+    if s.blob_quota_bytes and len(data) > s.blob_quota_bytes:
+        raise Refused(413, "blob_over_quota", f"the blob is {len(data)} bytes, over the project's quota of "
+                      f"{s.blob_quota_bytes} bytes of uploads waiting in Redis")
+    pending = _ms(min(s.blob_pending_ttl_s, s.blob_ttl_s))
+    blob_key, owners_key = s.names.blob(p, sha), blob_owners_key(s, p, sha)
     try:
-        created = await gw.redis.set(gw.settings.names.blob(p, sha), data, nx=True, ex=int(gw.settings.blob_ttl_s))
+        there = bool(await gw.redis.exists(blob_key))
     except (RedisError, OSError) as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
-                      retry_after=gw.settings.retry_after_s) from None
+                      retry_after=s.retry_after_s) from None
+    charged = 0
+    if not there:  # new bytes: within the quota, charged before they are stored
+        allowed, detail = await _quota_call(gw, _RESERVE, project, member, len(data), pending, s.blob_quota_bytes)
+        if not allowed:
+            raise Refused(429, "blob_quota", f"project {project!r} holds over {s.blob_quota_bytes} bytes of "
+                          "uploads waiting in Redis; retry when some have expired",
+                          retry_after=min(max(int(detail), 1000) / 1000, 60.0))
+        charged = int(detail)
+    try:
+        created = await gw.redis.eval(_STORE, 2, blob_key, owners_key, data, pending, project)
+    except (RedisError, OSError) as e:
+        if charged:
+            with contextlib.suppress(Refused):
+                await _quota_call(gw, _RELEASE, project, member)
+        raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
+                      retry_after=s.retry_after_s) from None
+    if created and there:  # it expired in between: these bytes are new after all (charged, past the check)
+        await _quota_call(gw, _RESERVE, project, member, len(data), pending, 0)
+    elif charged and not created:  # stored by someone else in between: nothing added
+        await _quota_call(gw, _RELEASE, project, member)
     gw.metrics.blobs += int(bool(created))
     return web.json_response({"sha256": sha, "partition": p, "stored": bool(created)}, status=201 if created else 200)

@@ -47,10 +47,12 @@ from typing import Any, Literal, TypedDict, overload
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, inspect, select
 
 from schemas import SteplineError, key_ident, section_of
+from schemas.media import blob_shas
 from schemas.settings import normalize_db_url
 from schemas.store import (
     RUNTIME,
@@ -72,6 +74,8 @@ __all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound",
 Array = npt.NDArray[Any]
 DEFAULT_DATA_DIR = "./stepline-data"
 DEFAULT_CACHE_BYTES = 256 << 20
+#: Column kinds whose values never hold a media blob reference (everything else may: images, HTML, tables, lists).
+_NO_MEDIA_KINDS = frozenset({NUMBER, STRING, BOOL, "histogram", "plot"})
 # How often a read lists the segments again when a file it listed was garbage-collected under it.
 _RETRIES = 3
 
@@ -338,6 +342,41 @@ class RunView:
         for k in self.keys():
             out.setdefault(section_of(k), []).append(k)
         return dict(sorted(out.items()))
+
+    def references_blob(self, sha256: str) -> bool:
+        """Whether the run's stored values reference the media blob ``sha256`` (an image, HTML, or media inside a
+        table or list, in its history, summary or config): the gateway serves a blob only to readers of a run that
+        logged it.
+
+        Only the columns of kinds that can hold media are read (through the column cache), one segment at a time;
+        cells are searched for the sha's text first and only the cells holding it are decoded, so a string that
+        merely contains the text does not count.
+        """
+        info_values = [self.info.get("summary"), self.info.get("config")]
+        if any(sha256 in blob_shas(v) for v in info_values if v):
+            return True
+        for _ in range(_RETRIES):
+            cols, segs = self._snapshot(None, None)
+            fields = [c.field for c in cols if c.kind not in _NO_MEDIA_KINDS]
+            if not fields:
+                return False
+            try:
+                for seg in segs:
+                    table = self._read_segments([seg], [STEP, *fields], None, None)
+                    for name in table.column_names:
+                        col = table.column(name)
+                        if name == STEP or not pa.types.is_binary(col.type) or not col.length():
+                            continue
+                        hits = pc.match_substring(col, pattern=sha256)
+                        if not pc.any(hits).as_py():
+                            continue
+                        for v in col.filter(hits).to_pylist():
+                            if sha256 in blob_shas(unpack_stored(v)):
+                                return True
+                return False
+            except _SegmentGone:
+                continue
+        raise SteplineError(f"run {self.path}: segments keep disappearing while reading (compaction too fast?)")
 
     def rejections(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Every rejected call of the run, oldest first: entry_id, reason, step, cursor, message, ts."""
