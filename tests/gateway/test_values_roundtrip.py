@@ -84,7 +84,7 @@ def from_csv_float(cell: str) -> float:
 async def test_every_value_kind_is_served_by_every_read_path(
         gw_settings: GatewaySettings, make_client: Callable[..., Awaitable[Any]], worker: Callable[[], Any]) -> None:
     s = gw_settings
-    worker()
+    fleet = worker()
     run = ingest.init(project="pv", id="r1", config=CONFIG, redis_url=s.redis_url, namespace=s.namespace,
                       data_dir=s.data_dir / "client", settings={"partitions": s.partitions})
     for step in range(10):
@@ -100,7 +100,7 @@ async def test_every_value_kind_is_served_by_every_read_path(
             break
         await asyncio.sleep(0.05)
     else:
-        raise AssertionError(f"the run was not committed: {r.status} {await r.text()}")
+        raise AssertionError(f"the run was not committed: {r.status} {await r.text()}\n{fleet.logs()}")
 
     async def get(path: str, fmt: str, **params: str) -> bytes:
         resp = await c.get(path, params={**params, "format": fmt})
@@ -179,7 +179,7 @@ async def test_complex_values_stored_before_they_were_refused_are_served(
     from schemas.store import runs, segments
 
     s = gw_settings
-    worker()
+    fleet = worker()
     run = ingest.init(project="pv", id="cx", redis_url=s.redis_url, namespace=s.namespace,
                       data_dir=s.data_dir / "client", settings={"partitions": s.partitions})
     floats = np.array([1.5, -2.0, NAN, INF])
@@ -194,7 +194,7 @@ async def test_complex_values_stored_before_they_were_refused_are_served(
             break
         await asyncio.sleep(0.05)
     else:
-        raise AssertionError("the run was not committed")
+        raise AssertionError(f"the run was not committed\n{fleet.logs()}")
 
     # Rewrite what older workers would have stored for a complex64 array with the same bytes.
     engine = create_engine(s.metadata_url)
