@@ -463,9 +463,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise SchemaError(f"unknown msgpack ext type {code}", code="bad_ext")
 
 
-def _unpack(data: bytes, limits: Limits) -> Any:
+def _unpack(data: bytes, limits: Limits | None) -> Any:
     n = len(data)
-    if n <= limits.max_value_bytes and n <= limits.max_elements:
+    if limits is None or (n <= limits.max_value_bytes and n <= limits.max_elements):
         # msgpack's own caps are the input's length (half of it for maps): here they are the tighter ones.
         return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0)
     # Each cap is checked by msgpack against a header before it allocates anything for it. Bin and ext lengths
@@ -478,16 +478,17 @@ def _unpack(data: bytes, limits: Limits) -> Any:
     )
 
 
-def _resolve_media(pending: deque[tuple[Media, bytes, int]], limits: Limits) -> None:
+def _resolve_media(pending: deque[tuple[Media, bytes, int]], limits: Limits | None) -> None:
     """Decode the payloads of the media references :func:`_ext_hook` left, breadth first, each in its own C call:
     no recursion, whatever the nesting. A payload's bytes are dropped once decoded, so at most two levels' worth
     are held at once."""
     st = _state
+    max_depth = (limits or DEFAULT_LIMITS).max_depth
     try:
         while pending:
             media, raw, level = pending.popleft()
-            if level > limits.max_depth:  # each media reference is a level: checked before its payload is read
-                raise SchemaError(f"media values nest deeper than {limits.max_depth} levels", code="too_deep")
+            if level > max_depth:  # each media reference is a level: checked before its payload is read
+                raise SchemaError(f"media values nest deeper than {max_depth} levels", code="too_deep")
             st.level = level
             parts = _unpack(raw, limits)
             if not (isinstance(parts, list) and len(parts) == 2 and type(parts[0]) is str
@@ -500,9 +501,15 @@ def _resolve_media(pending: deque[tuple[Media, bytes, int]], limits: Limits) -> 
         st.level = 0
 
 
-def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+def unpackb(data: bytes, limits: Limits | None = None) -> Any:
     """Decode msgpack bytes within ``limits`` (see the module docstring); any malformed input raises
-    :class:`SchemaError` (never another type)."""
+    :class:`SchemaError` (never another type).
+
+    Without ``limits`` (bytes the pipeline stored itself: run state, run info, column cells) string lengths and
+    element counts are capped by the input's length only, since a long run may hold more keys than one message
+    may; media nesting is still capped at the default ``max_depth`` and never recurses in C. Bytes from clients
+    are decoded by :func:`schemas.decode_frame` / :func:`schemas.decode_event`, which always pass their limits.
+    """
     pending = _state.pending
     try:
         out = _unpack(data, limits)

@@ -262,6 +262,14 @@ def test_element_counts_are_capped() -> None:
             unpackb(header + b"\x00" * 16)
 
 
+def test_stored_bytes_are_not_held_to_the_message_caps() -> None:
+    # Run state and info are the pipeline's own bytes: a long run may hold more keys than one message may.
+    many = [0] * (Limits().max_elements + 1)
+    assert unpackb(packb(many)) == many
+    with pytest.raises(SchemaError):
+        unpackb(packb(many), Limits())
+
+
 def test_string_sizes_are_capped() -> None:
     small = Limits(max_value_bytes=100)
     assert unpackb(packb("a" * 100), small) == "a" * 100
