@@ -132,7 +132,9 @@ class HttpTransport:
                 status, ra, body = self._request("PUT", f"{self._base}/api/v1/blobs/{sha}?{self._blob_query}", data,
                                                  {"Content-Type": "application/octet-stream"})
                 if not self._check(status, ra, body, f"blob {sha}"):
+                    # Not remembered as stored: a frame referencing it gets 422 missing_blob and names it.
                     logger.error("stepline: the gateway refused blob %s (%d): %r", sha, status, body[:200])
+                    continue
                 if len(self._stored_blobs) > 100_000:
                     self._stored_blobs.clear()
                 self._stored_blobs.add(sha)
@@ -151,6 +153,13 @@ class HttpTransport:
             return 0
         self._put_blobs(batch)
         status, ra, data = self._post([e.frame for e in batch])
+        if status == 422 and b"missing_blob" in data:
+            # A blob this transport uploaded earlier is gone from the gateway's buffer (uploads that no frame
+            # references expire soon; buffered blobs expire after blob_ttl_s): upload the batch's blobs again, once.
+            for e in batch:
+                self._stored_blobs.difference_update(key.rsplit(":", 1)[-1] for key in e.blobs)
+            self._put_blobs(batch)
+            status, ra, data = self._post([e.frame for e in batch])
         if self._check(status, ra, data, f"{len(batch)} frames"):
             return len(batch)
         # Refused for good: find the frames the gateway refuses, one request each, and keep the rest.

@@ -152,3 +152,34 @@ def test_load_50_runs_only_429s_and_exactly_once(gateway_proc: Callable[..., Any
             wait_until(lambda r=r, j=j: finished_rows(api, f"load/{r.id}", counts[j]), 60, f"{r.id} committed")
             h = api.run(f"load/{r.id}").history(keys=["i"], samples=None, pandas=False)
             assert h["i"].tolist() == [float(i) for i in range(counts[j])], r.id
+
+
+def test_a_blob_gone_from_the_gateway_is_uploaded_again(thread_gateway: Callable[..., Any],
+                                                         gw_settings: GatewaySettings, data_dir: Path) -> None:
+    """The transport remembers which blobs it uploaded; when one has expired from the gateway's buffer, the next
+    frame referencing it gets 422 missing_blob, and the transport uploads it again instead of dropping the frame."""
+    import numpy as np
+    import redis
+
+    from schemas import FRAME_FIELD, Names, decode_frame
+
+    g = thread_gateway()
+    names = Names(gw_settings.namespace, gw_settings.partitions)
+    image = ingest.Image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    run = ingest.init(project="p", id="blobs", settings=client_settings(f"http://127.0.0.1:{g.port}", data_dir,
+                                                                        namespace=gw_settings.namespace))
+    p = names.partition("p", "blobs")
+    with redis.Redis.from_url(gw_settings.redis_url) as r:
+        run.log({"img": image}, step=0)
+        run.log({"x": 1.0}, step=1)  # a later step closes step 0's row... and flushes it with its frame
+        wait_until(lambda: r.exists(names.blob(p, image.sha256)), 30, "the first upload")
+        wait_until(lambda: r.xlen(names.stream(p)) >= 1, 30, "the first frame")
+        r.delete(names.blob(p, image.sha256))  # expired from the gateway's buffer
+        run.log({"img": image}, step=2)
+        res = run.finish(timeout=30)
+        assert res.ok, res
+        assert r.exists(names.blob(p, image.sha256)), "the blob was not uploaded again"
+        events = [ev for _id, f in r.xrange(names.stream(p)) for ev in decode_frame(f[FRAME_FIELD]).events]
+    logged = [ev for ev in events if type(ev).__name__ in ("Log", "LogBlock")]
+    steps = sorted(s for ev in logged for s in ([ev.step] if type(ev).__name__ == "Log" else ev.step))
+    assert steps == [0, 1, 2], steps
