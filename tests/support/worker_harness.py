@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from schemas import FRAME_FIELD, Finish, Log, Names, Start, encode_event, encode_frame_raw
 from schemas.store import rejections as rejections_table
+from support.blocks import block_of, must_go_fast
 from support.history_oracle import Oracle, OracleRow, read_history, rows_same
 from workers.metastore import MetaStore, sqlite_url
 
@@ -139,26 +140,68 @@ class RunScript:
     partition: int
     frames: list[bytes]
     oracle: Oracle
+    #: Per frame: (seq of its first event, number of events); a ``logs`` block is one event of many calls.
+    frame_seqs: list[tuple[int, int]] = field(default_factory=list)
+    #: ``logs`` blocks sent, and how many of them the workers' column-wise fast path must take (tests/support/blocks).
+    blocks: int = 0
+    fast_blocks: int = 0
+
+    def frame_of_seq(self, seq: int) -> int:
+        """The index of the frame holding event ``seq``."""
+        for k, (first, n) in enumerate(self.frame_seqs):
+            if first <= seq < first + n:
+                return k
+        raise ValueError(f"{self.run}: no frame holds event {seq}")
+
+
+#: How a stretch of calls uses step and commit: the old per-call mix, or one of the shapes a training loop has.
+STYLES = ("mixed", "steps", "commits", "plain", "plain-commit")
 
 
 def make_run(rng: random.Random, names: Names, project: str, run: str, n_steps: int, n_float: int,
-             frame_events: int = 50, t0: float = 1_700_000_000.0, reject_rate: float = 0.003) -> RunScript:
-    """A run of ``n_steps`` log calls of ``n_float`` float keys, one int and one string key, with explicit steps,
-    ``commit=False`` chains and a few deliberately non-monotonic calls; its oracle is built call by call."""
+             frame_events: int = 50, t0: float = 1_700_000_000.0, reject_rate: float = 0.003,
+             blocks: float = 0.75) -> RunScript:
+    """A run of ``n_steps`` log calls of ``n_float`` float keys, an int, a string and a bool key; its oracle is
+    built call by call.
+
+    The calls come in stretches (10..120 calls) of one style: ``mixed`` (explicit steps now and then,
+    ``commit=False`` chains of other keys, a step repeated), ``steps`` (rising explicit steps, some repeated),
+    ``commits`` (``step`` + ``commit=True``), ``plain`` (``log(d)``), ``plain-commit`` (``log(d, commit=True)``);
+    about ``reject_rate`` of the calls go below the cursor (rejected whole).
+
+    On the wire the calls are sent as the SDK sends them: stretches (4..60 calls) of consecutive calls with the same
+    keys packed as ``logs`` blocks (a fraction ``blocks`` of the stretches; at most ``frame_events`` calls, at least
+    4 when the frame allows), the other calls as single ``log`` events. ``blocks=0`` sends every call alone. So the
+    workers apply the steady stretches through their column-wise fast path and the rest call by call. A frame holds
+    at most ``frame_events`` log calls (a block counts as its calls)."""
     keys = [f"train/m{j:02d}" for j in range(n_float)]
     o = Oracle()
     o.start(t0)
-    events: list[Any] = [Start(ts=t0, name=run)]
+    calls: list[Log] = []
+    style, left = "mixed", 0
     for i in range(n_steps):
+        if left == 0:
+            style, left = rng.choice(STYLES), rng.randint(10, 120)
+        left -= 1
         ts = t0 + (i + 1) * 0.001
         data: dict[str, Any] = {k: rng.random() for k in keys}
         data["count"] = i
         data["phase"] = rng.choice(("warmup", "train", "eval"))
+        data["ok"] = i % 7 != 3
         step: int | None = None
         commit: bool | None = None
         u = rng.random()
         if u < reject_rate and o.cursor > 0:
             step = max(0, o.cursor - rng.randint(1, 5))  # lower than the cursor: the whole call is rejected
+            commit = True if style == "commits" else None
+        elif style == "steps":
+            step = o.cursor + rng.choice((0, 1, 1, 1, 2))
+        elif style == "commits":
+            step, commit = o.cursor + rng.choice((0, 1, 1, 3)), True
+        elif style == "plain-commit":
+            commit = True
+        elif style == "plain":
+            pass
         elif u < 0.08:
             commit = False
             data = {k: data[k] for k in rng.sample(sorted(data), 3)}
@@ -167,15 +210,57 @@ def make_run(rng: random.Random, names: Names, project: str, run: str, n_steps: 
         elif u < 0.16:
             step = o.cursor
         o.log(ts, data, step, commit)
-        events.append(Log(ts=ts, data=data, step=step, commit=commit))
+        calls.append(Log(ts=ts, data=data, step=step, commit=commit))
     t_end = t0 + (n_steps + 1) * 0.001
-    events.append(Finish(ts=t_end))
     o.finish(t_end)
+
+    # The wire: (event bytes, log calls in it), blocks as the SDK packs them; each block's fast-path fate is
+    # judged against the oracle of the calls before it.
+    events: list[tuple[bytes, int]] = [(encode_event(Start(ts=t0, name=run)), 1)]
+    before = Oracle()
+    before.start(t0)
+    n_blocks = n_fast = 0
+    i = 0
+    while i < len(calls):
+        n = rng.randint(4, 60)
+        if rng.random() >= blocks:
+            for c in calls[i:i + n]:
+                events.append((encode_event(c), 1))
+                before.log(c.ts, c.data, c.step, c.commit)
+            i += n
+            continue
+        end = min(len(calls), i + n)
+        while i < end:
+            cap = min(frame_events, rng.randint(4, max(4, frame_events)))
+            j = i + 1
+            while j < end and j - i < cap and list(calls[j].data) == list(calls[i].data):
+                j += 1
+            block = block_of(calls[i:j])
+            n_blocks += 1
+            n_fast += must_go_fast(block, before)
+            events.append((encode_event(block), j - i))
+            for c in calls[i:j]:
+                before.log(c.ts, c.data, c.step, c.commit)
+            i = j
+    events.append((encode_event(Finish(ts=t_end)), 1))
+    before.finish(t_end)
+    assert before.rows == o.rows and before.rejections == o.rejections
+
     producer = f"prod-{run}"
-    raws = [encode_event(e) for e in events]
-    frames = [encode_frame_raw(project, run, producer, s, raws[s:s + frame_events])
-              for s in range(0, len(raws), frame_events)]
-    return RunScript(project, run, names.partition(project, run), frames, o)
+    frames: list[bytes] = []
+    frame_seqs: list[tuple[int, int]] = []
+    seq = 0
+    cur: list[bytes] = []
+    cur_calls = 0
+    for raw, n in [*events, (b"", frame_events + 1)]:  # the sentinel closes the last frame
+        if cur and cur_calls + n > frame_events:
+            frames.append(encode_frame_raw(project, run, producer, seq, cur))
+            frame_seqs.append((seq, len(cur)))
+            seq += len(cur)
+            cur, cur_calls = [], 0
+        cur.append(raw)
+        cur_calls += n
+    return RunScript(project, run, names.partition(project, run), frames, o, frame_seqs, n_blocks, n_fast)
 
 
 def interleave(scripts: list[RunScript], rng: random.Random) -> list[tuple[int, bytes]]:
@@ -265,15 +350,18 @@ def rejections_of(store: MetaStore, project: str, run: str) -> list[tuple[str, i
 
 
 def check_history(data_dir: Path, store: MetaStore, scripts: list[RunScript]) -> None:
-    """Each run's committed rows and rejections equal its oracle's exactly (no loss, no duplicate, in order)."""
+    """Each run's committed rows, in storage order, and its rejections equal its oracle's exactly (no loss, no
+    duplicate, ascending steps)."""
     for s in scripts:
         segs = store.segments_of(s.project, s.run)
         ranges = sorted((int(g["min_step"]), int(g["max_step"])) for g in segs)
         for (_, hi), (lo, _) in itertools.pairwise(ranges):
             assert hi < lo, f"{s.run}: segments overlap: {ranges}"
-        got: list[OracleRow] = read_history(data_dir, store, s.project, s.run)
+        got: list[OracleRow] = read_history(data_dir, store, s.project, s.run)  # storage order, not re-sorted
         steps = [row[0] for row in got]
         assert len(steps) == len(set(steps)), f"{s.run}: duplicate steps"
+        back = [i for i in range(1, len(steps)) if steps[i] < steps[i - 1]]
+        assert not back, f"{s.run}: stored rows go back in step at positions {back[:10]}"
         if not rows_same(got, s.oracle.rows):
             first = next((i for i, (a, b) in enumerate(zip(got, s.oracle.rows, strict=False)) if not
                           rows_same([a], [b])), min(len(got), len(s.oracle.rows)))
