@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from support.worker_harness import wait_until
 
 import ingest
 from schemas import (
@@ -192,26 +193,81 @@ def test_context_manager_reports_failure(redis_url: str, namespace: str, data_di
     assert isinstance(last, Finish) and last.exit_code == 1
 
 
+class CommandLog(threading.Thread):
+    """Every command the Redis server executes on keys of one namespace, in execution order (MONITOR lists the
+    commands of a MULTI/EXEC in the order EXEC runs them): ``(command name, key)``."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.namespace = url, namespace
+        self.commands: list[tuple[str, str]] = []
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.end = f"{namespace}:end-of-monitor"
+
+    def run(self) -> None:
+        try:
+            with redis.Redis.from_url(self.url).monitor() as m:
+                self.ready.set()
+                for c in m.listen():
+                    args = c["command"].split(" ")
+                    if len(args) > 1 and args[1].startswith(self.namespace + ":"):
+                        if args[1] == self.end:
+                            return
+                        self.commands.append((args[0].upper(), args[1]))
+        except BaseException as e:  # reported by the test
+            self.error = e
+        finally:
+            self.ready.set()
+
+    def stop(self) -> list[tuple[str, str]]:
+        with redis.Redis.from_url(self.url) as r:
+            r.echo(self.end)
+        self.join(10)
+        assert not self.is_alive() and self.error is None, self.error
+        return self.commands
+
+
 def test_media_blobs_are_stored_before_their_frame(redis_url: str, namespace: str, data_dir: Path) -> None:
+    names = Names(namespace, 16)
+    p = names.partition("media", "m1")
+    monitor = CommandLog(redis_url, namespace)
+    monitor.start()
+    assert monitor.ready.wait(10) and monitor.error is None, monitor.error
     run = ingest.init(project="media", id="m1", redis_url=redis_url, namespace=namespace, data_dir=data_dir)
+    for i in range(20):  # frames before the media one: it is not the first thing sent
+        run.log({"loss": float(i)})
+    wait_until(lambda: run.sent_frames >= 1 and run.pending_frames == 0, 30, "the first frames to be sent")
     table = ingest.Table(columns=["x", "page"], data=[[1, ingest.Html("<b>t</b>")]])
     img = ingest.Image(np.zeros((4, 5, 3), dtype=np.uint8))
     run.log({"img": img, "table": table})
     assert run.finish(timeout=10).ok
-    names = Names(namespace, 16)
+    commands = monitor.stop()
+    html_sha = table.data[0][1].payload["sha256"]
+    blob_keys = {names.blob(p, img.sha256), names.blob(p, html_sha)}
     client = redis.Redis.from_url(redis_url)
     try:
-        p = names.partition("media", "m1")
-        for sha, data in [(img.sha256, None), (table.data[0][1].payload["sha256"], b"<b>t</b>")]:
+        for sha, data in [(img.sha256, None), (html_sha, b"<b>t</b>")]:
             key = names.blob(p, sha)
             stored = client.get(key)
             assert stored is not None and (data is None or stored == data)
             assert 0 < client.ttl(key) <= 7 * 86400
-        (frames,) = read_frames(client, names).values()
+        entries = client.xrange(names.stream(p))
     finally:
         client.close()
-    (call,) = calls_of(events_in_order(frames))
+    # The stream entry whose frame carries the media call, and the XADD that appended it: the XADDs to the
+    # stream ran in entry order, so the k-th XADD wrote the k-th entry.
+    frames = [decode_frame(fields[FRAME_FIELD], strict=True) for _id, fields in entries]
+    k = next(i for i, f in enumerate(frames) if any("img" in c.data for c in calls_of(f.events)))
+    (call,) = [c for c in calls_of(frames[k].events) if "img" in c.data]
     assert call.data["img"].payload["sha256"] == img.sha256
+    xadds = [i for i, (cmd, key) in enumerate(commands) if cmd == "XADD" and key == names.stream(p)]
+    assert len(xadds) == len(entries) and k > 0, (len(xadds), len(entries), k)
+    frame_at = xadds[k]
+    for key in blob_keys:
+        sets = [i for i, (cmd, k2) in enumerate(commands) if cmd == "SET" and k2 == key]
+        assert sets, f"no SET of {key} seen"
+        assert sets[0] < frame_at, f"blob {key} was stored after the frame that references it: {commands}"
 
 
 async def test_async_run(redis_url: str, namespace: str, data_dir: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -43,7 +43,12 @@ NUMERIC_DTYPES = [
     "float16", "float32", "float64", ">i4", ">f8",
 ]
 
-keys = st.text(min_size=1, max_size=40).filter(lambda k: k not in RESERVED_KEYS)
+# Valid by construction (capture and flatten accept every value drawn; what they refuse is drawn separately in
+# test_invalid_values_and_keys_raise): keys without NUL (surrogates are never drawn by st.text) or ".", so a nested
+# path cannot collide with a literal dotted key, not reserved; nesting explicitly bounded, so a flattened key stays
+# under 256 characters (5 levels of at most 40) and a value under 32 levels.
+keys = st.text(st.characters(exclude_characters="\x00.", exclude_categories=("Cs",)), min_size=1,
+               max_size=40).filter(lambda k: k not in RESERVED_KEYS)
 scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(INT64_MIN, INT64_MAX),
@@ -61,17 +66,26 @@ def arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
     return draw(hnp.arrays(dtype, shape))
 
 
-plain = st.recursive(
-    st.one_of(scalars, arrays()),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner)),
-    max_leaves=12,
-)
-nested = st.recursive(
-    plain,
-    lambda inner: st.dictionaries(keys, inner, max_size=4),
-    max_leaves=20,
-)
-log_data = st.dictionaries(keys, nested, max_size=8)
+def _plain(depth: int) -> st.SearchStrategy[Any]:
+    """Scalars and small arrays, in lists and tuples nested at most ``depth`` deep."""
+    leaf = st.one_of(scalars, arrays())
+    if depth == 0:
+        return leaf
+    inner = _plain(depth - 1)
+    return st.one_of(leaf, st.lists(inner, max_size=4), st.tuples(inner, inner))
+
+
+def _nested(depth: int) -> st.SearchStrategy[Any]:
+    """Values, or dicts of them nested at most ``depth`` deep (flattened into dotted keys)."""
+    if depth == 0:
+        return _plain(3)
+    return st.one_of(_plain(3), st.dictionaries(keys, _nested(depth - 1), max_size=3))
+
+
+plain = _plain(3)
+nested = _nested(4)
+# A literal dotted key as well: "lit.x" cannot collide, no generated key holds a dot.
+log_data = st.dictionaries(st.one_of(keys, st.just("lit.x")), nested, max_size=8)
 
 
 def _roundtrip(events: list[Any]) -> list[Any]:
@@ -86,29 +100,96 @@ def _roundtrip(events: list[Any]) -> list[Any]:
        commit=st.one_of(st.none(), st.booleans()), ts=st.floats(allow_nan=False))
 def test_captured_log_values_round_trip_exactly(data: dict[str, Any], step: int | None, commit: bool | None,
                                                 ts: float) -> None:
-    try:
-        captured = {k: capture(v, k) for k, v in flatten(data).items()}
-    except SchemaError:  # not accepted (a collision, a big complex array): only accepted values must round-trip
-        assume(False)
-        raise
+    captured = {k: capture(v, k) for k, v in flatten(data).items()}  # every drawn value is valid
     (got,) = _roundtrip([Log(ts=ts, data=captured, step=step, commit=commit)])
     assert isinstance(got, Log)
     assert got.step == step and got.commit == commit and values_equal(got.ts, ts)
     assert values_equal(got.data, captured)
 
 
-@given(st.lists(st.floats(), min_size=1, max_size=50), st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=1))
-def test_block_columns_round_trip(floats: list[float], ints: list[int]) -> None:
-    n = min(len(floats), len(ints))
-    block = LogBlock(
-        keys=["f", "i", "mixed"],
-        ts=np.arange(n, dtype=np.float64),
-        step=[None] * n,
-        commit=[None] * n,
-        cols=[np.array(floats[:n]), np.array(ints[:n], dtype=np.int64), [True, "x", 1.5, None][:1] * n],
-    )
+def _deep_dict(n: int) -> dict[str, Any]:
+    d: dict[str, Any] = {"k": 1}
+    for _ in range(n):
+        d = {"k": d}
+    return d
+
+
+def _deep_list(n: int) -> Any:
+    v: Any = 1
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+# What capture/flatten must refuse: (fragment of a log() dict, SchemaError code, the key the error names or None,
+# whether the fragment still fails when nested one level down under "outer").
+INVALID: list[tuple[dict[Any, Any], str, str | None, bool]] = [
+    ({"a\x00b": 1.0}, "bad_key", "a\x00b", True),
+    ({"\ud800": 1.0}, "bad_key", "\ud800", True),
+    ({"": 1.0}, "bad_key", "", False),
+    ({1: 1.0}, "bad_key", None, True),
+    ({"_step": 1.0}, "reserved_key", "_step", False),
+    ({"_timestamp": 1.0}, "reserved_key", "_timestamp", False),
+    ({"k" * 257: 1.0}, "key_too_long", "k" * 257, True),
+    ({"a" * 200: {"b" * 60: 1.0}}, "key_too_long", "a" * 200 + "." + "b" * 60, True),
+    ({"c.d": 1.0, "c": {"d": 2.0}}, "key_collision", "c.d", True),
+    ({"k": _deep_dict(40)}, "too_deep", None, True),
+    ({"v": _deep_list(40)}, "too_deep", "v", True),
+    ({"i": INT64_MAX + 1}, "int_range", "i", True),
+    ({"i": INT64_MIN - 1}, "int_range", "i", True),
+    ({"s": "x\ud800"}, "bad_text", "s", True),
+    ({"z": np.ones(3, dtype=np.complex128)}, "bad_value", "z", True),
+    ({"o": object()}, "schema_error", "o", True),
+    ({"b": b"bytes"}, "schema_error", "b", True),
+    ({"big": "x" * ((1 << 20) + 1)}, "too_large", "big", True),
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=log_data, case=st.sampled_from(range(len(INVALID))), nest=st.booleans(), pos=st.integers(0, 8))
+def test_invalid_values_and_keys_raise(data: dict[str, Any], case: int, nest: bool, pos: int) -> None:
+    """One invalid key or value among valid ones, anywhere in the dict (and nested one level when that keeps it
+    invalid): capture/flatten raise SchemaError with its code, naming the key, whatever else the call holds."""
+    fragment, code, key, nestable = INVALID[case]
+    if nest and nestable:
+        fragment = {"outer": fragment}
+        key = None if key is None else "outer." + key
+    items = [(k, v) for k, v in data.items() if k not in fragment]
+    items[pos:pos] = list(fragment.items())
+    with pytest.raises(SchemaError) as e:
+        {k: capture(v, k) for k, v in flatten(dict(items)).items()}
+    assert e.value.code == code, (e.value.code, str(e.value))
+    if key is not None:  # an over-long key is named by its start
+        assert e.value.key == key or (code == "key_too_long" and e.value.key and key.startswith(e.value.key))
+
+
+MIXED_CELLS = st.one_of(st.none(), st.booleans(), st.integers(INT64_MIN, INT64_MAX), st.floats(), st.text(max_size=5))
+
+
+@st.composite
+def block_columns(draw: st.DrawFn) -> tuple[int, list[Any]]:
+    """Columns of one block: float64, int64, str, bool and a really mixed list (None, a bool, an int, a float and a
+    str are always in it, in a drawn order, with more drawn cells)."""
+    mixed = draw(st.lists(MIXED_CELLS, max_size=45).flatmap(
+        lambda xs: st.permutations([None, True, 1, 1.5, "s", *xs])))
+    n = len(mixed)
+    floats = draw(st.lists(st.floats(), min_size=n, max_size=n))
+    ints = draw(st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=n, max_size=n))
+    strs = draw(st.lists(st.text(max_size=5), min_size=n, max_size=n))
+    bools = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    return n, [np.array(floats, dtype=np.float64), np.array(ints, dtype=np.int64), strs, bools, mixed]
+
+
+@given(block_columns())
+def test_block_columns_round_trip(columns: tuple[int, list[Any]]) -> None:
+    n, cols = columns
+    assert {type(v) for v in cols[4]} >= {type(None), bool, int, float, str}
+    block = LogBlock(keys=["f", "i", "s", "b", "mixed"], ts=np.arange(n, dtype=np.float64), step=[None] * n,
+                     commit=[None] * n, cols=cols)
     (got,) = _roundtrip([block])
-    assert got == block
+    assert got == block  # values_equal: type-strict (True is not 1, 1 is not 1.0), NaN equals NaN
+    assert [type(c) for c in got.cols] == [np.ndarray, np.ndarray, list, list, list]
+    assert [type(v) for v in got.cols[4]] == [type(v) for v in cols[4]]
 
 
 def test_extremes_and_specials() -> None:
