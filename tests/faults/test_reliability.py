@@ -506,25 +506,48 @@ def test_sqlite_locked_for_a_while_workers_wait_and_commit_once(redis_url: str, 
                                                                 tmp_path: Path) -> None:
     import sqlite3
 
+    from sqlalchemy import select
+    from support.worker_harness import stream_ends
+
+    from schemas.store import commits as commits_table
+
     names = Names(namespace, P)
     rng = random.Random(29)
     scripts = [make_run(rng, names, "lock", f"l{i}", 800, 4, frame_events=10) for i in range(4)]
-    with fleet_for(redis_url, namespace, data_dir, tmp_path) as fleet:
+    with fleet_for(redis_url, namespace, data_dir, tmp_path) as fleet, redis.Redis.from_url(redis_url) as r:
         for _ in range(2):
-            fleet.start()
+            # Every commit is recorded in sl_commits with committed_at = the time the commit began, taken before
+            # its transaction waits for the write lock (MetaStore.commit).
+            fleet.start(env={"STEPLINE_COMMIT_AUDIT": "1"})
         feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=4)
         store = MetaStore(sqlite_url(data_dir))
         wait_until(lambda: len([p for p in store.partitions() if p["owner"]]) == P, 20, "every partition owned")
         feeder.start()
-        time.sleep(1.0)
+        wait_until(lambda: any(p["offset"] != "0-0" for p in store.partitions()), 20, "a first commit")
         db = sqlite3.connect(data_dir / "meta.sqlite", isolation_level=None)
-        db.execute("BEGIN EXCLUSIVE")  # no reader, no writer gets in
-        time.sleep(3.0)
+        db.execute("BEGIN EXCLUSIVE")  # no other writer gets in (WAL: readers still read)
+        locked_at = time.time()
+        # Hold the lock until entries arrived after it was taken (work that needs a commit), then long enough
+        # for commits to fall due (every 0.2 s) and block on it.
+        ends = stream_ends(r, names)
+        wait_until(lambda: stream_ends(r, names) != ends, 20, "new entries while the database is locked")
+        time.sleep(2.0)
+        released_at = time.time()
         db.execute("ROLLBACK")
         db.close()
         feeder.join(30)
+        assert feeder.error is None
         store.close()
-        settle_and_check(redis_url, names, data_dir, fleet, oracles(scripts)).close()
+        store = settle_and_check(redis_url, names, data_dir, fleet, oracles(scripts))
+        with store.engine.connect() as conn:
+            began = [float(x) for x in conn.execute(select(commits_table.c.committed_at)).scalars()]
+        store.close()
+        # A commit that began while the lock was held can only have been written after the release: it waited.
+        waited = [t for t in began if locked_at < t < released_at]
+        assert waited, f"no commit began while the database was locked ({len(began)} commits)\n{fleet.logs()}"
+        logs = "".join(w.log.read_text() for w in fleet.procs)
+        assert "dropping uncommitted work" not in logs, fleet.logs()  # waited, did not fail and retry
+        assert all(w.alive() for w in fleet.procs), fleet.logs()
 
 
 def test_postgres_connections_refused_for_a_while_workers_retry_and_commit_once(
