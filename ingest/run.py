@@ -85,17 +85,19 @@ _time = time.time
 
 @dataclass(frozen=True, slots=True)
 class FinishResult:
-    """What ``finish()`` achieved: frames acknowledged by Redis, frames left unsent and where they are, and log
-    calls dropped because they could not be encoded (each also reported in the run's warnings)."""
+    """What ``finish()`` achieved: frames acknowledged by Redis, frames left unsent and where they are, log
+    calls dropped because they could not be encoded (each also reported in the run's warnings), and frames the
+    HTTP gateway refused for good (each also logged as an error with the gateway's reason)."""
 
     sent_frames: int
     unsent_frames: int
     spill_path: Path | None
     dropped_calls: int = 0
+    refused_frames: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.unsent_frames == 0 and self.dropped_calls == 0
+        return self.unsent_frames == 0 and self.dropped_calls == 0 and self.refused_frames == 0
 
 
 def _check_step_commit(step: Any, commit: Any) -> tuple[int | None, bool | None]:
@@ -455,12 +457,15 @@ class Run:
         self.finished = True
         return True
 
-    def _result(self) -> FinishResult:
+    def _result(self, refused: int = 0) -> FinishResult:
         path = self._core.outbox.close()
         unsent = len(self._core.outbox)
         dropped = self._b.dropped_calls
         res = FinishResult(sent_frames=self._core.sent_frames, unsent_frames=unsent, spill_path=path,
-                           dropped_calls=dropped)
+                           dropped_calls=dropped, refused_frames=refused)
+        if refused:
+            logger.warning("stepline: run %s finished with %d frames refused by the gateway (see the errors above)",
+                           self.id, refused)
         if dropped:
             logger.warning("stepline: run %s finished with %d log() calls dropped because they could not be encoded "
                            "(see the run's warnings)", self.id, dropped)
@@ -488,7 +493,7 @@ class Run:
         elif sender is None:
             self._core.pump()
         self._sender = None
-        return self._result()
+        return self._result(sender.refused_frames if sender is not None else 0)
 
     def __enter__(self) -> Run:
         return self
@@ -528,7 +533,8 @@ class AsyncRun(Run):
         self._sender = None
         if isinstance(sender, AsyncSender):
             await sender.close(self.settings.finish_timeout_s if timeout is None else timeout)
-        return await asyncio.to_thread(self._result)
+        refused = sender.refused_frames if sender is not None else 0
+        return await asyncio.to_thread(self._result, refused)
 
     def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
         """Outside a running loop (e.g. at exit): send with a sync client, then spill what is left."""
@@ -541,6 +547,7 @@ class AsyncRun(Run):
         if not self._close_log_side(exit_code):
             return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None,
                                                self._b.dropped_calls)
+        refused = self._sender.refused_frames if self._sender is not None else 0
         self._sender = None  # its loop is gone or not ours to drive
         t = self.settings.finish_timeout_s if timeout is None else timeout
         from .sender import sync_transport
@@ -556,7 +563,7 @@ class AsyncRun(Run):
                 time.sleep(max(0.01, min(0.5, self._core.next_attempt - time.monotonic())))
         finally:
             client.close()
-        return self._result()
+        return self._result(refused + int(getattr(client, "refused_frames", 0)))
 
     async def __aenter__(self) -> AsyncRun:
         return self

@@ -193,6 +193,11 @@ class ThreadSender:
         self._thread.start()
 
     @property
+    def refused_frames(self) -> int:
+        """Frames the gateway refused for good (HTTP transport only; Redis never refuses a well-formed XADD)."""
+        return int(getattr(self._client, "refused_frames", 0))
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -261,6 +266,11 @@ class AsyncSender:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def refused_frames(self) -> int:
+        """Frames the gateway refused for good (HTTP transport only)."""
+        return self._http.refused_frames if self._http is not None else 0
 
     def wake(self) -> None:
         # log() may run outside the loop's thread; only touch the event from inside the loop.

@@ -183,3 +183,35 @@ def test_a_blob_gone_from_the_gateway_is_uploaded_again(thread_gateway: Callable
     logged = [ev for ev in events if type(ev).__name__ in ("Log", "LogBlock")]
     steps = sorted(s for ev in logged for s in ([ev.step] if type(ev).__name__ == "Log" else ev.step))
     assert steps == [0, 1, 2], steps
+
+
+def test_frames_the_gateway_refuses_are_counted_in_finish(thread_gateway: Callable[..., Any],
+                                                          gw_settings: GatewaySettings, data_dir: Path) -> None:
+    """A gateway with stricter limits than the client refuses a frame for good: it is logged as an error and
+    counted in finish()'s result (not ok), while the frames around it are delivered."""
+    from schemas import Limits
+
+    g = thread_gateway(gw_settings.replace(limits=Limits(max_value_bytes=1000)))
+    run = ingest.init(project="p", id="refused", settings=client_settings(f"http://127.0.0.1:{g.port}", data_dir,
+                                                                          namespace=gw_settings.namespace))
+    import redis
+
+    from schemas import FRAME_FIELD, Names, decode_frame
+
+    names = Names(gw_settings.namespace, gw_settings.partitions)
+    stream = names.stream(names.partition("p", "refused"))
+    with redis.Redis.from_url(gw_settings.redis_url) as r:
+        run.log({"x": 1.0}, step=0)
+        wait_until(lambda: r.xlen(stream) >= 1, 30, "the first frame")  # so the next call travels alone
+        run.log({"s": "y" * 5000}, step=1)  # within the client's limit, past the gateway's
+        wait_until(lambda: run._sender is not None and run._sender.refused_frames == 1, 30, "the refusal")
+        run.log({"x": 2.0}, step=2)
+        res = run.finish(timeout=30)
+        events = [ev for _id, f in r.xrange(stream) for ev in decode_frame(f[FRAME_FIELD]).events]
+    assert res.refused_frames == 1 and not res.ok, res
+    assert res.unsent_frames == 0, res
+    kinds = [type(ev).__name__ for ev in events]
+    assert kinds[0] == "Start" and kinds[-1] == "Finish", kinds
+    calls = [c for ev in events for c in (ev.calls() if type(ev).__name__ == "LogBlock"
+                                          else [ev] if type(ev).__name__ == "Log" else [])]
+    assert [c.data for c in calls] == [{"x": 1.0}, {"x": 2.0}], calls
