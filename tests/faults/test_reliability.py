@@ -510,6 +510,7 @@ def test_sqlite_locked_for_a_while_workers_wait_and_commit_once(redis_url: str, 
     from support.worker_harness import stream_ends
 
     from schemas.store import commits as commits_table
+    from workers.worker import rendezvous_owner
 
     names = Names(namespace, P)
     rng = random.Random(29)
@@ -521,12 +522,25 @@ def test_sqlite_locked_for_a_while_workers_wait_and_commit_once(redis_url: str, 
             fleet.start(env={"STEPLINE_COMMIT_AUDIT": "1"})
         feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=4)
         store = MetaStore(sqlite_url(data_dir))
-        wait_until(lambda: len([p for p in store.partitions() if p["owner"]]) == P, 20, "every partition owned")
+        # Ownership settled first (a hand-over waits on the lock too, and stalls its worker's loop meanwhile):
+        # each partition with the worker rendezvous hashing gives it.
+        settled = {p: rendezvous_owner(["w0", "w1"], p) for p in range(P)}
+        wait_until(lambda: {int(p["p"]): p["owner"] for p in store.partitions()} == settled, 30,
+                   f"the partitions owned as {settled}")
         feeder.start()
-        wait_until(lambda: any(p["offset"] != "0-0" for p in store.partitions()), 20, "a first commit")
+
+        def runs_committed() -> int:
+            with store.engine.connect() as conn:
+                return len(conn.execute(runs_table.select().where(runs_table.c.project == "lock")).all())
+
+        # Every run known to its worker before the lock: a worker meeting a new run loads its state first, and
+        # that read waits for the lock too (so it would hold up the commit rather than the commit waiting).
+        wait_until(lambda: runs_committed() == len(scripts), 20, "every run committed once")
         db = sqlite3.connect(data_dir / "meta.sqlite", isolation_level=None)
         db.execute("BEGIN EXCLUSIVE")  # no other writer gets in (WAL: readers still read)
-        locked_at = time.time()
+        # The last commit written before the lock: any later one (sl_commits ids follow commit order) was written
+        # after the release.
+        (last_before,) = db.execute("SELECT coalesce(max(id), 0) FROM sl_commits").fetchone()
         # Hold the lock until entries arrived after it was taken (work that needs a commit), then long enough
         # for commits to fall due (every 0.2 s) and block on it.
         ends = stream_ends(r, names)
@@ -539,12 +553,14 @@ def test_sqlite_locked_for_a_while_workers_wait_and_commit_once(redis_url: str, 
         assert feeder.error is None
         store.close()
         store = settle_and_check(redis_url, names, data_dir, fleet, oracles(scripts))
+        t = commits_table
         with store.engine.connect() as conn:
-            began = [float(x) for x in conn.execute(select(commits_table.c.committed_at)).scalars()]
+            after = [float(x) for x in conn.execute(select(t.c.committed_at).where(t.c.id > last_before)).scalars()]
         store.close()
-        # A commit that began while the lock was held can only have been written after the release: it waited.
-        waited = [t for t in began if locked_at < t < released_at]
-        assert waited, f"no commit began while the database was locked ({len(began)} commits)\n{fleet.logs()}"
+        # A commit written after the release that had begun well before it was waiting for the lock.
+        waited = [b for b in after if b < released_at - 0.5]
+        assert waited, (f"no commit written after the lock began while it was held ({len(after)} after it)\n"
+                        f"{fleet.logs()}")
         logs = "".join(w.log.read_text() for w in fleet.procs)
         assert "dropping uncommitted work" not in logs, fleet.logs()  # waited, did not fail and retry
         assert all(w.alive() for w in fleet.procs), fleet.logs()
