@@ -22,16 +22,17 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from schemas import SettingsError
 from schemas.settings import port, positive_int
 from workers.service import add_arguments as add_worker_arguments
+from workers.service import exit_now, settings_from_args
 from workers.service import serve as serve_worker
-from workers.service import settings_from_args
 from workers.settings import WorkerSettings
-from workers.worker import Worker
+from workers.worker import Worker, run_abandoning
 
 from . import console
 from .embedded import start_embedded_redis
@@ -68,7 +69,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         gw = GatewaySettings.from_env(host="127.0.0.1", port=args.gateway_port, redis_url=redis_url,
                                       data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
                                       partitions=settings.partitions)
-        runner = web.AppRunner(create_app(gw), access_log=None)
+        # Requests still open at shutdown get 2 s: the whole shutdown stays within the workers' drain timeout.
+        runner = web.AppRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
             site = web.TCPSite(runner, gw.host, gw.port)
@@ -99,10 +101,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             await runner.cleanup()
 
     try:
-        asyncio.run(main())
+        # Not asyncio.run: it waits for every executor thread, and a commit still blocked past the workers' drain
+        # timeout (a locked SQLite file) would hold the process that long.
+        run_abandoning(main())
     finally:
         if emb:
             emb.close()
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        exit_now(0)  # abandoned executor threads: a normal interpreter exit would join them
     return 0
 
 

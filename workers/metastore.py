@@ -27,7 +27,26 @@ from sqlalchemy import Engine, delete, insert, select, update
 from schemas import FencedError, packb
 from schemas.store import commits, garbage, partitions, rejections, runs, segments, writer_engine
 
+from ._faults import poison_point
 from .migrations import migrate
+
+
+def _text(s: str) -> str:
+    """Free text for a text column (a rejection's message quotes client input): NUL, which PostgreSQL text cannot
+    hold, and lone surrogates, which neither database can encode, are replaced, so the text cannot fail a commit."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\\x00")
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        s = s.encode(errors="backslashreplace").decode()
+    return s
+
+
+def _int64(v: int | None) -> int | None:
+    """A step or cursor for an int64 column: a run's cursor reaches 2**63 after a call at the last step
+    (2**63 - 1, ``commit=True``); stored as 2**63 - 1 (the message and the run's info keep the exact value)."""
+    return v if v is None or v < 1 << 63 else (1 << 63) - 1
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -174,13 +193,14 @@ class MetaStore:
             if c.rejections:
                 conn.execute(insert(rejections), [
                     {"project": r.project, "run": r.run, "entry_id": r.entry_id, "reason": r.reason,
-                     "step": r.step, "cursor": r.cursor, "message": r.message, "ts": r.ts}
+                     "step": _int64(r.step), "cursor": _int64(r.cursor), "message": _text(r.message), "ts": r.ts}
                     for r in c.rejections
                 ])
             for u in c.runs:
+                poison_point("sql", u.run)
                 values = {
-                    "name": u.name, "state": u.state, "partition": u.partition, "created_at": u.created_at,
-                    "updated_at": u.updated_at, "last_step": u.last_step, "rows": u.rows,
+                    "name": None if u.name is None else _text(u.name), "state": u.state, "partition": u.partition,
+                    "created_at": u.created_at, "updated_at": u.updated_at, "last_step": u.last_step, "rows": u.rows,
                     "rejected": u.rejected, "info": packb(u.info), "state_blob": u.state_blob,
                 }
                 res = conn.execute(

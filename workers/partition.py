@@ -4,9 +4,14 @@ Guarantees:
 
 - Entries are applied in stream order; a frame already applied (same ``producer``/``seq``) is skipped, so a
   client's resend or a redelivery after a crash is a no-op.
-- A malformed frame (undecodable, unknown version, over a limit) goes to the dead-letter stream with its reason
-  and the raw bytes; a bad event inside a good frame is dead-lettered alone and counted as a rejected call of its
-  run. Processing carries on either way.
+- A malformed frame (undecodable, unknown version, over a limit, or of a run that belongs to another partition)
+  goes to the dead-letter stream with its reason and the raw bytes; a bad event inside a good frame is
+  dead-lettered alone and counted as a rejected call of its run. Processing carries on either way.
+- One run's data cannot stop its partition: a frame whose ``seq`` is more than :data:`SEQ_WINDOW` past its
+  producer's next expected number is refused (``seq_out_of_window``), so it cannot make the producer's later frames
+  look like duplicates; a call with a number the segment format cannot hold (an int outside int64) is rejected
+  (``int_range``). An entry that crashes the worker or fails its commit whatever the reason is isolated and
+  dead-lettered by :mod:`workers.attempts`.
 - :meth:`PartitionProcessor.commit` writes the segments first, then one metadata transaction with the segments,
   the per-run state and the offset, conditional on the epoch. In memory nothing is trusted after a failed commit:
   the caller drops the processor and a new one resumes from the committed offset.
@@ -25,14 +30,16 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Names, SchemaError, decode_frame
+from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Log, LogBlock, Names, SchemaError, decode_frame
 from schemas.clients import AsyncRedis
+from schemas.frame import MAX_STEP
 from schemas.media import blob_shas
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
-from ._faults import crash_point
+from ._faults import crash_point, poison_point
 from .align import Row, RowBatch, RunAligner
+from .attempts import Attempt, Poison
 from .metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 from .segments import rows_to_table, write_table
 
@@ -42,6 +49,12 @@ RunKey = tuple[str, str]
 #: Dead letters of one stream entry get ids ``<ms>-<seq * DLQ_PER_ENTRY + k>``; more than this many share the last.
 DLQ_PER_ENTRY = 1 << 16
 Entry = tuple[bytes, dict[bytes, bytes]]
+#: A frame whose ``seq`` is more than this past its producer's next expected number (or, for a producer not seen
+#: yet, more than this) is refused (``seq_out_of_window``): applying it would make every later frame of the
+#: producer look like a duplicate. The SDK numbers events contiguously from 0, so a real gap is events lost in
+#: Redis; 2**32 events of one producer is far more than any retention window holds.
+SEQ_WINDOW = 1 << 32
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def id_tuple(entry_id: str) -> tuple[int, int]:
@@ -72,6 +85,10 @@ class PartitionProcessor:
     limits: Limits
     dead_letters: bool = True
     run_filter: Callable[[str, str], bool] | None = None
+    #: Entry ids not to apply: entries dead-lettered as ``poison`` (replay skips them as the live worker did).
+    skip: frozenset[str] = frozenset()
+    #: The owner's attempt record (:mod:`workers.attempts`); None outside a worker (replay, tests).
+    attempt: Attempt | None = None
     read_id: str = ""
     runs: dict[RunKey, RunAligner] = field(default_factory=dict)
     dirty: set[RunKey] = field(default_factory=set)
@@ -100,12 +117,13 @@ class PartitionProcessor:
         if not self.dead_letters:
             return
         fields: dict[bytes, bytes] = {
-            b"id": entry_id.encode(), b"reason": reason.encode(), b"message": message.encode()[:2000],
+            b"id": entry_id.encode(), b"reason": reason.encode(),
+            b"message": message.encode(errors="backslashreplace")[:2000],  # (it may quote client input)
         }
         if raw is not None:
             fields[b"raw"] = raw
         for k, v in extra.items():
-            fields[k.encode()] = b"" if v is None else str(v).encode()
+            fields[k.encode()] = b"" if v is None else str(v).encode(errors="backslashreplace")
         # The dead letter's id derives from its entry's id (k-th dead letter of the entry), so a replay after a
         # crash, or a fenced zombie's attempt, writes the same ids again and Redis refuses them: no duplicates.
         nth = 0
@@ -124,6 +142,9 @@ class PartitionProcessor:
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
             raw = fields.get(FRAME_FIELD)
+            if entry_id in self.skip:
+                self._dead_letter(entry_id, "poison", "dead-lettered as poison by the live worker", raw)
+                continue
             if raw is None:
                 self._dead_letter(entry_id, "missing_field", "stream entry has no 'f' field")
                 continue
@@ -138,6 +159,15 @@ class PartitionProcessor:
                 # work and re-read the same entry forever. Dead-letter it, loudly.
                 log.exception("partition %d entry %s: the decoder crashed; dead-lettered", self.p, entry_id)
                 self._dead_letter(entry_id, "decode_error", f"{type(e).__name__}: {e}", raw)
+                continue
+            home = self.names.partition(frame.project, frame.run)
+            if home != self.p:
+                # Applied here, the frame would race the run's real partition (another owner, another cursor).
+                log.warning("partition %d entry %s dead-lettered: run %s/%s belongs to partition %d", self.p,
+                            entry_id, frame.project, frame.run, home)
+                self._dead_letter(entry_id, "wrong_partition",
+                                  f"run {frame.project!r}/{frame.run!r} belongs to partition {home}, not {self.p}",
+                                  raw, project=frame.project, run=frame.run)
                 continue
             if self.run_filter is not None and not self.run_filter(frame.project, frame.run):
                 continue
@@ -155,9 +185,30 @@ class PartitionProcessor:
         self.last_read = time.monotonic()
         crash_point("read")
 
+    def poison(self, poison: Poison) -> None:
+        """Dead-letter an entry that failed :data:`workers.attempts.ALONE_FAILS` attempts alone, unapplied, and
+        move past it (the caller commits at once)."""
+        raw_id, fields = poison.entry
+        entry_id = raw_id.decode()
+        log.error("partition %d entry %s dead-lettered as poison: %s", self.p, entry_id, poison.message())
+        self._dead_letter(entry_id, "poison", poison.message(), fields.get(FRAME_FIELD), attempts=poison.fails)
+        self.read_id = entry_id
+        self.entries_since_commit += 1
+        self.last_read = time.monotonic()
+
     def _apply(self, entry_id: str, frame: Frame) -> None:
         key = (frame.project, frame.run)
         r = self.runs[key]
+        poison_point("apply", frame.run)
+        nxt = r.producers.get(frame.producer)
+        if frame.seq > (nxt or 0) + SEQ_WINDOW:
+            self.dirty.add(key)
+            expected = "its first frame" if nxt is None else f"the next expected seq {nxt}"
+            r.reject("seq_out_of_window", None, r.cursor, None,
+                     f"producer {frame.producer!r:.80}: frame seq {frame.seq} is more than {SEQ_WINDOW} past "
+                     f"{expected}; its {len(frame.events)} event(s) were not applied")
+            self._emit_rejections(entry_id, frame, r)
+            return
         skip = r.check_seq(frame.producer, frame.seq, len(frame.events))
         if skip == len(frame.events) and frame.events:
             return
@@ -169,12 +220,37 @@ class PartitionProcessor:
                 if isinstance(ev, Finish):
                     self.finished_run = True  # the run is over: show its final state now, not at the next interval
                 try:
-                    r.apply(ev)
+                    if isinstance(ev, Log | LogBlock) and (_has_wide_int(ev) or _past_last_step(r.cursor, ev)):
+                        self._apply_calls(r, ev)
+                    else:
+                        r.apply(ev)
                 except Exception as e:
                     # Same reasoning as a decoder crash: reject the event (deterministically, so a replay
                     # converges) rather than stall the partition on it forever.
                     log.exception("partition %d entry %s: applying an event crashed; rejected", self.p, entry_id)
                     r.reject("internal_error", None, r.cursor, None, f"{type(e).__name__}: {e}"[:500])
+        self._emit_rejections(entry_id, frame, r)
+
+    @staticmethod
+    def _apply_calls(r: RunAligner, ev: Log | LogBlock) -> None:
+        """Apply a call, or a block call by call, rejecting each call the segment format cannot hold (the segment
+        writer would refuse the whole commit): one with an int outside int64 (a number column is int64), and one
+        without a step once the cursor is past the last step a segment holds (``_step`` is int64: after
+        ``log(d, step=2**63 - 1, commit=True)`` the cursor is 2**63, where such a call would be written)."""
+        for call in ev.calls() if isinstance(ev, LogBlock) else [ev]:
+            bad = next((k for k, v in call.data.items() if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX),
+                       None)
+            if call.step is None and r.cursor > MAX_STEP:
+                r.reject("bad_step", None, r.cursor, call.ts,
+                         f"the run's cursor is {r.cursor}: a call without a step would be written past the last "
+                         f"step a segment holds ({MAX_STEP})")
+            elif bad is not None:
+                r.reject("int_range", call.step, r.cursor, call.ts,
+                         f"value of {bad!r:.80} is an int outside int64: {call.data[bad]}")
+            else:
+                r.apply(call)
+
+    def _emit_rejections(self, entry_id: str, frame: Frame, r: RunAligner) -> None:
         if r.out_rejections:
             for rej in r.out_rejections:
                 self.rejections.append(RejectionRow(
@@ -283,17 +359,32 @@ class PartitionProcessor:
         if prep.dlq:
             pipe = self.redis.pipeline(transaction=False)
             # Ascending ids (malformed frames are dead-lettered while decoding, rejections while applying).
-            for dlq_id, fields in sorted(prep.dlq, key=lambda d: id_tuple(d[0])):
+            letters = sorted(prep.dlq, key=lambda d: id_tuple(d[0]))
+            for dlq_id, fields in letters:
                 pipe.xadd(self.names.dlq(self.p), fields, id=dlq_id)  # type: ignore[arg-type]
-            for res in await pipe.execute(raise_on_error=False):
+            for (dlq_id, fields), res in zip(letters, await pipe.execute(raise_on_error=False), strict=True):
                 # "equal or smaller than the target stream top item": written by an earlier attempt.
                 if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
                     raise res
+                if isinstance(res, ResponseError) and fields.get(b"reason") == b"poison":
+                    await self._late_letter(dlq_id, fields)
         c = Commit(self.p, self.epoch, prep.read_id, prep.updates, segments, prep.rejections)
         await asyncio.to_thread(self.store.commit, c)
         crash_point("committed")
         self.offset = prep.read_id
         self.touched.update(key for key, _, rows in prep.work if rows)
+
+    async def _late_letter(self, dlq_id: str, fields: dict[bytes, bytes]) -> None:
+        """A poison letter refused as "smaller than the top": unlike every other dead letter, it did not exist when
+        an earlier, failed attempt wrote the letters of later entries. Unless it is there already (under its id,
+        or among the last letters: a retry of this commit), it is added under a new id (its ``id`` field names
+        the entry)."""
+        dlq = self.names.dlq(self.p)
+        if await self.redis.xrange(dlq, min=dlq_id, max=dlq_id):
+            return
+        recent = cast("list[Entry]", await self.redis.xrevrange(dlq, count=1000))
+        if not any(f.get(b"id") == fields[b"id"] and f.get(b"reason") == b"poison" for _, f in recent):
+            await self.redis.xadd(dlq, fields)  # type: ignore[arg-type]
 
     async def commit(self) -> bool:
         """Prepare and write in one go (replay, drain, tests); False when there was nothing to commit."""
@@ -308,6 +399,7 @@ class PartitionProcessor:
         for (project, run), r, rows in work:
             if not rows:
                 continue
+            poison_point("segments", run)
             table = rows_to_table(rows, r.displays)
             rel, size = write_table(self.data_dir, project, run, table, level=0)
             steps = table.column("_step")
@@ -335,6 +427,25 @@ class PartitionProcessor:
                 log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
                 continue
             await asyncio.to_thread(_write_blob, self.data_dir / blob_path(sha), data)
+
+
+def _has_wide_int(ev: Log | LogBlock) -> bool:
+    """Whether a call of the event logs an int outside int64 (msgpack carries up to 2**64 - 1)."""
+    if isinstance(ev, Log):
+        return any(type(v) is int and not _INT64_MIN <= v <= _INT64_MAX for v in ev.data.values())
+    for col in ev.cols:  # array columns are int64 or float64 already; lists are scanned in C first
+        if (isinstance(col, list) and int in set(map(type, col))
+                and any(type(v) is int and not _INT64_MIN <= v <= _INT64_MAX for v in col)):
+            return True
+    return False
+
+
+def _past_last_step(cursor: int, ev: Log | LogBlock) -> bool:
+    """Whether a call of the event may meet a cursor past the last step a segment holds (then it goes call by
+    call: the block fast path's int64 arrays cannot hold such a cursor either)."""
+    if isinstance(ev, Log):
+        return ev.step is None and cursor > MAX_STEP
+    return cursor + len(ev) > MAX_STEP
 
 
 def _sid(v: Any) -> str | None:

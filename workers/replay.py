@@ -3,7 +3,9 @@
 Replay runs the same :class:`PartitionProcessor` as a live worker over every entry still in the partition
 streams (from the start, up to the end seen when replay began), with dead-lettering switched off so the live
 dead-letter streams are not touched. Because processing is deterministic, a replay of untrimmed streams gives
-history identical to the live one: same rows, same values, same rejections.
+history identical to the live one: same rows, same values, same rejections. Entries the live workers
+dead-lettered as ``poison`` (:mod:`workers.attempts`: they crashed a worker or failed its commits every time) are
+skipped as they were live.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from schemas.clients import async_redis
+from schemas.clients import AsyncRedis, async_redis
 
 from .metastore import MetaStore
 from .partition import Entry, PartitionProcessor, id_tuple
@@ -52,6 +54,7 @@ async def replay(
             proc = PartitionProcessor(
                 p=p, epoch=epoch, offset=offset, names=names, store=store, data_dir=settings.data_dir,
                 redis=redis, limits=settings.limits, dead_letters=False, run_filter=run_filter,
+                skip=await _poisoned(redis, names.dlq(p)),
             )
             start = "-"
             while True:
@@ -70,3 +73,15 @@ async def replay(
         await redis.aclose()
         store.close()
     return report
+
+
+async def _poisoned(redis: AsyncRedis, dlq: str) -> frozenset[str]:
+    """Ids of the entries a partition's dead-letter stream holds as ``poison``."""
+    out: set[str] = set()
+    start = "-"
+    while True:
+        page = cast("list[Entry]", await redis.xrange(dlq, min=start, max="+", count=1000))
+        if not page:
+            return frozenset(out)
+        out.update(f[b"id"].decode() for _, f in page if f.get(b"reason") == b"poison" and b"id" in f)
+        start = "(" + page[-1][0].decode()

@@ -1,5 +1,6 @@
 """Running a worker as a process: its command-line flags, signal handlers for stack dumps, and an exit that does
-not wait for abandoned executor threads. ``python -m workers`` and ``stepline worker`` both end up in :func:`serve`.
+not wait for abandoned executor threads and never comes later than the drain timeout after SIGTERM.
+``python -m workers`` and ``stepline worker`` both end up in :func:`serve`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -69,8 +71,28 @@ def serve(settings: WorkerSettings) -> None:
         faulthandler.register(signal.SIGUSR2, all_threads=True)
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
-    Worker(settings).run()
-    exit_now(0)
+    code = 1
+    try:
+        Worker(settings, on_stop=_exit_at).run()
+        code = 0
+    except Exception:
+        logging.getLogger("stepline.worker").exception("the worker died")
+    finally:
+        exit_now(code)  # never a normal interpreter exit: it would join executor threads the shutdown abandoned
+
+
+def _exit_at(deadline: float) -> None:
+    """The shutdown's backstop: end the process at ``deadline`` (``time.monotonic()``) if it is still running,
+    whatever the event loop or a thread is stuck in. The worker's own shutdown is bounded by the same deadline and
+    normally ends first; this only fires when a step overran its bound (a blocking call on the loop thread)."""
+
+    def wait_then_exit() -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            os.write(2, b"stepline worker: the shutdown overran its drain timeout; exiting now\n")
+        os._exit(0)
+
+    threading.Thread(target=wait_then_exit, name="stepline-shutdown-deadline", daemon=True).start()
 
 
 def _print_stacks(signum: int, frame: object) -> None:

@@ -9,8 +9,12 @@ Guarantees:
   batch, then releases, then the new owner takes over from the committed offset.
 - Consumption restarts from the committed offset, so a crash at any point loses nothing and duplicates nothing.
 - The stream is trimmed (``XTRIM MINID``) only behind the committed offset and the retention window.
-- SIGTERM: stop reading, commit, release leases, exit within ``drain_timeout_s``. kill -9: the leases expire and
-  other workers resume from the committed offsets.
+- SIGTERM: stop reading, commit, release leases, exit within ``drain_timeout_s`` whatever the work waits on (one
+  deadline for the whole shutdown; what is still blocked then is abandoned, and fencing makes it harmless).
+  kill -9: the leases expire and other workers resume from the committed offsets.
+- A stream entry that crashes the worker or fails its commit every time cannot stall its partition: it is found
+  and dead-lettered (:mod:`workers.attempts`). A commit that fails for a reason other than an outage restarts only
+  its partition from the committed offset, not every partition of the worker.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import hashlib
 import logging
 import signal
 import time
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 
@@ -29,6 +34,7 @@ from schemas import FencedError
 from schemas.clients import AsyncRedis, async_redis
 
 from ._faults import crash_point
+from .attempts import AttemptGuard, transient
 from .metastore import MetaStore, SegmentRef
 from .metrics import WorkerMetrics
 from .metrics import serve as serve_metrics
@@ -45,12 +51,34 @@ _RENEW = (
 #: Pause after a read round that found nothing, doubling while idle (the read itself never blocks).
 _IDLE_MIN_S, _IDLE_MAX_S = 0.002, 0.02
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+#: A partition whose processing or commit failed (not an outage) is taken again after this pause.
+_RETRY_S = 0.5
+#: Of the drain timeout, kept for what follows the drain (leases, connections): at most this many seconds.
+_CLEANUP_S = 2.0
+#: The shutdown's last step ends this long before the deadline; the watchdog (:func:`workers.service.serve`) fires
+#: at the deadline itself.
+_EXIT_MARGIN_S = 0.25
+
+T = TypeVar("T")
 
 
 def _consume(task: asyncio.Task[None]) -> None:
     """Retrieve an abandoned task's outcome so asyncio does not warn about it (fencing already voided it)."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("abandoned commit ended with %r", task.exception())
+
+
+def run_abandoning(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` in a new event loop and close the loop as soon as it returns, without waiting for executor
+    threads or pending tasks (``asyncio.run`` waits for both, so a commit thread still blocked past the drain
+    timeout, say on a SQLite file another process holds locked, would hold the process past its grace period).
+    The caller then ends the process with :func:`workers.service.exit_now`, which does not join those threads
+    either. Fencing makes an abandoned commit harmless: it lands before the next owner's take or is refused."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
 
 
 def rendezvous_owner(workers: list[str], p: int) -> str | None:
@@ -73,6 +101,7 @@ class Worker:
         redis: AsyncRedis | None = None,
         store: MetaStore | None = None,
         handle_signals: bool = True,
+        on_stop: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.names = settings.names
@@ -82,6 +111,9 @@ class Worker:
         self._store = store
         self._owns_store = store is None
         self.handle_signals = handle_signals
+        #: Called once, with the deadline (``time.monotonic()``), when the worker is asked to stop.
+        self.on_stop = on_stop
+        self.guard: AttemptGuard | None = None
         self.owned: dict[int, PartitionProcessor] = {}
         self.desired: set[int] = set()
         self.lost: set[int] = set()
@@ -93,6 +125,14 @@ class Worker:
         self.metrics_url: str | None = None
         self.stream_gaps = 0
         self._idle_s = _IDLE_MIN_S
+        #: The whole shutdown ends by this ``time.monotonic()`` (set by the first :meth:`stop`).
+        self._deadline: float | None = None
+        #: Partitions being drained whose lease may still be held.
+        self._draining: dict[int, PartitionProcessor] = {}
+        #: Partitions dropped after a failure, and when they may be taken again.
+        self._retry_at: dict[int, float] = {}
+        #: Held by housekeeping steps and by an isolated entry's window (:meth:`_alone`): they never overlap.
+        self._quiet = asyncio.Lock()
 
     @property
     def redis(self) -> AsyncRedis:
@@ -105,25 +145,31 @@ class Worker:
         return self._store
 
     def stop(self) -> None:
-        """Ask the worker to drain and exit (safe from a signal handler)."""
+        """Ask the worker to drain and exit within ``drain_timeout_s`` from now (safe from a signal handler)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.settings.drain_timeout_s
+            if self.on_stop is not None:
+                self.on_stop(self._deadline)
         self._stopping.set()
 
-    def run(self) -> None:
-        """Run until stopped; return as soon as the drain is over.
+    def _left(self, reserve: float = 0.0) -> float:
+        """Seconds left until the shutdown's deadline, minus ``reserve``, never negative."""
+        assert self._deadline is not None
+        return max(0.0, self._deadline - reserve - time.monotonic())
 
-        ``asyncio.run`` would then wait for every executor thread, so a commit thread still blocked past the drain
-        timeout (say on a SQLite file another process holds locked) would hold the process past its grace
-        period. The loop is closed without waiting for them; :func:`workers.service.main` then exits the process
-        at once. Fencing makes such an abandoned commit harmless: it lands before the next owner's take or is
-        refused.
-        """
-        loop = asyncio.new_event_loop()
+    async def _bounded(self, what: str, aw: Awaitable[Any], reserve: float = _EXIT_MARGIN_S) -> None:
+        """Await a shutdown step until the deadline (minus ``reserve``); log and abandon it past that or on error."""
         try:
-            loop.run_until_complete(self.async_run())
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            await asyncio.wait_for(aw, timeout=self._left(reserve))
+        except TimeoutError:
+            log.error("worker %s: %s did not finish before the shutdown deadline; abandoned", self.id, what)
+        except Exception as e:  # the rest of the shutdown must run whatever this step raised
+            log.error("worker %s: %s failed: %r", self.id, what, e)
+
+    def run(self) -> None:
+        """Run until stopped; return as soon as the shutdown is over, without waiting for abandoned executor
+        threads (:func:`run_abandoning`)."""
+        run_abandoning(self.async_run())
 
     async def async_run(self) -> None:
         s = self.settings
@@ -145,31 +191,47 @@ class Worker:
             host, port = metrics_runner.addresses[0][:2]
             self.metrics_url = f"http://{host}:{port}/metrics"
             log.info("worker %s: metrics at %s", self.id, self.metrics_url)
+        self.guard = AttemptGuard(self.redis, self.names, self.id)
         membership = asyncio.create_task(self._membership_loop(), name="stepline-membership")
         housekeeping = asyncio.create_task(self._housekeeping_loop(), name="stepline-housekeeping")
         try:
             await self._first_heartbeat()
             await self._run_until_stopped()
         finally:
-            membership.cancel()
-            housekeeping.cancel()
-            for t in (membership, housekeeping):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            try:
-                await asyncio.wait_for(self._drain(), timeout=s.drain_timeout_s)
-            except (TimeoutError, RedisError, OSError) as e:
-                log.error("worker %s: drain did not finish cleanly: %r", self.id, e)
-            await self._abandon_inflight()
-            if self.handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
-            if self._owns_redis and self._redis is not None:
-                await self._redis.aclose()
-            if self._owns_store and self._store is not None:
-                self._store.close()
+            await self._shut_down(loop, [membership, housekeeping], metrics_runner)
+
+    async def _shut_down(self, loop: asyncio.AbstractEventLoop, loops: list[asyncio.Task[None]],
+                         metrics_runner: Any) -> None:
+        """Everything after the main loop, within one deadline (``drain_timeout_s`` after :meth:`stop`): commit and
+        release each partition (in parallel), then let go of what the drain could not finish (leases, the
+        heartbeat), then close connections. Each step is bounded by what is left, and no step's error skips the
+        others: a commit settled here can raise anything (SQLite's "database is locked" after its 30 s busy
+        timeout, a dropped connection). What is still blocked at the deadline is abandoned (fencing makes a late
+        commit harmless); :func:`workers.service.serve` ends the process at the deadline in any case."""
+        if self._deadline is None:  # the main loop ended without stop() (it died): same budget from now
+            self._deadline = time.monotonic() + self.settings.drain_timeout_s
+        for t in loops:
+            t.cancel()
+        await asyncio.wait(loops, timeout=self._left(_EXIT_MARGIN_S))
+        reserve = min(_CLEANUP_S, self.settings.drain_timeout_s / 4)
+        try:
+            await asyncio.wait_for(self._drain(), timeout=self._left(reserve))
+        except TimeoutError:
+            log.error("worker %s: the drain did not finish within its time; abandoning what is still blocked "
+                      "(partitions %s)", self.id, sorted(self._draining))
+        except Exception as e:
+            log.error("worker %s: the drain did not finish cleanly: %r", self.id, e)
+        await self._abandon_inflight()
+        await self._bounded("releasing the leases", self._let_go())
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if metrics_runner is not None:
+            await self._bounded("stopping the metrics server", metrics_runner.cleanup())
+        if self._owns_redis and self._redis is not None:
+            await self._bounded("closing the Redis connections", self._redis.aclose())
+        if self._owns_store and self._store is not None:
+            await self._bounded("closing the metadata store", asyncio.to_thread(self._store.close))
 
     async def _run_until_stopped(self) -> None:
         """The main loop, cut short on stop: a round stuck on the metadata store (a locked SQLite file, a
@@ -180,7 +242,7 @@ class Worker:
             await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not main.done():
                 # The loop checks the stop flag between rounds; give the round in flight a moment to end.
-                await asyncio.wait({main}, timeout=min(1.0, self.settings.drain_timeout_s / 4))
+                await asyncio.wait({main}, timeout=min(1.0, self.settings.drain_timeout_s / 4, self._left()))
         finally:
             stop.cancel()
             if not main.done():
@@ -189,10 +251,24 @@ class Worker:
                 await main  # re-raises what the loop died of, if it died
 
     async def _drain(self) -> None:
-        for p in list(self.owned):
-            await self._release(p, commit=p not in self.lost)
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.hdel(self.names.workers, self.id)
+        """Commit and release every partition, all at once: one partition's commit blocked on the database does
+        not keep the others from handing over."""
+        self._draining = dict(self.owned)
+        await asyncio.gather(*(self._release(p, commit=p not in self.lost) for p in list(self.owned)))
+
+    async def _let_go(self) -> None:
+        """Release the leases the drain did not (its time ran out) and leave the membership, in one round trip;
+        the next owners then need not wait for the leases to expire. Their attempts ended cleanly (a drain cut
+        short is no reason to suspect the entries)."""
+        assert self.guard is not None
+        left = {**self._draining, **self.owned}
+        pipe = self.redis.pipeline(transaction=False)
+        for p, proc in sorted(left.items()):
+            pipe.eval(_RELEASE, 1, self.names.lease(p), self.id)
+            self.guard.close_in(pipe, proc)
+        pipe.hdel(self.names.workers, self.id)
+        await pipe.execute()
+        self._draining.clear()
 
     # --- membership and leases -------------------------------------------------------------------------------
 
@@ -241,9 +317,11 @@ class Worker:
         if not ok:
             return
         epoch, offset = await asyncio.to_thread(self.store.take_partition, p, self.id)
+        assert self.guard is not None
         self.owned[p] = PartitionProcessor(
             p=p, epoch=epoch, offset=offset, names=self.names, store=self.store,
             data_dir=self.settings.data_dir, redis=self.redis, limits=self.settings.limits,
+            attempt=self.guard.new_attempt(),
         )
         self.lost.discard(p)
         log.info("worker %s took partition %d (epoch %d, offset %s)", self.id, p, epoch, offset)
@@ -255,18 +333,34 @@ class Worker:
             self.stream_gaps += 1
 
     async def _release(self, p: int, *, commit: bool) -> None:
+        """Commit (when asked) and hand the partition over: the lease first, so the next owner can start, then
+        the owner column in SQL (informational; conditional on the epoch). A failed commit is logged and its
+        work dropped: the next owner resumes from the committed offset."""
         proc = self.owned.pop(p, None)
         if proc is None:
             return
+        assert self.guard is not None
+        clean = True
         if commit:
-            with contextlib.suppress(FencedError):
+            try:
                 await self._settle(proc)
                 await self._commit(proc)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.store.release_partition, p, proc.epoch)
+            except FencedError:
+                pass
+            except Exception as e:
+                log.warning("worker %s: the last commit of partition %d failed: %r; the next owner resumes from "
+                            "offset %s", self.id, p, e, proc.offset)
+                if not transient(e):
+                    clean = False
+                    await self.guard.failed(proc, f"{type(e).__name__}: {e}")
+        if clean:
+            await self.guard.close(proc)
         with contextlib.suppress(RedisError, OSError):
             await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)
+        self._draining.pop(p, None)
         self.lost.discard(p)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.release_partition, p, proc.epoch)
         log.info("worker %s released partition %d", self.id, p)
 
     async def _commit(self, proc: PartitionProcessor) -> None:
@@ -314,7 +408,8 @@ class Worker:
             raise
 
     async def _reap(self) -> None:
-        """Collect finished background commits; a failed one drops its partition (fenced) or everything."""
+        """Collect finished background commits. A failed one drops its partition (fenced, or an error the data may
+        have caused: the partition restarts alone) or, for an outage, everything."""
         for p, (proc, task) in list(self.inflight.items()):
             if not task.done():
                 continue
@@ -325,7 +420,29 @@ class Worker:
             if isinstance(exc, FencedError):
                 self._fenced(proc)
             elif self.owned.get(p) is proc:
-                raise exc
+                if transient(exc):
+                    raise exc
+                await self._partition_failed(proc, exc)
+
+    async def _partition_failed(self, proc: PartitionProcessor, exc: BaseException) -> None:
+        """Processing or committing a partition failed with an error that is not an outage (the data may be the
+        cause): drop its uncommitted work and take it again shortly, from the committed offset. The attempt is
+        recorded as failed, so an entry that fails every time is isolated and dead-lettered
+        (:mod:`workers.attempts`); the worker's other partitions go on."""
+        p = proc.p
+        log.error("worker %s: partition %d failed; restarting it from offset %s", self.id, p, proc.offset,
+                  exc_info=exc)
+        assert self.guard is not None
+        await self.guard.failed(proc, f"{type(exc).__name__}: {exc}")
+        if self.owned.get(p) is proc:
+            del self.owned[p]
+        entry = self.inflight.get(p)
+        if entry is not None and entry[0] is proc:
+            del self.inflight[p]
+            entry[1].add_done_callback(_consume)  # the next take fences it
+        self._retry_at[p] = time.monotonic() + _RETRY_S
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)
 
     async def _abandon_inflight(self) -> None:
         """Forget commits of partitions we no longer trust; fencing makes a late one harmless."""
@@ -359,9 +476,13 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _reset_all(self) -> None:
+        """Drop every partition (an outage, or an error of no partition in particular); their attempts ended
+        cleanly: this is no reason to suspect their entries."""
         await self._abandon_inflight()
         for p in list(self.owned):
-            self.owned.pop(p, None)
+            proc = self.owned.pop(p)
+            if self.guard is not None:
+                self.guard.ended_clean(proc)
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.eval(_RELEASE, 1, self.names.lease(p), self.id)
 
@@ -373,35 +494,94 @@ class Worker:
         await self._reap()
         for p in sorted(set(self.owned) - self.desired):
             await self._release(p, commit=True)
+        now = time.monotonic()
         for p in sorted(self.desired - set(self.owned)):
-            await self._acquire(p)
+            if self._retry_at.get(p, 0.0) <= now:
+                self._retry_at.pop(p, None)
+                await self._acquire(p)
         if not self.owned:
             await self._sleep(0.2)
             return
         # One single-stream XREAD per owned partition (a Redis Cluster refuses a multi-stream XREAD whose keys
         # span slots), all in one non-transactional pipeline: one round trip per Redis node, the same code path
         # for a single server and a cluster. Non-blocking; after a round where every partition was empty, wait
-        # (2 ms doubling to 20 ms) so an idle worker costs little and a busy one never waits.
-        owned = list(self.owned.items())
-        pipe = self.redis.pipeline(transaction=False)
-        for p, proc in owned:
-            pipe.xread({self.names.stream(p): proc.read_id}, count=s.read_count)
-        replies = cast("list[list[tuple[bytes, list[Entry]]] | None]", await pipe.execute())
-        got = False
+        # (2 ms doubling to 20 ms) so an idle worker costs little and a busy one never waits. A partition that
+        # isolates suspect entries reads one entry once the previous one is committed.
+        alone = False
+        for proc in [pr for pr in self.owned.values() if pr.attempt is not None and pr.attempt.isolating]:
+            alone = await self._alone(proc) or alone
+        owned = [(p, proc) for p, proc in self.owned.items() if proc.attempt is None or not proc.attempt.isolating]
+        replies: list[list[tuple[bytes, list[Entry]]] | None] = []
+        if owned:
+            pipe = self.redis.pipeline(transaction=False)
+            for p, proc in owned:
+                pipe.xread({self.names.stream(p): proc.read_id}, count=s.read_count)
+            replies = cast("list[list[tuple[bytes, list[Entry]]] | None]", await pipe.execute())
+        batches: list[tuple[PartitionProcessor, list[Entry]]] = []
         for (p, proc), reply in zip(owned, replies, strict=True):
             for _stream, entries in reply or []:
                 if entries and self.owned.get(p) is proc:
-                    got = True
+                    batches.append((proc, entries))
+        if batches:
+            assert self.guard is not None
+            held = await self.guard.before(batches)  # the attempts are recorded before anything is processed
+            for proc, entries in batches:
+                if self.owned.get(proc.p) is not proc or proc in held:
+                    continue
+                try:
                     await proc.process(entries)
-                    self.metrics.entries += len(entries)
+                except Exception as e:
+                    if transient(e):
+                        raise
+                    await self._partition_failed(proc, e)
+                    continue
+                self.metrics.entries += len(entries)
         for p, proc in list(self.owned.items()):
             if p not in self.inflight and proc.commit_due(s.commit_interval_s, s.commit_entries, s.commit_idle_s):
                 self._start_commit(proc)
-        if got:
+        if batches or alone:
             self._idle_s = _IDLE_MIN_S
         else:
             await self._sleep(self._idle_s)
             self._idle_s = min(self._idle_s * 2, _IDLE_MAX_S)
+
+    async def _alone(self, proc: PartitionProcessor) -> bool:
+        """Process the next suspect entry of an isolating partition in a window where nothing else of this worker
+        runs: every other commit has landed first, no other partition is processed and housekeeping waits until
+        the entry is committed. A crash or an error in the window is the entry's (:mod:`workers.attempts`).
+        Returns whether an entry was handled."""
+        assert self.guard is not None
+        if self.inflight:
+            await asyncio.wait([task for _, task in self.inflight.values()])
+            await self._reap()
+        if self.owned.get(proc.p) is not proc:
+            return False
+        async with self._quiet:
+            reply = cast("list[tuple[bytes, list[Entry]]] | None",
+                         await self.redis.xread({self.names.stream(proc.p): proc.read_id}, count=1))
+            entries = [e for _stream, got in reply or [] for e in got]
+            if not entries:  # nothing more to isolate
+                self.guard.leave_isolation(proc)
+                return False
+            entry_id = entries[0][0].decode()
+            poison = await self.guard.alone(proc, entries[0])
+            try:
+                if poison is not None:
+                    proc.poison(poison)
+                    self.guard.poisoned += 1
+                else:
+                    await proc.process(entries)
+                await self._commit(proc)
+            except FencedError:
+                return False
+            except Exception as e:
+                if transient(e):
+                    raise
+                await self._partition_failed(proc, e)
+                return False
+            self.metrics.entries += 1
+            self.guard.alone_done(proc, entry_id)
+            return True
 
     # --- housekeeping: trimming, compaction, garbage ---------------------------------------------------------
 
@@ -412,15 +592,18 @@ class Worker:
             await asyncio.sleep(s.compaction_interval_s)
             try:
                 for proc in list(self.owned.values()):
-                    await self._compact(proc)
+                    async with self._quiet:
+                        await self._compact(proc)
                 if time.monotonic() - last_trim >= s.trim_interval_s:
                     last_trim = time.monotonic()
                     for proc in list(self.owned.values()):
-                        await self._check_stream(proc)
-                        await self._trim(proc)
+                        async with self._quiet:
+                            await self._check_stream(proc)
+                            await self._trim(proc)
                 if time.monotonic() - last_gc >= s.gc_grace_s / 4:
                     last_gc = time.monotonic()
-                    await asyncio.to_thread(self.store.collect_garbage, s.data_dir, s.gc_grace_s)
+                    async with self._quiet:
+                        await asyncio.to_thread(self.store.collect_garbage, s.data_dir, s.gc_grace_s)
             except FencedError:
                 continue
             except (RedisError, OSError) as e:

@@ -104,7 +104,9 @@ def test_malformed_frames_go_to_the_dead_letter_stream(redis_url: str, namespace
     p = good.partition
     half = len(good.frames) // 2
     stream = names.stream(p)
-    bad_event_frame = encode_frame_raw("dlq", "bad-event-run", "prod-x", 0, [
+    # A run of the same partition (a frame of another partition's run is dead-lettered whole: wrong_partition).
+    bad_run = next(f"bad-event-run-{i}" for i in range(1000) if names.partition("dlq", f"bad-event-run-{i}") == p)
+    bad_event_frame = encode_frame_raw("dlq", bad_run, "prod-x", 0, [
         encode_event(Log(ts=1.0, data={"a": 1})), b"\xc1\xc1", packb({"k": "nope"}), encode_event(Log(ts=2.0,
                                                                                                      data={"a": 2})),
     ])
@@ -146,7 +148,7 @@ def test_malformed_frames_go_to_the_dead_letter_stream(redis_url: str, namespace
             # A bad event inside a good frame is dead-lettered alone; the frame's other events are applied.
             assert sorted(f["reason"].decode() for f in by_id.get(bad_event_id, [])) == ["malformed", "unknown_event"]
             assert len(dlq) == len(junk) + 2 + len(good.oracle.rejections)
-            rows = [(s, v) for s, _, _, v in read_history(data_dir, store, "dlq", "bad-event-run")]
+            rows = [(s, v) for s, _, _, v in read_history(data_dir, store, "dlq", bad_run)]
             assert rows == [(0, {"a": 1}), (1, {"a": 2})]
         finally:
             store.close()
