@@ -462,13 +462,16 @@ def test_poison_input_is_dead_lettered_and_the_worker_keeps_its_throughput(
         mixed = good_run("mixed")
         items = interleave(mixed, rng)
         poison = poison_frames(rng)
-        # Event-level poison inside well-formed frames of a run of its own: rejected per event, with reasons.
+        # Event-level poison inside well-formed frames of a run of its own (of the partition the poison goes to:
+        # a frame in another run's partition is dead-lettered whole, wrong_partition): rejected per event.
         bad_events = [msgpack.packb({"k": "log", "ts": 1.0, "data": {"k" * 300: 1.0}}),   # enormous key
-                      msgpack.packb({"k": "log", "ts": 1.0, "data": {"v": "y" * (5 << 20)}}),  # enormous value
                       msgpack.packb({"k": "log", "ts": 1.0, "data": [1, 2]}),              # wrong shape
                       msgpack.packb({"k": "teleport"}),
                       b"\xc1"]
-        poison.append((encode_frame_raw("poison", "events", "pe", 0, bad_events), ""))
+        poison.append((encode_frame_raw("poison", "p", "pe", 0, bad_events), ""))
+        # An event past the event limit: the bounded decoder refuses the frame holding it before allocating it.
+        huge = msgpack.packb({"k": "log", "ts": 1.0, "data": {"v": "y" * (5 << 20)}})
+        poison.append((encode_frame_raw("poison", "p", "ph", 0, [huge]), "malformed"))
         # The enormous ones once (moving 9 MiB through Redis is not the worker's throughput), the rest repeated.
         big = [raw for raw, _ in poison if len(raw) > 1 << 20]
         small = [raw for raw, _ in poison if len(raw) <= 1 << 20]
