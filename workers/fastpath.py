@@ -54,12 +54,16 @@ def apply_block(al: RunAligner, block: LogBlock) -> None:
     ts_list = ts_arr.tolist()
     i = 0
     while i < n:
+        rejected = len(al.out_rejections)
         _apply_calls(al, block, i, i + 1, ts_list)
         i += 1
         if mode == "step" and al.pending.keys() == want and al.cursor == block.step[i - 1]:
             _fast_steps(al, block, colids, ts_arr, i - 1)
             return
-        if mode != "step" and not al.pending:
+        # Column-wise writes register no column, key spelling or spelling warning: go there once an accepted
+        # call has done that for the block's columns (a rejected call did nothing), or nothing is left to do.
+        accepted = len(al.out_rejections) == rejected
+        if mode != "step" and not al.pending and (accepted or _registered(al, colids, block.keys)):
             _fast_commits(al, block, colids, ts_arr, i, mode)
             return
 
@@ -79,8 +83,7 @@ def _continue_steps(al: RunAligner, block: LogBlock, colids: list[ColId], want: 
     step0, c = block.step[0], al.cursor
     if step0 is None or step0 < c or (step0 == c and al.pending and al.pending.keys() != want):
         return False
-    displays = al.displays
-    if not all(displays.get(col) == key for col, key in zip(colids, block.keys, strict=True)):
+    if not _registered(al, colids, block.keys):
         return False
     al.touch(float(ts[0]))
     if step0 > c:
@@ -89,6 +92,13 @@ def _continue_steps(al: RunAligner, block: LogBlock, colids: list[ColId], want: 
         al.cursor = step0
     _fast_steps(al, block, colids, ts, 0)
     return True
+
+
+def _registered(al: RunAligner, colids: list[ColId], keys: list[str]) -> bool:
+    """Whether every column exists with ``keys``' spelling, so merging a call would create nothing and warn of
+    nothing."""
+    displays = al.displays
+    return all(displays.get(col) == key for col, key in zip(colids, keys, strict=True))
 
 
 def _apply_calls(al: RunAligner, block: LogBlock, lo: int, hi: int, ts: list[float]) -> None:

@@ -86,7 +86,12 @@ def must_go_fast(b: LogBlock, o: Oracle) -> bool:
     assert step0 is not None
     pending = {(ident, kind) for ident, (kind, _v) in o.pending.items()}
     if shape == "commit":
-        return not pending or step0 >= o.cursor
+        # With nothing pending the block goes column-wise after its first call, unless that call is rejected and
+        # left a column unregistered: then it goes call by call until an accepted call registers them.
+        # (A key's display is the first spelling of its identity, whatever the kind.)
+        known = all((k.casefold(), str(column_kind(c))) in o.columns and o.spellings.get(k.casefold()) == k
+                    for k, c in zip(b.keys, b.cols, strict=True))
+        return step0 >= o.cursor or (not pending and known)
     cols = {(k.casefold(), column_kind(c)) for k, c in zip(b.keys, b.cols, strict=True)}
     return step0 > o.cursor or (step0 == o.cursor and (not pending or pending == cols))
 

@@ -29,6 +29,7 @@ class Oracle:
     start_ts: float | None = None
     pending: dict[str, tuple[str, Any]] = field(default_factory=dict)  # key identity -> (kind, value)
     spellings: dict[str, str] = field(default_factory=dict)  # key identity -> first spelling
+    columns: set[tuple[str, str]] = field(default_factory=set)  # (identity, kind) of every column merged
     pending_ts: float | None = None
     rows: list[OracleRow] = field(default_factory=list)
     rejections: list[OracleRejection] = field(default_factory=list)
@@ -44,6 +45,7 @@ class Oracle:
                 continue
             ident = key.casefold()  # keys are one column case-insensitively; the first spelling is kept
             self.spellings.setdefault(ident, key)
+            self.columns.add((ident, kind))
             self.pending[ident] = (kind, value)  # per leaf, last write wins (whatever the kind)
         self.pending_ts = ts
 

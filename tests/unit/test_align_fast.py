@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.blocks import Counted, column_kind, fast_eligible, must_go_fast, sdk_column, shape_of
@@ -73,21 +72,6 @@ def aligner_rows(r: RunAligner, rows: list[Any]) -> list[tuple[int, float, float
             for x in rows]
 
 
-def hits_known_bug(b: LogBlock, o: Oracle, slow: RunAligner) -> bool:
-    """KNOWN PRODUCT BUG (reported, see :func:`test_known_bug_commit_block_whose_first_call_is_rejected`): a
-    ``commit=True`` block whose first call is rejected while nothing is pending goes column-wise without
-    registering its new columns or spellings. Such blocks are applied call by call on both sides until the fix;
-    remove this when that test passes (it is a strict xfail, so it will say so)."""
-    if not fast_eligible(b) or shape_of(b.step, b.commit) != "commit" or o.pending:
-        return False
-    step0 = b.step[0]
-    assert step0 is not None
-    if step0 >= o.cursor:
-        return False
-    return any(slow.displays.get((k.casefold(), column_kind(c) or "")) != k
-               for k, c in zip(b.keys, b.cols, strict=True))
-
-
 def typed(rows: list[tuple[int, float, float, dict[str, Any]]]) -> list[tuple[Any, ...]]:
     """Rows with values as reprs: 1 vs 1.0 vs True and NaN compare as the segment writer would see them."""
     return [(s, ts, rt, {k: repr(v) for k, v in vals.items()}) for s, ts, rt, vals in rows]
@@ -118,13 +102,8 @@ def run_both(prelude: list[Any], blocks: list[LogBlock], finish: bool, split: in
         assert isinstance(decoded, LogBlock)
         elig.append(fast_eligible(block))
         before = fast.calls
-        if hits_known_bug(block, o, slow):  # see test_known_bug_...: applied per call on both sides for now
-            must.append(False)
-            for call in decoded.calls():
-                fast.al.apply(call)
-        else:
-            must.append(must_go_fast(block, o))
-            fast.al.apply(decoded)
+        must.append(must_go_fast(block, o))
+        fast.al.apply(decoded)
         per_call.append(fast.calls - before)
         for call in block.calls():
             slow.apply(decode_event(encode_event(call)))
@@ -366,10 +345,9 @@ def test_generators_reach_every_shape() -> None:
     assert seen_kinds == {"number", "string", "bool"}
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: workers/fastpath.py takes a commit=True block column-wise "
-                   "after its first call was rejected, without registering the block's new columns (displays), so "
-                   "rows_to_table has no name for them and the spelling warning is missing")
-def test_known_bug_commit_block_whose_first_call_is_rejected() -> None:
+def test_commit_block_whose_first_call_is_rejected_registers_its_columns() -> None:
+    """Found by the generators: a commit=True block whose first call was rejected went column-wise without
+    registering its new columns, so the segment writer had no name for them (the commit failed every time)."""
     blocks = [LogBlock(keys=["x"], ts=np.array([2.0, 3.0, 4.0, 5.0]), step=[0, 6, 7, 8], commit=[True] * 4,
                        cols=[np.array([0.5, 1.5, 2.5, 3.5])])]
     prelude = [Start(ts=T0), Log(ts=T0, data={"y": 1.0}, step=4, commit=True)]  # cursor 5, nothing pending
