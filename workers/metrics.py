@@ -76,6 +76,12 @@ class _Families(Collector):
         yield HistogramMetricFamily("stepline_worker_commit_seconds", "Time from a commit's start to its durable end.",
                                     buckets=buckets, sum_value=m.commit_sum)
         yield GaugeMetricFamily("stepline_worker_owned_partitions", "Partitions this worker owns.", value=len(w.owned))
+        yield GaugeMetricFamily("stepline_worker_run_states", "Runs whose alignment state is held in memory.",
+                                value=sum(len(proc.runs) for proc in w.owned.values()))
+        yield CounterMetricFamily("stepline_worker_run_states_evicted",
+                                  "Run states dropped from memory (committed, then idle, finished or over the cap) "
+                                  "by the partitions this worker owns now.",
+                                  value=sum(proc.evicted for proc in w.owned.values()))
         g = GaugeMetricFamily("stepline_worker_partition_uncommitted_entries",
                               "Entries read from an owned partition and not yet in a prepared commit.",
                               labels=["partition"])

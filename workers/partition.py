@@ -89,8 +89,16 @@ class PartitionProcessor:
     skip: frozenset[str] = frozenset()
     #: The owner's attempt record (:mod:`workers.attempts`); None outside a worker (replay, tests).
     attempt: Attempt | None = None
+    #: Run state kept in memory (None: every run seen, as replay wants). Past ``run_cache_max`` runs, or for a
+    #: run finished or not seen for ``run_cache_idle_s`` seconds, state whose every change is committed is
+    #: dropped, and loaded from the metadata store again if its run logs again (:meth:`evict_idle`).
+    run_cache_max: int | None = None
+    run_cache_idle_s: float = 300.0
     read_id: str = ""
     runs: dict[RunKey, RunAligner] = field(default_factory=dict)
+    seen: dict[RunKey, float] = field(default_factory=dict)  # run -> when a frame of it was last read
+    evicted: int = 0  # run states dropped from memory (reloaded on their next frame)
+    last_evict: float = 0.0
     dirty: set[RunKey] = field(default_factory=set)
     rejections: list[RejectionRow] = field(default_factory=list)
     dlq: list[tuple[str, dict[bytes, bytes]]] = field(default_factory=list)  # (dead-letter id, fields)
@@ -178,11 +186,14 @@ class PartitionProcessor:
             for key in missing:
                 blob = states.get(key)
                 self.runs[key] = RunAligner.load(blob) if blob is not None else RunAligner()
+        now = time.monotonic()
+        seen = self.seen
         for entry_id, frame in decoded:
             self._apply(entry_id, frame)
+            seen[(frame.project, frame.run)] = now
         self.read_id = entries[-1][0].decode()
         self.entries_since_commit += len(entries)
-        self.last_read = time.monotonic()
+        self.last_read = now
         crash_point("read")
 
     def poison(self, poison: Poison) -> None:
@@ -373,6 +384,32 @@ class PartitionProcessor:
         crash_point("committed")
         self.offset = prep.read_id
         self.touched.update(key for key, _, rows in prep.work if rows)
+        self.evict_idle()
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Drop from memory the state of runs that are finished, idle for ``run_cache_idle_s``, or the least
+        recently seen past ``run_cache_max``, as long as every change to them is committed (not dirty: a commit
+        is written in order, one at a time, so a clean run's last prepared state is durable once ``write``
+        returned). A dropped run's next frame loads its state from the store, with the same results. At most one
+        pass a second: the pass looks at every run. Returns how many were dropped."""
+        if self.run_cache_max is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        if now - self.last_evict < 1.0 and len(self.runs) <= self.run_cache_max:
+            return 0
+        self.last_evict = now
+        dirty, seen, idle = self.dirty, self.seen, self.run_cache_idle_s
+        clean = [k for k in self.runs if k not in dirty]
+        victims = [k for k in clean if self.runs[k].state != "running" or now - seen.get(k, 0.0) >= idle]
+        over = len(self.runs) - len(victims) - self.run_cache_max
+        if over > 0:
+            chosen = set(victims)
+            victims += sorted((k for k in clean if k not in chosen), key=lambda k: seen.get(k, 0.0))[:over]
+        for k in victims:
+            del self.runs[k]
+            seen.pop(k, None)
+        self.evicted += len(victims)
+        return len(victims)
 
     async def _late_letter(self, dlq_id: str, fields: dict[bytes, bytes]) -> None:
         """A poison letter refused as "smaller than the top": unlike every other dead letter, it did not exist when

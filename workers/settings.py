@@ -34,6 +34,8 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_WORKER_METRICS_PORT", "metrics_port", int),
     EnvVar("STEPLINE_WORKER_METRICS_HOST", "metrics_host"),
     EnvVar("STEPLINE_COMMIT_AUDIT", "commit_audit", flag),
+    EnvVar("STEPLINE_RUN_CACHE_MAX", "run_cache_max", int),
+    EnvVar("STEPLINE_RUN_CACHE_IDLE_S", "run_cache_idle_s", float),
 )
 
 
@@ -55,6 +57,11 @@ class WorkerSettings(StoreDeployment):
     trim_interval_s: float = 10.0
     #: SIGTERM: stop reading, commit and release within this many seconds.
     drain_timeout_s: float = 20.0
+    #: Run state held in memory, over all partitions: past this many runs (or for a run finished, or not seen
+    #: for ``run_cache_idle_s``), the state of runs whose changes are all committed is dropped from memory and
+    #: reloaded from the metadata store when the run logs again (same results; the reload costs one query).
+    run_cache_max: int = 4096
+    run_cache_idle_s: float = 300.0
     #: Merge a run's segments of one level once it has this many.
     compaction_fanin: int = 8
     compaction_interval_s: float = 5.0
@@ -81,6 +88,8 @@ class WorkerSettings(StoreDeployment):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.retention_s < 0 or self.commit_idle_s < 0:
             raise ValueError("retention_s and commit_idle_s must not be negative")
+        if self.run_cache_max <= 0 or not self.run_cache_idle_s > 0:
+            raise ValueError("run_cache_max and run_cache_idle_s must be positive")
         if self.read_count <= 0 or self.commit_entries <= 0 or self.compaction_fanin < 2:
             raise ValueError("read_count and commit_entries must be positive, compaction_fanin at least 2")
 

@@ -322,6 +322,8 @@ class Worker:
             p=p, epoch=epoch, offset=offset, names=self.names, store=self.store,
             data_dir=self.settings.data_dir, redis=self.redis, limits=self.settings.limits,
             attempt=self.guard.new_attempt(),
+            run_cache_max=max(64, self.settings.run_cache_max // self.settings.partitions),
+            run_cache_idle_s=self.settings.run_cache_idle_s,
         )
         self.lost.discard(p)
         log.info("worker %s took partition %d (epoch %d, offset %s)", self.id, p, epoch, offset)
