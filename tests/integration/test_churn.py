@@ -1,5 +1,5 @@
 """Worker churn: 6 worker slots started, stopped (SIGTERM) and killed (kill -9) at random for a minute while 20
-runs log, with PostgreSQL metadata (the backend for several workers; the SQLite variant runs with ``-m slow``).
+runs log, with PostgreSQL metadata (the backend for several workers) and with one SQLite file.
 History equals the oracle exactly, and no partition ever had two committing owners: every commit is recorded with
 its epoch in ``sl_commits`` (``STEPLINE_COMMIT_AUDIT=1``, same transaction as the commit), and per partition, in
 commit order, offsets strictly increase and epochs never go back (epoch e+1 committed means epoch e never commits
@@ -74,12 +74,7 @@ class OwnerWatch(threading.Thread):
         return None
 
 
-@pytest.fixture(params=[
-    "postgresql",
-    # 6 worker processes on one SQLite file: a worker has been seen (2 runs in 7) to stay silent for more than 30 s
-    # after SIGTERM (drain time 20 s); under investigation, so this variant runs with -m slow.
-    pytest.param("sqlite", marks=pytest.mark.slow),
-])
+@pytest.fixture(params=["postgresql", "sqlite"])
 def metadata_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield sqlite_url(data_dir)
