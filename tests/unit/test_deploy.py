@@ -5,6 +5,7 @@ and Kubernetes run are the commands ``deploy/README.md`` documents and real ``st
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from importlib import resources
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+from support.servers import need
 
 from stepline.cli import build_parser
 
@@ -23,13 +25,21 @@ PRIMITIVES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def required(module: str) -> Any:
+    """The module, or skip with the reason (fail under CI=true, where the test extra installs it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        need(f"{module} is not installed (pip install -e '.[test]')")
+
+
 def k8s_objects() -> list[dict[str, Any]]:
     return [d for f in K8S for d in yaml.safe_load_all(f.read_text()) if d]
 
 
 def check_model(value: Any, type_name: str, path: str) -> None:
     """Every field of ``value`` exists in the model ``type_name`` (recursively), with the right shape."""
-    k8s = pytest.importorskip("kubernetes")
+    k8s = required("kubernetes")
     # Type names are "List[X]" / "Dict[str, X]" (older releases of the package: "list[X]" / "dict(str, X)").
     if type_name.lower().startswith("list["):
         assert isinstance(value, list), f"{path}: expected a list"
@@ -55,7 +65,7 @@ def check_model(value: Any, type_name: str, path: str) -> None:
 
 @pytest.mark.parametrize("path", K8S, ids=[p.name for p in K8S])
 def test_kubernetes_objects_validate(path: Path) -> None:
-    k8s = pytest.importorskip("kubernetes")
+    k8s = required("kubernetes")
     api = k8s.client.ApiClient()
     for obj in yaml.safe_load_all(path.read_text()):
         if not obj:
@@ -88,8 +98,8 @@ def test_kubernetes_shape_is_what_the_issue_asks() -> None:
 
 
 def test_compose_file_validates_against_the_compose_spec() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    pytest.importorskip("check_jsonschema")
+    jsonschema = required("jsonschema")
+    required("check_jsonschema")
     schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
                         .joinpath("compose-spec.json").read_text())
     doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
@@ -134,7 +144,7 @@ def test_the_dockerfile_runs_the_documented_commands() -> None:
 
 
 def test_the_kubernetes_check_catches_mistakes() -> None:
-    k8s = pytest.importorskip("kubernetes")
+    k8s = required("kubernetes")
     with pytest.raises(AssertionError, match="unknown field 'replicaz'"):
         check_model({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicaz": 2}}, "V1Deployment", "x")
     with pytest.raises(AssertionError, match="not int"):
