@@ -1,0 +1,120 @@
+"""What the fuzzers found: failures grouped by a stable signature, a few examples of each, and the product bugs
+already known (each pinned by a strict-xfail reproducer in ``tests/unit/test_fuzz_found.py``).
+
+A failure's signature is the tag a check put in brackets in its message (``[not_json:TypeError: ...]``) or else
+the exception's type and message with numbers and quoted text blanked, so one bug hit ten thousand times is one
+line of the report and its first examples, not ten thousand tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+#: Product bugs the fuzzers found that are not fixed yet: signature substring → what it is and its reproducer.
+#: A failure matching one is counted under ``known`` and does not fail the bounded CI tests; its reproducer in
+#: ``tests/unit/test_fuzz_found.py`` is ``xfail(strict=True)``, so the fix turns it red: then delete both.
+KNOWN: dict[str, str] = {
+    "OverflowError: Python int too large to convert to C long": (
+        "block_past_int64: a block of calls with an explicit step near 2**63 - 1 followed by calls without a step "
+        "writes a row at 2**63; the segment write fails and the entry is dead-lettered as poison (calls one by "
+        "one are rejected bad_step); test_fuzz_found.py::test_a_block_that_reaches_the_last_step_never_fails_a_commit"),
+    "[http_500:run:RecursionError": (
+        "longdouble_array (HTTP): a run whose summary holds a float128 array with a NaN answers 500 on GET .../runs/r "
+        "(plain() recurses forever); test_fuzz_found.py::test_a_longdouble_array_is_refused_or_served"),
+    "[not_json:Timestamp]": (
+        "timestamp_ext: a msgpack timestamp (ext -1) inside a value or config passes decode_frame (and the "
+        "gateway), is stored, and then every JSON read of the run fails; "
+        "test_fuzz_found.py::test_a_msgpack_timestamp_is_refused_or_served"),
+    "[not_json:a map key of type bytes]": (
+        "bytes_map_key: a map with a bin key inside a value or config passes decode_frame (and the gateway), is "
+        "stored, and then every JSON read of the run fails; "
+        "test_fuzz_found.py::test_a_map_key_that_is_not_str_is_refused_or_served"),
+    "[not_json:array of float128]": (
+        "longdouble_array: a float128 array is accepted by log() and the decoder, stored, and then not served: "
+        "JSON reads fail (RecursionError with a NaN in it, TypeError otherwise), msgpack reads too; "
+        "test_fuzz_found.py::test_a_longdouble_array_is_refused_or_served"),
+    "ArrowInvalid: Integer value": (
+        "int_float_promotion: a number column that is int64 in one segment and float64 in another, with an int "
+        "past 2**53, cannot be read: history() and the HTTP history route fail (500), scan_history and the scan "
+        "route fail mid-stream, and compaction (merge_tables) fails the same way; "
+        "test_fuzz_found.py::test_a_number_column_with_big_ints_and_floats_is_readable"),
+    "[log_raised:RuntimeError]": (
+        "array_like_raises: log() of an object whose __array__ raises (a tensor on another device) raises that "
+        "error, not a SchemaError naming the key; test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
+    "[config_raised:RuntimeError]": (
+        "array_like_raises: the same through run.config/run.summary; "
+        "test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
+    "embedded null byte]": (
+        "static_nul: GET /static/%00 answers 500 (ValueError: embedded null byte); "
+        "tests/gateway/test_fuzz_requests.py::test_static_paths_that_are_not_files_are_404"),
+    "File name too long": (
+        "static_long: GET /static/<300 characters> answers 500 (OSError: File name too long); "
+        "tests/gateway/test_fuzz_requests.py::test_static_paths_that_are_not_files_are_404"),
+    ":OverflowError: Python int too large to convert to SQLite INTEGER]": (
+        "param_past_int64: a step or count parameter past int64 (min_step, max_step, x_min/x_max on the step axis, "
+        "rejections) answers 500 (history, run, sampled) or cuts the scan stream; "
+        "tests/gateway/test_fuzz_requests.py::test_numbers_past_int64_in_parameters_are_400"),
+    ":OverflowError: cannot convert float infinity to integer]": (
+        "sampled_inf: GET .../sampled?x_min=inf (or x_max=-inf) answers 500; "
+        "tests/gateway/test_fuzz_requests.py::test_numbers_past_int64_in_parameters_are_400"),
+}
+
+
+def signature(text: str) -> str:
+    """The stable signature of a failure report (see the module docstring)."""
+    tag = re.search(r"(?:^|AssertionError: )\[([a-z_0-9]+(?::[^\]\n]*)?)\]", text, re.MULTILINE)
+    if tag:
+        return f"[{tag.group(1)[:200]}]"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]+(Error|Exception|Failed|Invalid)\b", ln)),
+                lines[-1] if lines else "")
+    detail = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", last)
+    return re.sub(r"\d+", "N", detail)[:160]
+
+
+def known(sig: str) -> str | None:
+    """The known bug a signature belongs to, if any."""
+    return next((what for pattern, what in KNOWN.items() if pattern in sig), None)
+
+
+@dataclass
+class Findings:
+    """Failures by signature: counts and the first few reports of each."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    keep: int = 3
+
+    def add(self, text: str) -> None:
+        sig = signature(text)
+        self.counts[sig] += 1
+        ex = self.examples.setdefault(sig, [])
+        if len(ex) < self.keep:
+            ex.append(text[-6000:])
+
+    def merge(self, other: Findings) -> None:
+        for sig, n in other.counts.items():
+            self.counts[sig] += n
+            ex = self.examples.setdefault(sig, [])
+            ex.extend(other.examples.get(sig, [])[: max(0, self.keep - len(ex))])
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def unknown(self) -> dict[str, int]:
+        return {s: n for s, n in self.counts.items() if known(s) is None}
+
+    def report(self, limit: int = 3) -> str:
+        """Every signature with its count, known or NEW, and the first example of each new one."""
+        out = []
+        for sig, n in self.counts.most_common():
+            what = known(sig)
+            out.append(f"{n:>9}  {'known' if what else 'NEW  '}  {sig}" + (f"\n{'':>18}{what}" if what else ""))
+        for sig in list(self.unknown())[:limit]:
+            out.append(f"--- first example of {sig}:\n{self.examples[sig][0]}")
+        return "\n".join(out)
+
+    def as_json(self) -> dict[str, dict[str, object]]:
+        return {sig: {"count": n, "known": known(sig)} for sig, n in self.counts.most_common()}
