@@ -36,6 +36,7 @@ from schemas import (
     key_ident,
     kind_of,
 )
+from schemas.frame import MAX_STEP
 from schemas.values import NUMBER
 
 from . import fastpath
@@ -188,6 +189,14 @@ class RunAligner(RunState):
         if step is not None and step < c:
             self.reject("non_monotonic_step", step, c, ts,
                         f"step {step} is lower than the run's current step {c}: the whole call is rejected")
+            return
+        if step is None and c > MAX_STEP:
+            # After log(d, step=2**63 - 1, commit=True) the cursor is 2**63, where a call without a step would be
+            # written; ``_step`` is int64, so the segment writer would refuse the whole commit. Refusing it here
+            # covers every path (single calls, and blocks applied call by call).
+            self.reject("bad_step", None, c, ts,
+                        f"the run's cursor is {c}: a call without a step would be written past the last step a "
+                        f"segment holds ({MAX_STEP})")
             return
         self.touch(ts)
         if step is None:

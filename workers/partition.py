@@ -244,18 +244,13 @@ class PartitionProcessor:
 
     @staticmethod
     def _apply_calls(r: RunAligner, ev: Log | LogBlock) -> None:
-        """Apply a call, or a block call by call, rejecting each call the segment format cannot hold (the segment
-        writer would refuse the whole commit): one with an int outside int64 (a number column is int64), and one
-        without a step once the cursor is past the last step a segment holds (``_step`` is int64: after
-        ``log(d, step=2**63 - 1, commit=True)`` the cursor is 2**63, where such a call would be written)."""
+        """Apply a call, or a block call by call, rejecting each call with an int outside int64 (a number column is
+        int64: the segment writer would refuse the whole commit). A call without a step past the last step a
+        segment holds is the aligner's to refuse (``bad_step``, :meth:`RunAligner.apply_log`)."""
         for call in ev.calls() if isinstance(ev, LogBlock) else [ev]:
             bad = next((k for k, v in call.data.items() if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX),
                        None)
-            if call.step is None and r.cursor > MAX_STEP:
-                r.reject("bad_step", None, r.cursor, call.ts,
-                         f"the run's cursor is {r.cursor}: a call without a step would be written past the last "
-                         f"step a segment holds ({MAX_STEP})")
-            elif bad is not None:
+            if bad is not None:
                 r.reject("int_range", call.step, r.cursor, call.ts,
                          f"value of {bad!r:.80} is an int outside int64: {call.data[bad]}")
             else:
@@ -282,18 +277,23 @@ class PartitionProcessor:
         (``entries-added`` > ``length`` at ``0-0``), or a last id before ``read_id`` (Redis went back in time:
         a restart without fsync, a failover) all mean events were lost.
         """
+        pos = id_tuple(self.read_id)
         try:
             info: dict[str, Any] = await self.redis.xinfo_stream(self.names.stream(self.p))
-        except ResponseError:  # no such key: nothing written yet
-            return None
-        pos = id_tuple(self.read_id)
+        except ResponseError:  # no such key: nothing written yet, unless this worker read entries of it
+            if pos == (0, 0):
+                return None
+            info = {}
         first = info.get("first-entry")
         first_id = _sid(first[0]) if first else None
         last_id = _sid(info.get("last-generated-id")) or "0-0"
         max_deleted = _sid(info.get("max-deleted-entry-id")) or "0-0"
         added = info.get("entries-added")
         problem = None
-        if id_tuple(last_id) < pos:
+        if not info:
+            problem = (f"the stream is gone although entries up to {self.read_id} were read from it: Redis lost "
+                       f"acknowledged entries (a restart without persistence)")
+        elif id_tuple(last_id) < pos:
             problem = (f"the stream ends at {last_id}, before the position read {self.read_id}: Redis lost "
                        f"acknowledged entries (restart without fsync, or failover)")
         elif id_tuple(max_deleted) > pos:
@@ -306,6 +306,15 @@ class PartitionProcessor:
         elif (first_id is None and id_tuple(last_id) > pos) or (first_id is not None and id_tuple(first_id) > pos):
             problem = (f"the stream was trimmed past the position read {self.read_id} (it now starts at "
                        f"{first_id or 'nothing'}, its last id is {last_id}); the events in between are lost")
+        if problem is None and pos != (0, 0):
+            # The entry at the position read is never trimmed (trims keep the committed offset's entry, and the
+            # position is at or past it): gone means Redis came back from an older state, even when new entries
+            # have since pushed the last id past the position again.
+            stream = self.names.stream(self.p)
+            if not await self.redis.xrange(stream, min=self.read_id, max=self.read_id, count=1):
+                problem = (f"the entry at the position read {self.read_id} is gone from the stream (its last id "
+                           f"is {last_id}): Redis came back without acknowledged entries (an older snapshot, or "
+                           f"a failover)")
         if problem is None:
             return None
         log.error("partition %d: DATA LOSS: %s", self.p, problem)

@@ -134,18 +134,14 @@ def read_log(w: WorkerProc) -> str:
 
 # --- 1. a Redis that comes back with less than the worker read: DATA LOSS ---------------------------------------
 
-#: (how Redis comes back, when the producer logs again), and whether the guarantee holds today.
+#: (how Redis comes back, when the producer logs again).
 _GAP_CASES = [
     pytest.param("older_snapshot", "after_retake", id="older-snapshot-then-log"),
     pytest.param("empty", "before_retake", id="empty-log-first"),
-    pytest.param("older_snapshot", "before_retake", id="older-snapshot-log-first", marks=pytest.mark.xfail(
-        strict=True, reason="known bug: check_stream misses a Redis that went back in time when a producer's new "
-        "entry lands before the worker takes the partition again (the last id is then past the read position and "
-        "the entry at the read position, which is gone, is never looked for): no DATA LOSS log, no stream_gap")),
-    pytest.param("empty", "after_retake", id="empty-then-log", marks=pytest.mark.xfail(
-        strict=True, reason="known bug: check_stream treats a stream that no longer exists as 'nothing written "
-        "yet' even when the read position is past 0-0, so a Redis restarted empty under a worker is never "
-        "reported (no DATA LOSS log, no stream_gap), only the run's warning")),
+    # Found by this test: a producer's new entry landing first pushed the last id past the read position, and a
+    # stream that no longer existed read as "nothing written yet"; check_stream now looks for the entry itself.
+    pytest.param("older_snapshot", "before_retake", id="older-snapshot-log-first"),
+    pytest.param("empty", "after_retake", id="empty-then-log"),
 ]
 
 
@@ -586,13 +582,6 @@ def test_calls_past_the_last_step_are_rejected_bad_step_and_the_partition_goes_o
             store.close()
 
 
-_BLOCK_BUG = ("known bug: a logs block whose calls reach the last step and go on (step=2**63-1, then calls without a "
-              "step) is not checked call by call (workers.partition._past_last_step looks at the cursor before the "
-              "block only), so it writes a row at 2**63: the segment writer raises OverflowError, the entry fails "
-              "every commit and is dead-lettered as poison after 4 attempts, losing every call of the entry")
-
-
-@pytest.mark.xfail(strict=True, reason=_BLOCK_BUG)
 async def test_a_block_that_passes_the_last_step_rejects_only_the_calls_past_it(redis_url: str, namespace: str,
                                                                                 data_dir: Path) -> None:
     """The minimal reproducer: the calls of each run above as ONE ``logs`` block (what the SDK sends for calls with
@@ -622,7 +611,6 @@ async def test_a_block_that_passes_the_last_step_rejects_only_the_calls_past_it(
         await r.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=_BLOCK_BUG)
 def test_sdk_calls_past_the_last_step_are_rejected_bad_step_and_the_partition_goes_on(
         redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet, tmp_path: Path) -> None:
     """The same calls through the SDK and a worker process: the SDK packs each run's calls (same keys) into one
