@@ -151,11 +151,14 @@ class Batcher:
             self.on_first()
         self.seal_locked()  # keep the order of calls: the open block comes before this event
         self.items.append(("e", raw, blobs, None))
+        self.sealed_rows += 1  # an event is a call waiting to be packed too (the backpressure measure)
 
     def add_row_locked(self, keys: tuple[str, ...], row: Row, sig: Sig) -> bool:
         """Append a row whose values have the types ``sig``; return True when a block was sealed (the caller may
-        want to wake the sender)."""
+        want to wake the sender, and checks the backpressure measure)."""
+        sealed = False
         if keys is not self.block_keys and keys != self.block_keys:
+            sealed = bool(self.rows)  # calls alternating their keys seal a block each: they count too
             self.seal_locked()
             self.block_keys = keys
         if not self.rows:
@@ -168,7 +171,7 @@ class Batcher:
         if len(self.rows) >= self.max_block_rows:
             self.seal_locked()
             return True
-        return False
+        return sealed
 
     # -- packer side ------------------------------------------------------------------------------------------
 

@@ -372,6 +372,7 @@ class Run:
         with self._b.lock:
             self._advance(step, commit)
             self._b.add_event_locked(raw, blobs)
+        self._after_seal()
 
     def _advance(self, step: int | None, commit: bool | None) -> None:
         """Move the client-side cursor as the worker will (call with the batcher lock held)."""

@@ -144,13 +144,6 @@ def test_a_stalled_sender_keeps_pending_calls_and_memory_bounded_and_everything_
     finish_and_check(run, srv, want)
 
 
-_NOT_BOUNDED = ("known bug: log() checks max_pending_rows only when a call fills a block (Run._after_seal); calls "
-                "sealed by a change of keys, and calls logged as single events (arrays, media, lists, long strings) "
-                "pile up in the batcher unpacked while the sender is stalled, past max_pending_rows and outside "
-                "the memory cap")
-
-
-@pytest.mark.xfail(strict=True, reason=_NOT_BOUNDED)
 @pytest.mark.parametrize("shape", ["alternating-keys", "arrays"])
 def test_pending_calls_stay_bounded_whatever_the_calls_look_like(
         redis_server_factory: Callable[..., RedisServer], tmp_path: Path, shape: str) -> None:
