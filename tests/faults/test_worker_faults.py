@@ -45,7 +45,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(redis_url: str, n
     scripts = [make_run(rng, names, "kill9", f"run-{i:02d}", 2_000, 8, frame_events=10) for i in range(12)]
     for _ in range(3):
         fleet.start()
-    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=22)
+    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=15, hold=True)
     store = open_store(data_dir)
     chaos = random.Random(5)
     try:
@@ -58,7 +58,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(redis_url: str, n
             fleet.kill9(victim)
             assert victim.proc.returncode == -signal.SIGKILL
             fleet.start()
-        assert not feeder.done.is_set(), "the feeder finished before the last kill: make it slower"
+        assert not feeder.done.is_set(), "the feeder is held back until the kills are done"
+        feeder.release()
         feeder.join(60)
         assert feeder.error is None
         with redis.Redis.from_url(redis_url) as r:
@@ -68,6 +69,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(redis_url: str, n
         epochs = sum(int(p["epoch"]) for p in store.partitions())
         assert epochs > PARTITIONS + KILLS, "partitions should have changed hands after the kills"
     finally:
+        feeder.release()
         store.close()
 
 
@@ -80,7 +82,7 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
     scripts = [make_run(rng, names, "zombie", f"run-{i:02d}", 1_500, 6, frame_events=10) for i in range(10)]
     zombie = fleet.start("zombie")
     store = open_store(data_dir)
-    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=10)
+    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=6, hold=True)
     try:
         wait_until(lambda: {p["owner"] for p in store.partitions()} == {"zombie"}
                    and len(store.partitions()) == PARTITIONS, 20, "the zombie to own every partition")
@@ -101,6 +103,7 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
         noticed = wait_until(lambda: [m for m in ("fenced", "lost the lease") if m in zombie.log.read_text()], 15,
                              "the zombie to notice it lost its partitions")
         print(f"the zombie noticed: {noticed}")
+        feeder.release()
         feeder.join(60)
         assert feeder.error is None
         with redis.Redis.from_url(redis_url) as r:
@@ -108,6 +111,7 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
         check_history(data_dir, store, scripts)
         assert zombie.alive(), fleet.logs()
     finally:
+        feeder.release()
         store.close()
 
 

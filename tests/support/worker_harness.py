@@ -288,24 +288,43 @@ def xadd_frames(r: redis.Redis, names: Names, items: list[tuple[int, bytes]], ba
 
 
 class Feeder(threading.Thread):
-    """XADD frames in the background at a steady pace, so data keeps flowing while the test injects faults."""
+    """XADD frames in the background, so data keeps flowing while the test injects faults.
 
-    def __init__(self, redis_url: str, names: Names, items: list[tuple[int, bytes]], seconds: float) -> None:
+    Without ``hold``: the items are paced over ``seconds``. With ``hold``: the first 80 % are paced over
+    ``seconds``, the rest trickle in (one frame per 0.1 s) until :meth:`release` is called (the faults are done),
+    then go at once, so frames arrive during every fault however long the faults take."""
+
+    def __init__(self, redis_url: str, names: Names, items: list[tuple[int, bytes]], seconds: float,
+                 hold: bool = False) -> None:
         super().__init__(daemon=True)
         self.redis_url, self.names, self.items, self.seconds = redis_url, names, items, seconds
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.released = threading.Event()
+        if not hold:
+            self.released.set()
+        self.held = 0  # frames sent while held back (a test can check that some arrived during its faults)
+
+    def release(self) -> None:
+        self.released.set()
 
     def run(self) -> None:
         try:
             with redis.Redis.from_url(self.redis_url) as r:
+                paced = self.items if self.released.is_set() else self.items[: len(self.items) * 4 // 5]
                 chunks = max(1, int(self.seconds / 0.05))
-                size = max(1, -(-len(self.items) // chunks))
+                size = max(1, -(-len(paced) // chunks))
                 t = time.monotonic()
-                for i in range(0, len(self.items), size):
-                    xadd_frames(r, self.names, self.items[i:i + size])
+                for i in range(0, len(paced), size):
+                    xadd_frames(r, self.names, paced[i:i + size])
                     t += 0.05
                     time.sleep(max(0.0, t - time.monotonic()))
+                rest = self.items[len(paced):]
+                while rest and not self.released.wait(0.1):
+                    xadd_frames(r, self.names, rest[:1])
+                    rest = rest[1:]
+                    self.held += 1
+                xadd_frames(r, self.names, rest)
         except BaseException as e:  # reported by the test
             self.error = e
         finally:
