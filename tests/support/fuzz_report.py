@@ -16,10 +16,6 @@ from dataclasses import dataclass, field
 #: A failure matching one is counted under ``known`` and does not fail the bounded CI tests; its reproducer in
 #: ``tests/unit/test_fuzz_found.py`` is ``xfail(strict=True)``, so the fix turns it red: then delete both.
 KNOWN: dict[str, str] = {
-    "OverflowError: Python int too large to convert to C long": (
-        "block_past_int64: a block of calls with an explicit step near 2**63 - 1 followed by calls without a step "
-        "writes a row at 2**63; the segment write fails and the entry is dead-lettered as poison (calls one by "
-        "one are rejected bad_step); test_fuzz_found.py::test_a_block_that_reaches_the_last_step_never_fails_a_commit"),
     "[http_500:run:RecursionError": (
         "longdouble_array (HTTP): a run whose summary holds a float128 array with a NaN answers 500 on GET .../runs/r "
         "(plain() recurses forever); test_fuzz_found.py::test_a_longdouble_array_is_refused_or_served"),

@@ -1,7 +1,8 @@
 """Product bugs the fuzzers found (``tests/support/fuzz_report.py``: ``KNOWN``), one minimal reproducer each.
 
-Each is ``xfail(strict=True)``: it fails today, and the fix makes it pass, which fails the suite until the mark
-and the bug's entry in ``KNOWN`` are deleted (the fuzz tests then fail on the bug again if it comes back).
+Each open one is ``xfail(strict=True)``: it fails today, and the fix makes it pass, which fails the suite until
+the mark and the bug's entry in ``KNOWN`` are deleted (the fuzz tests then fail on the bug again if it comes back).
+Fixed ones stay as plain regression tests.
 """
 
 from __future__ import annotations
@@ -126,12 +127,10 @@ def test_an_array_like_that_fails_is_refused() -> None:
         capture(_BrokenTensor(), "x")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a block of calls with an explicit step near 2**63 - 1 followed by "
-                   "calls without a step writes a row past int64; its commit fails (support.fuzz_report.KNOWN)")
 def test_a_block_that_reaches_the_last_step_never_fails_a_commit(tmp_path: Path) -> None:
-    """Calls past the last step a segment holds are rejected (``bad_step``) when they come one by one or in a block
-    that starts near the end; a block that *reaches* the end through an explicit step still writes a row at
-    2**63: the segment write raises OverflowError and the entry can only be dead-lettered as poison."""
+    """Found by the frame fuzzer, fixed since (the aligner refuses a call without a step past the last step): a block
+    that reaches step 2**63 - 1 through an explicit step and goes on without steps wrote a row at 2**63, whose
+    segment write raised OverflowError, so the entry could only end as poison. Now the commit succeeds."""
     project, run = names_in(0, 1, random.Random(0))[0]
 
     async def go() -> None:
