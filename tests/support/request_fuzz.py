@@ -216,6 +216,7 @@ class Req:
     project: str | None = None
     run: str | None = None
     raw: bytes | None = None  # sent as is over a socket (malformed HTTP)
+    half_close: bool = False  # (raw) the client closes its side after sending
     blob: bytes | None = None
     seeded_scan: dict[str, Any] | None = None  # parameters of a scan of a seeded run (checked exactly)
 
@@ -474,7 +475,7 @@ def _raw(rng: random.Random, g: Gateway, runs: list[str]) -> Req:
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {FRAMES}\r\n".encode() + auth
     u = rng.randrange(12)
     raw = {
-        0: head + f"Content-Length: {len(body) + 50}\r\n\r\n".encode() + body,  # shorter than announced
+        0: head + f"Content-Length: {len(body) + 50}\r\n\r\n".encode() + body,  # shorter: 408, or the client quits
         1: head + f"Content-Length: {max(0, len(body) - 5)}\r\n\r\n".encode() + body,  # longer than announced
         2: head + b"Content-Length: -1\r\n\r\n" + body,
         3: head + b"Content-Length: abc\r\n\r\n" + body,
@@ -488,7 +489,7 @@ def _raw(rng: random.Random, g: Gateway, runs: list[str]) -> Req:
         11: f"GET {API}/projects/{PROJECT}/runs/r HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + auth
         + "X-Ünï: ü\r\n\r\n".encode(),
     }[u]
-    return Req("raw", "RAW", path, [], raw=raw)
+    return Req("raw", "RAW", path, [], raw=raw, half_close=u == 0 and rng.random() < 0.5)
 
 
 def gen_request(rng: random.Random, g: Gateway, runs: list[str]) -> Req:
@@ -571,14 +572,16 @@ class RequestResult:
         self.crashes.merge(other.crashes)
 
 
-async def _send_raw(port: int, data: bytes) -> int | None:
-    """Send bytes, close the write side, return the status of the reply (None: closed without one)."""
+async def _send_raw(port: int, data: bytes, half_close: bool) -> int | None:
+    """Send bytes (then close the write side, with ``half_close``: a client that gives up), return the status of
+    the reply (None: the server closed the connection without one)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     try:
         writer.write(data)
         await writer.drain()
-        with contextlib.suppress(OSError):
-            writer.write_eof()
+        if half_close:
+            with contextlib.suppress(OSError):
+                writer.write_eof()
         line = await asyncio.wait_for(reader.readline(), 10)
         if not line:
             return None
@@ -617,9 +620,10 @@ async def _check(req: Req, g: Gateway, session: ClientSession, r: aioredis.Redis
     res.requests += 1
     res.by_route[req.route] += 1
     if req.raw is not None:
-        status = await _send_raw(g.port, req.raw)
+        status = await _send_raw(g.port, req.raw, req.half_close)
         res.by_status[status or 0] += 1
         assert status is None or status < 500, f"[raw_5xx:{status}] {where}: {req.raw[:200]!r}"
+        assert status is not None or req.half_close, f"[raw_no_reply] {where}: {req.raw[:200]!r}"
         return
     names = g.settings.names
     before = sum(await asyncio.gather(*(r.xlen(names.stream(p)) for p in range(PARTITIONS))))
