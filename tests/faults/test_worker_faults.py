@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from support.history_oracle import read_history
 from support.worker_harness import (
     Feeder,
+    RunScript,
     WorkerFleet,
     check_history,
     interleave,
@@ -28,12 +29,24 @@ from support.worker_harness import (
 )
 
 from schemas import DEFAULT_LIMITS, FencedError, Names
+from workers.metastore import MetaStore
 from workers.partition import PartitionProcessor
 
 pytestmark = pytest.mark.faults
 
 PARTITIONS = 8
 KILLS = 20
+
+
+def settle(feeder: Feeder, redis_url: str, names: Names, store: MetaStore, fleet: WorkerFleet, data_dir: Path,
+           scripts: list[RunScript]) -> None:
+    """The faults are over: send the held-back frames, wait for the workers to commit everything, check history."""
+    feeder.release()
+    feeder.join(60)
+    assert feeder.error is None
+    with redis.Redis.from_url(redis_url) as r:
+        wait_caught_up(r, names, store, fleet, timeout=60)
+    check_history(data_dir, store, scripts)
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(redis_url: str, namespace: str, data_dir: Path,
@@ -59,12 +72,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(redis_url: str, n
             assert victim.proc.returncode == -signal.SIGKILL
             fleet.start()
         assert not feeder.done.is_set(), "the feeder is held back until the kills are done"
-        feeder.release()
-        feeder.join(60)
-        assert feeder.error is None
-        with redis.Redis.from_url(redis_url) as r:
-            wait_caught_up(r, names, store, fleet, timeout=60)
-        check_history(data_dir, store, scripts)
+        settle(feeder, redis_url, names, store, fleet, data_dir, scripts)
         assert len(fleet.procs) == 3 + KILLS
         epochs = sum(int(p["epoch"]) for p in store.partitions())
         assert epochs > PARTITIONS + KILLS, "partitions should have changed hands after the kills"
@@ -103,12 +111,7 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
         noticed = wait_until(lambda: [m for m in ("fenced", "lost the lease") if m in zombie.log.read_text()], 15,
                              "the zombie to notice it lost its partitions")
         print(f"the zombie noticed: {noticed}")
-        feeder.release()
-        feeder.join(60)
-        assert feeder.error is None
-        with redis.Redis.from_url(redis_url) as r:
-            wait_caught_up(r, names, store, fleet, timeout=60)
-        check_history(data_dir, store, scripts)
+        settle(feeder, redis_url, names, store, fleet, data_dir, scripts)
         assert zombie.alive(), fleet.logs()
     finally:
         feeder.release()

@@ -81,6 +81,16 @@ def from_csv_float(cell: str) -> float:
     return NAN if cell == "" else float(cell)
 
 
+async def wait_finished(c: Any, base: str, fleet: Any) -> None:
+    """Until the run's info says finished (committed by the worker); 30 s only catch a hang."""
+    for _ in range(600):
+        r = await c.get(base)
+        if r.status == 200 and (await r.json())["state"] == "finished":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the run was not committed: {r.status} {await r.text()}\n{fleet.logs()}")
+
+
 async def test_every_value_kind_is_served_by_every_read_path(
         gw_settings: GatewaySettings, make_client: Callable[..., Awaitable[Any]], worker: Callable[[], Any]) -> None:
     s = gw_settings
@@ -94,13 +104,7 @@ async def test_every_value_kind_is_served_by_every_read_path(
     assert run.finish(timeout=30).ok
     c = await make_client(s)
     base = "/api/v1/projects/pv/runs/r1"
-    for _ in range(600):
-        r = await c.get(base)
-        if r.status == 200 and (await r.json())["state"] == "finished":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"the run was not committed: {r.status} {await r.text()}\n{fleet.logs()}")
+    await wait_finished(c, base, fleet)
 
     async def get(path: str, fmt: str, **params: str) -> bytes:
         resp = await c.get(path, params={**params, "format": fmt})
@@ -188,13 +192,7 @@ async def test_complex_values_stored_before_they_were_refused_are_served(
     assert run.finish(timeout=30).ok
     c = await make_client(s)
     base = "/api/v1/projects/pv/runs/cx"
-    for _ in range(600):
-        r = await c.get(base)
-        if r.status == 200 and (await r.json())["state"] == "finished":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"the run was not committed\n{fleet.logs()}")
+    await wait_finished(c, base, fleet)
 
     # Rewrite what older workers would have stored for a complex64 array with the same bytes.
     engine = create_engine(s.metadata_url)

@@ -89,6 +89,13 @@ def value(r: int, step: int, j: int) -> Any:
 KEYS = ["epoch", "flag"] + [f"train/metric_{j:02d}" for j in range(2, 20)]
 
 
+def one_producer_frames(redis_url: str, namespace: str) -> list[Frame]:
+    """The frames of the one producer that wrote to the namespace (asserts there is exactly one)."""
+    with redis.Redis.from_url(redis_url) as client:
+        (frames,) = read_frames(client, Names(namespace, 16)).values()
+    return frames
+
+
 def test_ten_runs_from_ten_threads_arrive_exactly(redis_url: str, namespace: str, data_dir: Path) -> None:
     runs_n, steps = 10, 10_000
     runs: list[ingest.Run] = []
@@ -161,11 +168,7 @@ def test_wandb_style_script(redis_url: str, namespace: str, data_dir: Path) -> N
     assert res is not None and res.ok
     assert wandb.run is None
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        (frames,) = read_frames(client, Names(namespace, 16)).values()
-    finally:
-        client.close()
+    frames = one_producer_frames(redis_url, namespace)
     evs = events_in_order(frames)
     kinds = [type(e) for e in evs]
     assert kinds[0] is Start and kinds[-1] is Finish
@@ -184,11 +187,7 @@ def test_context_manager_reports_failure(redis_url: str, namespace: str, data_di
     with pytest.raises(RuntimeError):
         train()
     assert run.result is not None and run.result.ok
-    client = redis.Redis.from_url(redis_url)
-    try:
-        (frames,) = read_frames(client, Names(namespace, 16)).values()
-    finally:
-        client.close()
+    frames = one_producer_frames(redis_url, namespace)
     last = events_in_order(frames)[-1]
     assert isinstance(last, Finish) and last.exit_code == 1
 
@@ -280,11 +279,7 @@ async def test_async_run(redis_url: str, namespace: str, data_dir: Path) -> None
         assert run.pending_frames == 0
         run.log({"loss": -1.0, "i": -1}, step=5000)
     assert run.result is not None and run.result.ok
-    client = redis.Redis.from_url(redis_url)
-    try:
-        (frames,) = read_frames(client, Names(namespace, 16)).values()
-    finally:
-        client.close()
+    frames = one_producer_frames(redis_url, namespace)
     evs = events_in_order(frames)
     calls = calls_of(evs)
     assert [c.data["i"] for c in calls] == [*range(2000), -1]
@@ -300,10 +295,6 @@ def test_atexit_finishes_an_unfinished_run(redis_url: str, namespace: str, data_
         "    ingest.log({'a': float(i)})\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
-    client = redis.Redis.from_url(redis_url)
-    try:
-        (frames,) = read_frames(client, Names(namespace, 16)).values()
-    finally:
-        client.close()
+    frames = one_producer_frames(redis_url, namespace)
     evs = events_in_order(frames)
     assert len(calls_of(evs)) == 100 and isinstance(evs[-1], Finish)

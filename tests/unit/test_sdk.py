@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.sdk_frames import events, frames, log_calls
 
 import ingest
 from ingest.run import Run
@@ -23,7 +24,6 @@ from schemas import (
     Config,
     DefineMetric,
     Finish,
-    Frame,
     LimitError,
     Log,
     LogBlock,
@@ -38,30 +38,6 @@ from schemas import (
 def make_run(tmp_path: Path, **settings: Any) -> Run:
     s = ClientSettings(data_dir=tmp_path, **settings)
     return Run(settings=s, project="proj", run_id="run1", config={"lr": 0.1})
-
-
-def frames(run: Run) -> list[Frame]:
-    run._core.pump()
-    out: list[Frame] = []
-    while batch := run._core.peek():
-        out.extend(decode_frame(e.frame, strict=True) for e in batch)
-        run._core.outbox.ack(batch[-1].idx)
-    return out
-
-
-def events(run: Run) -> list[Any]:
-    return [e for f in frames(run) for e in f.events]
-
-
-def log_calls(evs: list[Any]) -> list[Log]:
-    """Every log call in order, blocks expanded (what a worker sees)."""
-    out: list[Log] = []
-    for e in evs:
-        if isinstance(e, LogBlock):
-            out.extend(e.calls())
-        elif isinstance(e, Log):
-            out.append(e)
-    return out
 
 
 # -- validation: a bad call raises naming the key and sends nothing ----------------------------------------------

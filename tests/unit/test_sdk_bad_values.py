@@ -17,21 +17,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.sdk_frames import events
+from support.sdk_frames import log_calls as calls
 
 from ingest.run import Run
 from ingest.settings import ClientSettings
 from schemas import (
     ClientWarning,
-    Frame,
     Image,
-    Log,
-    LogBlock,
     Media,
     SchemaError,
     Start,
     Table,
     capture,
-    decode_frame,
 )
 from workers.align import RunAligner
 
@@ -41,26 +39,6 @@ BAD_TEXT = "ok\ud800"  # a lone surrogate, as errors="surrogateescape" makes the
 def make_run(tmp_path: Path, **kwargs: Any) -> Run:
     args: dict[str, Any] = {"project": "proj", "run_id": "run1"} | kwargs
     return Run(settings=ClientSettings(data_dir=tmp_path), **args)
-
-
-def frames(run: Run) -> list[Frame]:
-    run._core.pump()
-    out: list[Frame] = []
-    while batch := run._core.peek():
-        out.extend(decode_frame(e.frame, strict=True) for e in batch)
-        run._core.outbox.ack(batch[-1].idx)
-    return out
-
-
-def events(run: Run) -> list[Any]:
-    return [e for f in frames(run) for e in f.events]
-
-
-def calls(evs: list[Any]) -> list[Log]:
-    out: list[Log] = []
-    for e in evs:
-        out.extend(e.calls() if isinstance(e, LogBlock) else [e] if isinstance(e, Log) else [])
-    return out
 
 
 def _table_with_bad_cell() -> Any:
