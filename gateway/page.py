@@ -21,8 +21,12 @@ _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".
 
 def _file(rel: str) -> web.FileResponse:
     root = WEB_DIR.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:  # a NUL byte (ValueError) or a name too long for the file system (OSError) is no file either
+        path = (root / rel).resolve()
+        found = path.is_relative_to(root) and path.is_file()
+    except (ValueError, OSError):
+        found = False
+    if not found:
         raise Refused(404, "not_found", f"no file {rel!r} in the web page")
     headers = dict(_HEADERS)
     if path.suffix in _TYPES:

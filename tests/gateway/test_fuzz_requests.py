@@ -55,8 +55,6 @@ async def _run_with_data(s: GatewaySettings, c: Any) -> str:
     return "/api/v1/projects/pa/runs/r"
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: GET /static/%00 and a 300-character static path answer 500 "
-                   "(support.fuzz_report.KNOWN)")
 async def test_static_paths_that_are_not_files_are_404(gw_settings: GatewaySettings,
                                                        make_client: Callable[..., Awaitable[Any]]) -> None:
     c = await make_client(gw_settings)

@@ -51,12 +51,6 @@ KNOWN: dict[str, str] = {
     "[config_raised:RuntimeError]": (
         "array_like_raises: the same through run.config/run.summary; "
         "test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
-    "embedded null byte]": (
-        "static_nul: GET /static/%00 answers 500 (ValueError: embedded null byte); "
-        "tests/gateway/test_fuzz_requests.py::test_static_paths_that_are_not_files_are_404"),
-    "File name too long": (
-        "static_long: GET /static/<300 characters> answers 500 (OSError: File name too long); "
-        "tests/gateway/test_fuzz_requests.py::test_static_paths_that_are_not_files_are_404"),
     ":OverflowError: Python int too large to convert to SQLite INTEGER]": (
         "param_past_int64: a step or count parameter past int64 (min_step, max_step, x_min/x_max on the step axis, "
         "rejections) answers 500 (history, run, sampled) or cuts the scan stream; "
