@@ -47,6 +47,15 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def anon_mb(pid: int) -> float:
+    """Anonymous memory (heap, arenas, Arrow's pool) as opposed to file pages mapped in (libraries, files)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def frame_of(i: int, steps: int, keys: int, rng: np.random.Generator) -> bytes:
     """One run in one frame: start, ``steps`` calls as one column-wise block, finish."""
     ts = 1_700_000_000.0 + i
@@ -80,7 +89,7 @@ def one_pass(url: str, runs: int, steps: int, keys: int, early: int, keep_all: b
     r = redis.Redis.from_url(url)
     try:
         t0 = time.monotonic()
-        rss_early = None
+        rss_early = anon_early = None
         fed = 0
         while True:
             # Feed in slices so Redis holds a bounded backlog and the early sample lands near ``early`` runs.
@@ -93,7 +102,7 @@ def one_pass(url: str, runs: int, steps: int, keys: int, early: int, keep_all: b
                 pipe.execute()
                 fed = min(runs, fed + 500)
             if rss_early is None and done >= early:
-                rss_early = rss_mb(worker.pid)
+                rss_early, anon_early = rss_mb(worker.pid), anon_mb(worker.pid)
             if done >= runs:
                 break
             if worker.poll() is not None:
@@ -103,7 +112,9 @@ def one_pass(url: str, runs: int, steps: int, keys: int, early: int, keep_all: b
         return {"mode": "keep-all" if keep_all else "bounded", "runs": runs, "steps": steps, "keys": keys,
                 "seconds": round(elapsed, 2), "points_per_s": round(runs * steps * keys / elapsed),
                 "runs_per_s": round(runs / elapsed, 1), "rss_after_early_mb": round(rss_early or float("nan"), 1),
-                "rss_end_mb": round(rss_mb(worker.pid), 1), "peak_rss_mb": round(rss_mb(worker.pid, "VmHWM"), 1)}
+                "rss_end_mb": round(rss_mb(worker.pid), 1), "peak_rss_mb": round(rss_mb(worker.pid, "VmHWM"), 1),
+                "anon_after_early_mb": round(anon_early or float("nan"), 1),
+                "anon_end_mb": round(anon_mb(worker.pid), 1)}
     finally:
         worker.terminate()
         try:
