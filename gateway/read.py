@@ -40,7 +40,7 @@ from sqlalchemy import func, select
 from history.formatting import format_history, plain
 from history.query import QueryError, RunNotFound, RunView, columns_of
 from schemas import Media, key_ident
-from schemas.store import blob_path, runs
+from schemas.store import STEP, blob_path, runs
 
 from .errors import Refused
 from .state import GW
@@ -75,6 +75,9 @@ def _fmt(request: web.Request) -> str:
     return f
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _int(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -85,6 +88,8 @@ def _int(request: web.Request, name: str, default: int | None, lo: int | None = 
         raise Refused(400, "bad_param", f"{name} must be an integer, got {raw!r:.40}") from None
     if lo is not None and v < lo:
         raise Refused(400, "bad_param", f"{name} must be >= {lo}, got {v}")
+    if not _INT64_MIN <= v <= _INT64_MAX:  # steps and counts are int64 in the store and in SQLite
+        raise Refused(400, "bad_param", f"{name} must fit in a signed 64-bit integer, got {raw!r:.40}")
     return v
 
 
@@ -96,8 +101,8 @@ def _float(request: web.Request, name: str) -> float | None:
         v = float(raw)
     except ValueError:
         raise Refused(400, "bad_param", f"{name} must be a number, got {raw!r:.40}") from None
-    if math.isnan(v):
-        raise Refused(400, "bad_param", f"{name} must not be NaN")
+    if not math.isfinite(v):
+        raise Refused(400, "bad_param", f"{name} must be a finite number, got {raw!r:.40}")
     return v
 
 
@@ -306,6 +311,10 @@ async def sampled(request: web.Request) -> web.Response:
     buckets = _int(request, "buckets", 1000, lo=1)
     assert buckets is not None
     x_min, x_max = _float(request, "x_min"), _float(request, "x_max")
+    if x_axis == STEP:  # on the step axis the bounds become an int64 step range
+        for name, v in (("x_min", x_min), ("x_max", x_max)):
+            if v is not None and not -(2.0**63) < v < 2.0**63:
+                raise Refused(400, "bad_param", f"{name} on the step axis must be within the int64 range, got {v!r}")
     s = await _call(gw, lambda: gw.api.run(f"{project}/{run}").sampled(key, x_axis=x_axis, buckets=buckets,
                                                                         x_min=x_min, x_max=x_max))
     obj = dict(s)

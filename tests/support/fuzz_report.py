@@ -51,13 +51,6 @@ KNOWN: dict[str, str] = {
     "[config_raised:RuntimeError]": (
         "array_like_raises: the same through run.config/run.summary; "
         "test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
-    ":OverflowError: Python int too large to convert to SQLite INTEGER]": (
-        "param_past_int64: a step or count parameter past int64 (min_step, max_step, x_min/x_max on the step axis, "
-        "rejections) answers 500 (history, run, sampled) or cuts the scan stream; "
-        "tests/gateway/test_fuzz_requests.py::test_numbers_past_int64_in_parameters_are_400"),
-    ":OverflowError: cannot convert float infinity to integer]": (
-        "sampled_inf: GET .../sampled?x_min=inf (or x_max=-inf) answers 500; "
-        "tests/gateway/test_fuzz_requests.py::test_numbers_past_int64_in_parameters_are_400"),
 }
 
 
