@@ -273,8 +273,9 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
     if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         try:
             arr = np.asarray(value)
-        except (TypeError, ValueError) as e:
-            raise SchemaError(f"value of {key!r}: {t.__name__} does not convert to an array: {e}", key=key) from e
+        except Exception as e:  # whatever __array__ raises (a tensor on another device, ...) refuses this value
+            raise SchemaError(f"value of {key!r}: {t.__name__} does not convert to an array: "
+                              f"{type(e).__name__}: {e}"[:300], key=key) from e
         if arr.dtype.kind not in _ARRAY_DTYPE_KINDS:
             if arr.dtype.kind in "US" and depth == 0:  # strings: logged as a list of str (bytes are refused)
                 return _capture_deep(arr.tolist(), key, limits, depth)

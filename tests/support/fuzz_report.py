@@ -45,12 +45,6 @@ KNOWN: dict[str, str] = {
         "past 2**53, cannot be read: history() and the HTTP history route fail (500), scan_history and the scan "
         "route fail mid-stream, and compaction (merge_tables) fails the same way; "
         "test_fuzz_found.py::test_a_number_column_with_big_ints_and_floats_is_readable"),
-    "[log_raised:RuntimeError]": (
-        "array_like_raises: log() of an object whose __array__ raises (a tensor on another device) raises that "
-        "error, not a SchemaError naming the key; test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
-    "[config_raised:RuntimeError]": (
-        "array_like_raises: the same through run.config/run.summary; "
-        "test_fuzz_found.py::test_an_array_like_that_fails_is_refused"),
 }
 
 

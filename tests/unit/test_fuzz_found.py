@@ -120,8 +120,6 @@ class _BrokenTensor:
         raise RuntimeError("this tensor is on another device")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: log() of an object whose __array__ raises lets that error out "
-                   "instead of a SchemaError naming the key (support.fuzz_report.KNOWN)")
 def test_an_array_like_that_fails_is_refused() -> None:
     with pytest.raises(SchemaError, match="'x'"):
         capture(_BrokenTensor(), "x")
