@@ -12,8 +12,8 @@ Kinds (a key logged with two kinds yields two columns):
 :func:`capture` turns what a user passes to ``log()`` into an immutable wire value at call time, so mutating the
 object afterwards cannot change what was logged. It refuses, naming the key, everything the pipeline could not
 store and serve back exactly: strings that are not valid Unicode (lone surrogates, anywhere in the value, its
-dict keys or a media payload), complex numbers, ``datetime64``/``timedelta64``, object arrays, other types, and
-values nested deeper than ``Limits.max_depth``.
+dict keys or a media payload), complex numbers, ``datetime64``/``timedelta64``, object arrays, longdouble
+(float96/float128) arrays, other types, and values nested deeper than ``Limits.max_depth``.
 
 Nesting depth (:func:`nesting_depth`) counts every container: a list, tuple, dict, numpy array or media
 reference is one level (a media reference's payload values sit one level below it); a scalar is 0. ``log()``
@@ -56,6 +56,12 @@ EXT_NDARRAY: Final = 1
 EXT_MEDIA: Final = 2
 #: dtype kinds an array value may have (complex, datetime, object, ... have no stored form).
 _ARRAY_DTYPE_KINDS: Final = frozenset("biuf")
+
+
+def _dtype_stored(dtype: np.dtype[Any]) -> bool:
+    """Whether arrays of ``dtype`` have a stored form: bool, int, uint, and float up to float64 (a longdouble,
+    float96/float128, has no JSON, msgpack or Arrow form to serve it back)."""
+    return dtype.kind in _ARRAY_DTYPE_KINDS and not dtype.hasobject and (dtype.kind != "f" or dtype.itemsize <= 8)
 
 
 class Media:
@@ -276,13 +282,15 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         except Exception as e:  # whatever __array__ raises (a tensor on another device, ...) refuses this value
             raise SchemaError(f"value of {key!r}: {t.__name__} does not convert to an array: "
                               f"{type(e).__name__}: {e}"[:300], key=key) from e
-        if arr.dtype.kind not in _ARRAY_DTYPE_KINDS:
+        if not _dtype_stored(arr.dtype) and not (arr.dtype.kind == "f" and arr.size > ARRAY_HISTOGRAM_THRESHOLD
+                                                and depth == 0):  # a histogram's counts and edges are float64
             if arr.dtype.kind in "US" and depth == 0:  # strings: logged as a list of str (bytes are refused)
                 return _capture_deep(arr.tolist(), key, limits, depth)
-            hint = "; convert it with .astype() or .tolist()" if arr.dtype.kind == "O" else ""
+            hint = ("; convert it with .astype() or .tolist()" if arr.dtype.kind == "O"
+                    else "; convert it with .astype(np.float64)" if arr.dtype.kind == "f" else "")
             raise SchemaError(
                 f"value of {key!r}: numpy arrays of dtype {arr.dtype} have no stored form (bool, int, uint and "
-                f"float arrays do){hint}",
+                f"float arrays up to float64 do){hint}",
                 code="bad_value",
                 key=key,
             )
@@ -332,7 +340,7 @@ def _check_wire(items: Any, key: str, limits: Limits, depth: int) -> None:
         elif t is Media:
             _check_payload(v.payload, key, limits, depth + 1)
         elif t is np.ndarray:
-            if v.dtype.kind not in _ARRAY_DTYPE_KINDS:
+            if not _dtype_stored(v.dtype):
                 raise SchemaError(f"media value of {key!r} holds an array of dtype {v.dtype}", code="bad_value",
                                   key=key)
         else:
@@ -412,8 +420,9 @@ def _check_dtype(dtype_s: str) -> np.dtype[Any]:
         dtype = np.dtype(dtype_s)
     except TypeError as e:
         raise SchemaError(f"ndarray dtype {dtype_s!r:.40} is not a dtype", code="bad_array") from e
-    if dtype.kind not in _ARRAY_DTYPE_KINDS or dtype.hasobject:
-        raise SchemaError(f"ndarray dtype {dtype_s!r:.40} is not allowed", code="bad_array")
+    if not _dtype_stored(dtype):
+        raise SchemaError(f"ndarray dtype {dtype_s!r:.40} is not allowed (bool, int, uint and float up to float64 "
+                          "are)", code="bad_array")
     if len(_DTYPES) < 256:  # spellings of allowed dtypes are few; a flood of odd ones is parsed, not kept
         _DTYPES[dtype_s] = dtype
     return dtype

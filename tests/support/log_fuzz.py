@@ -120,6 +120,8 @@ def _array(rng: random.Random, d: int) -> tuple[Any, Any]:
         return wrapped, Refuse("too deep")
     if arr.size > 32 and d == 0:
         return wrapped, capture(arr)  # a histogram (W&B's rule); its bins are the SDK's business
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return wrapped, Refuse(f"array of {dtype}")  # longdouble: no JSON, msgpack or Arrow form
     return wrapped, np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True)
 
 

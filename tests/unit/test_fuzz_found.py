@@ -68,8 +68,6 @@ def test_a_map_key_that_is_not_str_is_refused_or_served() -> None:
     _refused_or_served(_log_with(b"\x91\x81\xc4\x03bin\x01"))  # [{b"bin": 1}]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: float128 arrays are accepted by log() and the decoder, stored, "
-                   "and then not served by JSON or msgpack reads (support.fuzz_report.KNOWN)")
 def test_a_longdouble_array_is_refused_or_served() -> None:
     arr = np.array([1.5, np.nan], dtype=np.longdouble)
     try:
