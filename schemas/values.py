@@ -348,15 +348,27 @@ def _check_wire(items: Any, key: str, limits: Limits, depth: int) -> None:
                               "form", code="bad_value", key=key)
 
 
-def nesting_depth(value: Any, limit: int) -> int:
+def _str_keys(m: dict[Any, Any], key: str) -> None:
+    for k in m:
+        if type(k) is not str:
+            raise SchemaError(f"value of {key!r} holds a map key of type {type(k).__name__} (only str keys have a "
+                              "stored form)", code="bad_key", key=key)
+
+
+def nesting_depth(value: Any, limit: int, key: str = "?") -> int:
     """The nesting depth of a wire value (see the module docstring), counted up to ``limit + 1`` at most: a
-    value deeper than ``limit`` is not walked further (no recursion past it, whatever the value holds)."""
+    value deeper than ``limit`` is not walked further (no recursion past it, whatever the value holds).
+
+    The walk also refuses (:class:`SchemaError` naming ``key``) what msgpack decodes but no read could serve: a
+    map key that is not str (a bin key decodes as bytes) and a msgpack timestamp (ext -1)."""
     t = type(value)
     if t is list:
         children: Any = value
     elif t is dict:
+        _str_keys(value, key)
         children = value.values()
     elif t is Media:
+        _str_keys(value.payload, key)
         children = value.payload.values()
     elif t is np.ndarray:
         return 1
@@ -368,17 +380,21 @@ def nesting_depth(value: Any, limit: int) -> int:
     for x in children:
         tx = type(x)
         if tx is list or tx is dict or tx is Media or tx is np.ndarray:
-            d = nesting_depth(x, limit - 1)
+            d = nesting_depth(x, limit - 1, key)
             if d > deepest:
                 deepest = d
                 if d >= limit:  # already past the limit: stop looking
                     break
+        elif tx is msgpack.Timestamp:
+            raise SchemaError(f"value of {key!r} holds a msgpack timestamp, which has no stored form; log a number "
+                              "(e.g. seconds) or a string instead", code="bad_value", key=key)
     return 1 + deepest
 
 
 def check_nesting(value: Any, limits: Limits = DEFAULT_LIMITS, key: str = "?") -> None:
-    """Raise :class:`SchemaError` (``too_deep``) when a decoded value nests deeper than ``limits.max_depth``."""
-    if nesting_depth(value, limits.max_depth) > limits.max_depth:
+    """Raise :class:`SchemaError` (``too_deep``) when a decoded value nests deeper than ``limits.max_depth``, or
+    (:func:`nesting_depth`) holds a map key that is not str or a msgpack timestamp."""
+    if nesting_depth(value, limits.max_depth, key) > limits.max_depth:
         raise _too_deep(key, limits)
 
 

@@ -16,20 +16,6 @@ from dataclasses import dataclass, field
 #: A failure matching one is counted under ``known`` and does not fail the bounded CI tests; its reproducer in
 #: ``tests/unit/test_fuzz_found.py`` is ``xfail(strict=True)``, so the fix turns it red: then delete both.
 KNOWN: dict[str, str] = {
-    "[not_json:Timestamp]": (
-        "timestamp_ext: a msgpack timestamp (ext -1) inside a value or config passes decode_frame (and the "
-        "gateway), is stored, and then every JSON read of the run fails; "
-        "test_fuzz_found.py::test_a_msgpack_timestamp_is_refused_or_served"),
-    "[not_json:a map key of type bytes]": (
-        "bytes_map_key: a map with a bin key inside a value or config passes decode_frame (and the gateway), is "
-        "stored, and then every JSON read of the run fails; "
-        "test_fuzz_found.py::test_a_map_key_that_is_not_str_is_refused_or_served"),
-    "Object of type Timestamp is not JSON serializable]": (
-        "timestamp_ext (HTTP): frames holding a msgpack timestamp are accepted by the gateway (202), committed, "
-        "and then GET .../runs/r answers 500; test_fuzz_found.py::test_a_msgpack_timestamp_is_refused_or_served"),
-    "not bytes]": (
-        "bytes_map_key (HTTP): the same for a map with a bin key; "
-        "test_fuzz_found.py::test_a_map_key_that_is_not_str_is_refused_or_served"),
     "ArrowInvalid: Integer value": (
         "int_float_promotion: a number column that is int64 in one segment and float64 in another, with an int "
         "past 2**53, cannot be read: history() and the HTTP history route fail (500), scan_history and the scan "
