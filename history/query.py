@@ -59,6 +59,7 @@ from schemas.store import (
     SPECIAL_COLUMNS,
     STEP,
     TIMESTAMP,
+    concat_segments,
     reader_engine,
     rejections,
     runs,
@@ -457,7 +458,7 @@ class RunView:
             tables.append(t)
         if not tables:
             return pa.table({STEP: pa.array([], pa.int64())})
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+        table = tables[0] if len(tables) == 1 else concat_segments(tables)
         # Segments hold disjoint step ranges, so ordered by min_step they are already in step order; sort only if
         # the store ever breaks that (cheap to check on the list, expensive to sort a big table for nothing).
         if any(a.max_step >= b.min_step for a, b in pairwise(segs)):
@@ -728,7 +729,7 @@ def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Itera
     for c in user:
         arr = table.column(c.field)
         if c.kind == NUMBER and c.field in floats and arr.type != pa.float64():
-            arr = arr.cast(pa.float64())
+            arr = arr.cast(pa.float64(), safe=False)  # ints past 2**53 round, as in concat_segments
         values.append((c.label, arr.to_pylist(), c.kind not in (NUMBER, STRING, BOOL)))
     for i, step in enumerate(steps):
         row: dict[str, Any] = {STEP: step, TIMESTAMP: tss[i], RUNTIME: rts[i]}

@@ -174,6 +174,22 @@ def column_info(display: str, kind: str) -> dict[str, Any]:
     return {"key": display, "kind": kind, "field": field_name(display, kind)}
 
 
+def concat_segments(tables: list[Any]) -> Any:
+    """Concatenate segment tables (``pyarrow.Table``) of one run, promoting permissively. A number column that
+    is int64 in one table and float64 in another becomes float64 in all: ints past 2**53 round to the nearest
+    float, as they would in a float64 column written at once (Arrow's own promotion refuses them)."""
+    import pyarrow as pa  # only the workers and the read side need it, not the SDK
+
+    floats = {f.name for t in tables for f in t.schema if f.type == pa.float64()}
+    out = []
+    for t in tables:
+        for i, f in enumerate(t.schema):
+            if f.name in floats and pa.types.is_integer(f.type):
+                t = t.set_column(i, f.with_type(pa.float64()), t.column(i).cast(pa.float64(), safe=False))
+        out.append(t)
+    return pa.concat_tables(out, promote_options="permissive")
+
+
 def writer_engine(url: str) -> Engine:
     """The workers' engine: SQLite in WAL mode with ``BEGIN IMMEDIATE`` (writers queue on the busy timeout
     instead of failing to upgrade a read lock), or a small PostgreSQL pool.

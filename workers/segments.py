@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import packb
-from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name, run_dir
+from schemas.store import RUNTIME, STEP, TIMESTAMP, concat_segments, field_name, run_dir
 from schemas.values import BOOL, NUMBER, STRING
 
 from .align import ColId, Row, RowBatch
@@ -156,7 +156,7 @@ def merge_tables(tables: list[pa.Table]) -> pa.Table:
     """Concatenate segments of one run (disjoint step ranges) into one table, sorted by step.
 
     A number column that is int64 in one segment and float64 in another becomes float64 (int64 only while every
-    value is an int).
+    value is an int; :func:`schemas.store.concat_segments`).
     """
-    merged = pa.concat_tables(tables, promote_options="permissive")
+    merged = concat_segments(tables)
     return merged.sort_by(STEP)

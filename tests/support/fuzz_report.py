@@ -15,13 +15,7 @@ from dataclasses import dataclass, field
 #: Product bugs the fuzzers found that are not fixed yet: signature substring → what it is and its reproducer.
 #: A failure matching one is counted under ``known`` and does not fail the bounded CI tests; its reproducer in
 #: ``tests/unit/test_fuzz_found.py`` is ``xfail(strict=True)``, so the fix turns it red: then delete both.
-KNOWN: dict[str, str] = {
-    "ArrowInvalid: Integer value": (
-        "int_float_promotion: a number column that is int64 in one segment and float64 in another, with an int "
-        "past 2**53, cannot be read: history() and the HTTP history route fail (500), scan_history and the scan "
-        "route fail mid-stream, and compaction (merge_tables) fails the same way; "
-        "test_fuzz_found.py::test_a_number_column_with_big_ints_and_floats_is_readable"),
-}
+KNOWN: dict[str, str] = {}
 
 
 def signature(text: str) -> str:
