@@ -776,7 +776,7 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
             packed = _pack(_mutate_tree(rng, ev))
             if packed is not None:
                 tree["events"][j] = packed
-        elif rng.random() < 0.5:
+        elif rng.random() < 0.5 and isinstance(tree["events"][j], bytes):
             tree["events"][j] = tree["events"][j][: rng.randrange(len(tree["events"][j]) + 1)]
     else:  # the frame map itself
         tree = _mutate_tree(rng, tree)
@@ -1345,15 +1345,19 @@ async def _drive(seed: int, n: int, tmp: Path, commit_every: int, clean_share: f
     try:
         for i in range(n):
             u = rng.random()
-            if u < clean_share:
-                source, raw = "clean", lane.frame(i)
-                res.clean_frames += 1
-            elif u < clean_share + hostile_share:
-                source, raw = "hostile", hostile_frame(rng, ctx, hostile=rng.choice((0.1, 0.3, 0.6, 1.0)))
-            elif u < 0.95:
-                source, raw = "mutant", mutate(rng, seeds)
-            else:
-                source, raw = "corpus", rng.choice(seeds)
+            try:
+                if u < clean_share:
+                    source, raw = "clean", lane.frame(i)
+                    res.clean_frames += 1
+                elif u < clean_share + hostile_share:
+                    source, raw = "hostile", hostile_frame(rng, ctx, hostile=rng.choice((0.1, 0.3, 0.6, 1.0)))
+                elif u < 0.95:
+                    source, raw = "mutant", mutate(rng, seeds)
+                else:
+                    source, raw = "corpus", rng.choice(seeds)
+            except Exception as e:  # a bug of the generator: reported, and the campaign goes on
+                res.crashes.add(f"[fuzzer_error:{type(e).__name__}] seed={seed} frame {i}\n{traceback.format_exc()}")
+                continue
             res.frames += 1
             res.by_source[source] += 1
             await pipe.feed(raw, f"seed={seed} frame {i} ({source})", res)

@@ -466,7 +466,13 @@ def drive_log(seed: int, n: int, base: Path, redis_url: str, namespace: str, cal
             runs.append(r)
             res.runs += 1
             for _ in range(min(calls_per_run, n - i)):
-                call = gen_call(rng, run.step)
+                try:
+                    call = gen_call(rng, run.step)
+                except Exception as e:  # a bug of the generator: reported, and the campaign goes on
+                    res.crashes.add(f"[fuzzer_error:{type(e).__name__}] seed={seed} call {i}\n"
+                                    f"{traceback.format_exc()}")
+                    i += 1
+                    continue
                 one_call(run, r, call, res, f"seed={seed} {r.id} call {i}")
                 i += 1
                 if rng.random() < 0.01:

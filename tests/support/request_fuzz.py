@@ -768,7 +768,12 @@ async def run_requests(seed: int, n: int, base: Path, redis_url: str, namespace:
                 await _seed(g, session, r)
             for i in range(n):
                 g = gateways[0] if rng.random() < 0.8 else gateways[1]
-                req = gen_request(rng, g, runs)
+                try:
+                    req = gen_request(rng, g, runs)
+                except Exception as e:  # a bug of the generator: reported, and the campaign goes on
+                    res.crashes.add(f"[fuzzer_error:{type(e).__name__}] seed={seed} request {i}\n"
+                                    f"{traceback.format_exc()}")
+                    continue
                 where = f"seed={seed} request {i} ({g.name})"
                 try:
                     await asyncio.wait_for(check(req, g, session, r, res, where, errors), 60)
