@@ -137,7 +137,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--keys", type=int, default=4)
     ap.add_argument("--early", type=int, default=1_000, help="sample RSS once this many runs are committed")
+    ap.add_argument("--only", choices=["bounded", "keep-all"],
+                    help="one pass only (e.g. the keep-all reference against an older worker on PYTHONPATH)")
     args = ap.parse_args()
+    if args.only:
+        row = one_pass(args.redis_url, args.runs, args.steps, args.keys, args.early, args.only == "keep-all")
+        print(json.dumps({"bench": "worker_memory", "passes": [row]}))
+        return 0
     rows = [one_pass(args.redis_url, args.runs, args.steps, args.keys, args.early, keep_all)
             for keep_all in (False, True)]
     bounded, keep = rows
