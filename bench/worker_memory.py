@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import redis
 import sqlalchemy
+from e2e import status_mb  # (bench/ is the script's own folder)
 
 from schemas import Finish, LogBlock, Names, Start, encode_event, encode_frame_raw
 
@@ -40,11 +41,7 @@ PARTITIONS = 16
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_mb(pid, field)
 
 
 def anon_mb(pid: int) -> float:

@@ -78,31 +78,32 @@ def _fmt(request: web.Request) -> str:
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _int(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise Refused(400, "bad_param", f"{name} must be an integer, got {raw!r:.40}") from None
-    if lo is not None and v < lo:
-        raise Refused(400, "bad_param", f"{name} must be >= {lo}, got {v}")
-    if not _INT64_MIN <= v <= _INT64_MAX:  # steps and counts are int64 in the store and in SQLite
-        raise Refused(400, "bad_param", f"{name} must fit in a signed 64-bit integer, got {raw!r:.40}")
-    return v
-
-
-def _float(request: web.Request, name: str) -> float | None:
+def _param(request: web.Request, name: str, parse: Callable[[str], Any], what: str) -> Any:
+    """The query parameter ``name`` parsed, None when absent or empty; 400 naming it when it does not parse."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        v = float(raw)
+        return parse(raw)
     except ValueError:
-        raise Refused(400, "bad_param", f"{name} must be a number, got {raw!r:.40}") from None
-    if not math.isfinite(v):
-        raise Refused(400, "bad_param", f"{name} must be a finite number, got {raw!r:.40}")
+        raise Refused(400, "bad_param", f"{name} must be {what}, got {raw!r:.40}") from None
+
+
+def _int(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
+    v: int | None = _param(request, name, int, "an integer")
+    if v is None:
+        return default
+    if lo is not None and v < lo:
+        raise Refused(400, "bad_param", f"{name} must be >= {lo}, got {v}")
+    if not _INT64_MIN <= v <= _INT64_MAX:  # steps and counts are int64 in the store and in SQLite
+        raise Refused(400, "bad_param", f"{name} must fit in a signed 64-bit integer, got {v}")
+    return v
+
+
+def _float(request: web.Request, name: str) -> float | None:
+    v: float | None = _param(request, name, float, "a number")
+    if v is not None and not math.isfinite(v):
+        raise Refused(400, "bad_param", f"{name} must be a finite number, got {v}")
     return v
 
 

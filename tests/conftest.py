@@ -69,8 +69,5 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def fleet(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> Iterator[WorkerFleet]:
     """Worker processes on the shared Redis under the test's namespace; every one it started is killed after."""
-    f = WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs")
-    try:
+    with WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs") as f:
         yield f
-    finally:
-        f.close()

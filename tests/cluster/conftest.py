@@ -37,8 +37,5 @@ def cluster_url(cluster: LocalCluster, namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def cluster_fleet(cluster_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> Iterator[WorkerFleet]:
-    f = WorkerFleet(redis_url=cluster_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs")
-    try:
+    with WorkerFleet(redis_url=cluster_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs") as f:
         yield f
-    finally:
-        f.close()

@@ -173,6 +173,12 @@ def oracle_without(script: RunScript, missing: set[int]) -> Oracle:
     return o
 
 
+def producer_items(scripts: list[RunScript], rng: random.Random) -> list[tuple[int, int, bytes]]:
+    """The scripts' frames interleaved, each as (script index, partition, frame) for :class:`Producer`."""
+    by_frame = {id(f): i for i, s in enumerate(scripts) for f in s.frames}
+    return [(by_frame[id(f)], p, f) for p, f in interleave(scripts, rng)]
+
+
 def test_master_killed_mid_stream_replica_promoted(tmp_path: Path, namespace: str, data_dir: Path) -> None:
     frame_events = 20
     with LocalCluster(tmp_path / "failover-cluster") as cluster:
@@ -180,11 +186,8 @@ def test_master_killed_mid_stream_replica_promoted(tmp_path: Path, namespace: st
         rng = random.Random(11)
         scripts = [make_run(rng, names, "fo", f"run-{i:02d}", 1_200, 6, frame_events=frame_events)
                    for i in range(16)]
-        order = interleave(scripts, rng)
-        by_frame = {id(f): (i, k) for i, s in enumerate(scripts) for k, f in enumerate(s.frames)}
-        items = [(by_frame[id(f)][0], p, f) for p, f in order]
-        fleet = WorkerFleet(redis_url=cluster.url, namespace=namespace, data_dir=data_dir,
-                            log_dir=tmp_path / "logs")
+        items = producer_items(scripts, rng)
+        fleet = WorkerFleet(redis_url=cluster.url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs")
         try:
             for _ in range(3):
                 fleet.start()
@@ -281,11 +284,8 @@ def test_resharding_under_load_moves_partitions_with_no_loss(tmp_path: Path, nam
         names = Names(namespace, PARTITIONS)
         rng = random.Random(5)
         scripts = [make_run(rng, names, "rs", f"run-{i:02d}", 1_200, 6, frame_events=20) for i in range(16)]
-        order = interleave(scripts, rng)
-        by_frame = {id(f): (i, k) for i, s in enumerate(scripts) for k, f in enumerate(s.frames)}
-        items = [(by_frame[id(f)][0], p, f) for p, f in order]
-        fleet = WorkerFleet(redis_url=cluster.url, namespace=namespace, data_dir=data_dir,
-                            log_dir=tmp_path / "logs")
+        items = producer_items(scripts, rng)
+        fleet = WorkerFleet(redis_url=cluster.url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs")
         try:
             for _ in range(2):
                 fleet.start()

@@ -185,42 +185,32 @@ class FaultyProxy(Proxy):
     def disarm(self) -> None:
         self.mode = None
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, reply: bool) -> None:
-        try:
-            while True:
-                data = await src.read(65536)
-                if not data:
-                    break
-                if self.mode is not None and not reply:
-                    start = 0
-                    if not self.in_eval:
-                        k = data.find(self.APPEND)
-                        if k >= 0:
-                            self.in_eval, start = True, max(0, data.rfind(self.MARK, 0, k))
-                    if self.in_eval:
-                        n = len(data) - start
-                        if self.mode == "cut" and self.request_bytes + n >= self.limit:
-                            keep = start + self.limit - self.request_bytes
-                            dst.write(data[:keep])
-                            self.request_bytes = self.limit
-                            self.mode = None
-                            self._close_all()
-                            self.fired.set()
-                            break
-                        self.request_bytes += n
-                elif reply and self.in_eval and self.mode == "measure":
-                    self.mode = None  # the append's reply: its command is over
-                elif reply and self.in_eval and self.mode == "lose_reply":
+    async def _chunk(self, data: bytes, dst: asyncio.StreamWriter, reply: bool) -> bool:
+        if self.mode is not None and not reply:
+            start = 0
+            if not self.in_eval:
+                k = data.find(self.APPEND)
+                if k >= 0:
+                    self.in_eval, start = True, max(0, data.rfind(self.MARK, 0, k))
+            if self.in_eval:
+                n = len(data) - start
+                if self.mode == "cut" and self.request_bytes + n >= self.limit:
+                    keep = start + self.limit - self.request_bytes
+                    dst.write(data[:keep])
+                    self.request_bytes = self.limit
                     self.mode = None
                     self._close_all()
                     self.fired.set()
-                    break
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.transport.abort()
+                    return False
+                self.request_bytes += n
+        elif reply and self.in_eval and self.mode == "measure":
+            self.mode = None  # the append's reply: its command is over
+        elif reply and self.in_eval and self.mode == "lose_reply":
+            self.mode = None
+            self._close_all()
+            self.fired.set()
+            return False
+        return True
 
 
 async def test_an_append_cut_mid_request_is_all_or_nothing(

@@ -40,13 +40,19 @@ def _finished_run(data_dir: Path, fleet: WorkerFleet, path: str, rows: int) -> d
                 "step": [g["_step"] for g in got], "warnings": list(run.warnings)}
 
 
+def start_run(fleet: WorkerFleet, run_id: str, redis_url: str, namespace: str, data_dir: Path) -> ingest.Run:
+    """A worker, and a run of project "bad" that has logged 50 valid calls ``{"i": 0.0.., "s": "ok"}``."""
+    fleet.start()
+    run = ingest.init(project="bad", id=run_id, redis_url=redis_url, namespace=namespace, data_dir=data_dir)
+    for i in range(50):
+        run.log({"i": float(i), "s": "ok"})
+    return run
+
+
 def test_bad_text_is_refused_and_every_valid_call_around_it_is_stored(
     redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet
 ) -> None:
-    fleet.start()
-    run = ingest.init(project="bad", id="surrogate", redis_url=redis_url, namespace=namespace, data_dir=data_dir)
-    for i in range(50):
-        run.log({"i": float(i), "s": "ok"})
+    run = start_run(fleet, "surrogate", redis_url, namespace, data_dir)
     with pytest.raises(SchemaError, match="'s'"):
         run.log({"i": 50.0, "s": BAD_TEXT})  # the fast path (same keys and types as before)
     with pytest.raises(SchemaError, match="'t'"):
@@ -65,10 +71,7 @@ def test_bad_text_is_refused_and_every_valid_call_around_it_is_stored(
 def test_a_call_that_fails_in_the_sender_is_counted_and_in_the_run_warnings(
     redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet
 ) -> None:
-    fleet.start()
-    run = ingest.init(project="bad", id="slipped", redis_url=redis_url, namespace=namespace, data_dir=data_dir)
-    for i in range(50):
-        run.log({"i": float(i), "s": "ok"})
+    run = start_run(fleet, "slipped", redis_url, namespace, data_dir)
     # A call log() would refuse, queued as a bug past its checks would (white box): the sender must not lose
     # the calls packed with it.
     b = run._b

@@ -128,20 +128,25 @@ class Proxy:
         try:
             while True:
                 data = await src.read(65536)
-                if not data:
+                if not data or not await self._chunk(data, dst, reply):
                     break
-                wait = self._stalled_until - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if self._dropping:
-                    break
-                if reply and self._lose_replies > 0:
-                    self._lose_replies -= 1
-                    self.cuts += 1
-                    break  # the server did the work; the client never hears of it
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             dst.transport.abort()
+
+    async def _chunk(self, data: bytes, dst: asyncio.StreamWriter, reply: bool) -> bool:
+        """Whether to forward ``data`` (False ends this direction of the connection): where faults are injected.
+        ``reply``: the data comes from the server."""
+        wait = self._stalled_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self._dropping:
+            return False
+        if reply and self._lose_replies > 0:
+            self._lose_replies -= 1
+            self.cuts += 1
+            return False  # the server did the work; the client never hears of it
+        return True

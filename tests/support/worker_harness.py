@@ -121,6 +121,12 @@ class WorkerFleet:
     def logs(self) -> str:
         return "\n".join(f"--- {w.wid} (rc={w.proc.poll()}) ---\n{w.tail()}" for w in self.procs)
 
+    def __enter__(self) -> WorkerFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for w in self.procs:
             if w.proc.poll() is None:

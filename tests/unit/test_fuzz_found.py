@@ -56,6 +56,14 @@ def _refused_or_served(raw_event: bytes) -> None:
     json.dumps(plain(value), allow_nan=False)
 
 
+def processor(tmp_path: Path) -> tuple[MetaStore, PartitionProcessor]:
+    """Partition 0 taken in a SQLite store under ``tmp_path``, over an in-memory Redis (no dead-letter server)."""
+    store = MetaStore(sqlite_url(tmp_path))
+    epoch, offset = store.take_partition(0, "t")
+    return store, PartitionProcessor(p=0, epoch=epoch, offset=offset, names=NAMES, store=store, data_dir=tmp_path,
+                                     redis=cast("Any", MemoryRedis()), limits=DEFAULT_LIMITS)
+
+
 def test_a_msgpack_timestamp_is_refused_or_served() -> None:
     _refused_or_served(_log_with(b"\x91\xd6\xff\x00\x00\x00\x01"))  # [Timestamp(seconds=1)]
 
@@ -88,10 +96,7 @@ def test_a_number_column_with_big_ints_and_floats_is_readable(tmp_path: Path) ->
     project, run = names_in(0, 1, random.Random(0))[0]
 
     async def go() -> None:
-        store = MetaStore(sqlite_url(tmp_path))
-        epoch, offset = store.take_partition(0, "t")
-        proc = PartitionProcessor(p=0, epoch=epoch, offset=offset, names=NAMES, store=store, data_dir=tmp_path,
-                                  redis=cast("Any", MemoryRedis()), limits=DEFAULT_LIMITS)
+        store, proc = processor(tmp_path)
         for i, value in enumerate((2**62, 0.5)):
             raw = encode_frame_raw(project, run, "x", i, [encode_event(Log(ts=1.0 + i, data={"n": value}))])
             await proc.process([(f"{i + 1}-0".encode(), {FRAME_FIELD: raw})])
@@ -125,10 +130,7 @@ def test_a_block_that_reaches_the_last_step_never_fails_a_commit(tmp_path: Path)
     project, run = names_in(0, 1, random.Random(0))[0]
 
     async def go() -> None:
-        store = MetaStore(sqlite_url(tmp_path))
-        epoch, offset = store.take_partition(0, "t")
-        proc = PartitionProcessor(p=0, epoch=epoch, offset=offset, names=NAMES, store=store, data_dir=tmp_path,
-                                  redis=cast("Any", MemoryRedis()), limits=DEFAULT_LIMITS)
+        store, proc = processor(tmp_path)
         block = LogBlock(keys=["a"], ts=np.array([1.0, 2.0, 3.0]), step=[MAX_STEP - 1, None, None],
                          commit=[True, True, True], cols=[np.array([1.0, 2.0, 3.0])])
         raw = encode_frame_raw(project, run, "x", 0, [encode_event(block)])
