@@ -201,8 +201,14 @@ def test_frames_the_gateway_refuses_are_counted_in_finish(thread_gateway: Callab
     names = Names(gw_settings.namespace, gw_settings.partitions)
     stream = names.stream(names.partition("p", "refused"))
     with redis.Redis.from_url(gw_settings.redis_url) as r:
+        def calls_in_stream() -> int:
+            evs = [ev for _id, f in r.xrange(stream) for ev in decode_frame(f[FRAME_FIELD]).events]
+            return sum(len(ev.calls()) if type(ev).__name__ == "LogBlock" else type(ev).__name__ == "Log"
+                       for ev in evs)
+
         run.log({"x": 1.0}, step=0)
-        wait_until(lambda: r.xlen(stream) >= 1, 30, "the first frame")  # so the next call travels alone
+        # Until the first call is in the stream (not only the Start event's frame), so the next travels alone.
+        wait_until(lambda: calls_in_stream() >= 1, 30, "the first call's frame")
         run.log({"s": "y" * 5000}, step=1)  # within the client's limit, past the gateway's
         wait_until(lambda: run._sender is not None and run._sender.refused_frames == 1, 30, "the refusal")
         run.log({"x": 2.0}, step=2)
