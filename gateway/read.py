@@ -3,7 +3,8 @@
 ``GET /api/v1/projects/{project}/runs`` (``?state=running,finished``) · ``.../runs/{run}`` (state, config,
 summary, counters, warnings, conflicts, rejection counts and the latest rejections) · ``.../runs/{run}/history``
 (``keys=a,b&samples=500|all&x_axis=&min_step=&max_step=``) · ``.../runs/{run}/scan`` (``keys&page_size&min_step&
-max_step``, streamed) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
+max_step``, streamed; both take ``split_kinds=1`` for one column per kind of a key, ``key`` and ``key:<kind>``,
+instead of W&B's one column per key) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
 ``.../runs/{run}/sections`` · ``GET /api/v1/projects`` (the projects the caller may read: every project in open
 mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{sha256}?project=&run=`` (a stored
 media blob that run references, 404 otherwise: images with their type, HTML as ``text/html`` under a ``sandbox``
@@ -29,6 +30,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -105,6 +107,16 @@ def _float(request: web.Request, name: str) -> float | None:
     if v is not None and not math.isfinite(v):
         raise Refused(400, "bad_param", f"{name} must be a finite number, got {v}")
     return v
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: ``1``/``true`` or ``0``/``false`` (absent: false); 400 naming it otherwise."""
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise Refused(400, "bad_param", f"{name} must be 1, 0, true or false, got {raw!r:.40}")
 
 
 def _keys(request: web.Request) -> list[str] | None:
@@ -279,10 +291,11 @@ async def history(request: web.Request) -> web.Response:
     samples = None if raw_samples in ("all", "none") else _int(request, "samples", 500, lo=1)
     x_axis = request.query.get("x_axis", "_step")
     lo, hi = _int(request, "min_step", None), _int(request, "max_step", None)
+    split = _flag(request, "split_kinds")
 
     def load() -> Any:
         data = gw.api.run(f"{project}/{run}").history(keys=keys, samples=samples, x_axis=x_axis, min_step=lo,
-                                                      max_step=hi, pandas=False)
+                                                      max_step=hi, pandas=False, split_kinds=split)
         if fmt == "json":
             return format_history(data, "json")
         if fmt == "csv":
@@ -323,12 +336,18 @@ async def sampled(request: web.Request) -> web.Response:
                                                           zip(s["x"], s["y"], s["step"], strict=True)]))
 
 
-def _header(r: RunView, keys: Sequence[str] | None) -> list[str]:
-    cols = columns_of(r.info)
+def _header(r: RunView, keys: Sequence[str] | None, split: bool) -> list[str]:
+    cols = columns_of(r.info, split)
     if keys is not None:
         want = {key_ident(k) for k in keys}
-        cols = [c for c in cols if key_ident(c.key) in want or key_ident(c.label) in want]
-    return ["_step", "_timestamp", "_runtime", *(c.label for c in cols)]
+        cols = [c for c in cols if key_ident(c.key) in want or key_ident(c.label) in want
+                or key_ident(c.field) in want]
+        if not split:  # a field name of a key with several kinds names its own column (RunView._resolve)
+            multi = {k for k in (key_ident(c.key) for c in columns_of(r.info))
+                     if sum(key_ident(c.key) == k for c in columns_of(r.info)) > 1}
+            cols = [replace(c, name=c.field) if key_ident(c.key) not in want and key_ident(c.key) in multi else c
+                    for c in cols]
+    return list(dict.fromkeys(["_step", "_timestamp", "_runtime", *(c.label for c in cols)]))
 
 
 async def scan(request: web.Request) -> web.StreamResponse:
@@ -339,10 +358,12 @@ async def scan(request: web.Request) -> web.StreamResponse:
     assert page is not None
     page = min(page, 10_000)
     lo, hi = _int(request, "min_step", 0), _int(request, "max_step", None)
+    split = _flag(request, "split_kinds")
 
     def open_scan() -> tuple[list[str], Iterator[dict[str, Any]]]:
         r = gw.api.run(f"{project}/{run}")
-        return _header(r, keys), r.scan_history(keys=keys, page_size=page, min_step=lo, max_step=hi)
+        return _header(r, keys, split), r.scan_history(keys=keys, page_size=page, min_step=lo, max_step=hi,
+                                                       split_kinds=split)
 
     header, rows = await _call(gw, open_scan)
     ctype = {"json": "application/x-ndjson", "msgpack": "application/msgpack", "csv": "text/csv"}[fmt]

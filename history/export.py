@@ -4,11 +4,15 @@ What is written is ``Api().run(path).history(keys, samples=None)``: every row (o
 holding all of them), columns ``_step``, ``_timestamp``, ``_runtime`` and the keys in the run's order, so
 ``pandas.read_parquet(out)`` equals ``history(samples=None)``.
 
+Rows have W&B's shape: a key logged with values of several kinds is one column holding each row's value.
+
 - **Parquet**: number columns int64 or float64 (NaN where a row lacks the key, as ``history`` gives), strings and
   bools as nullable columns; lists, arrays and media as JSON text (media as W&B-style ``{"_type": ...}`` dicts).
+  A key with values of several kinds (Parquet columns have one type) is a string column of JSON text
+  (``1``, ``"high"``, ``true``).
 - **CSV**: a header row, then one line per row; missing values (and NaN) are empty, floats are written with
   ``repr`` so they read back bit for bit (``inf`` and ``-inf`` for the infinite ones), lists, arrays and media as
-  JSON text.
+  JSON text; in a column of several kinds each cell is written as its own kind is.
 - **JSON Lines**: one object per row; missing keys are left out, ±inf are the strings ``"Infinity"`` and
   ``"-Infinity"`` (JSON has no such numbers), NaN values are left out as missing.
 """
@@ -39,7 +43,8 @@ FORMATS = ("parquet", "csv", "jsonl")
 
 
 def _scalar_kind(arr: Array) -> str:
-    """``number``, ``string``, ``bool`` or ``json`` (lists, arrays, media, mixed) for one history column."""
+    """``number``, ``string``, ``bool``, ``mixed`` (numbers, strings and bools of one key) or ``json`` (lists,
+    arrays, media, anything else) for one history column."""
     if arr.dtype.kind in "iuf":
         return "number"
     if arr.dtype.kind == "b":
@@ -49,6 +54,8 @@ def _scalar_kind(arr: Array) -> str:
         return "string"
     if types <= {bool, np.bool_}:
         return "bool"
+    if types <= {str, bool, int, float}:
+        return "mixed"
     return "json"
 
 
@@ -84,6 +91,8 @@ def _csv_cell(v: Any, kind: str) -> str:
         return str(v)
     if kind == "bool":
         return "True" if v else "False"
+    if kind == "mixed":
+        return _csv_cell(v, "bool" if isinstance(v, bool) else "string" if isinstance(v, str) else "number")
     return _json_text(v) or ""
 
 

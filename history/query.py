@@ -21,10 +21,14 @@ Guarantees:
   Decoded columns are kept in a bounded LRU cache keyed by file (segment files never change), so repeated
   reads of a run skip decoding.
   :meth:`RunView.scan_history` streams batch by batch and never holds more than one segment's row group.
-- Columns are found through the run's column list: keys match case-insensitively (:func:`schemas.key_ident`);
-  columns are named by their key, except where a key was logged with two kinds: then each column is named by
-  its field, ``key`` (number) or ``key:<kind>`` (others). Asking for a key gives all its kinds; asking for a
-  field name gives that column. A number column that is int64 in one segment and float64 in another reads as float64.
+- Columns are found through the run's column list: keys match case-insensitively (:func:`schemas.key_ident`).
+  Rows have W&B's shape: one column per key. A key logged with values of several kinds (``m = 1``, then
+  ``"best"``, then ``True``) holds in each row the value logged there, numbers as numbers, strings as strings,
+  bools as bools (the store keeps one column per kind; a row holds a value of one of them at most). The kind split
+  stays available: ``split_kinds=True`` names each kind's column by its field, ``key`` (number) or
+  ``key:<kind>`` (others), and asking for a field name (``"m:string"``) gives that column alone, under that name;
+  :attr:`RunView.columns` lists the stored columns. A number column that is int64 in one segment and float64 in
+  another reads as float64.
 - Downsampling is deterministic: same history, same arguments → same rows. :meth:`RunView.history` keeps evenly
   spaced rows (first and last included); :meth:`RunView.sampled` keeps M4 points (docs/DESIGN.md §8).
 
@@ -39,7 +43,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, TypedDict, overload
@@ -52,6 +56,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, inspect, select
 
 from schemas import SteplineError, key_ident, section_of
+from schemas.local import READ_SIDE_ENV, local_stack
 from schemas.media import blob_shas
 from schemas.settings import normalize_db_url
 from schemas.store import (
@@ -99,7 +104,15 @@ class QuerySettings:
         cls, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> QuerySettings:
-        """Explicit arguments win over ``STEPLINE_DATA_DIR`` / ``STEPLINE_DB_URL``, which win over defaults."""
+        """Explicit arguments win over ``STEPLINE_DATA_DIR`` / ``STEPLINE_DB_URL``, which win over a running local
+        ``stepline up`` (:func:`schemas.local.local_stack`, used only when neither came from an argument or a
+        variable), which wins over the default ``./stepline-data``."""
+        given = data_dir is not None or db_url or any(environ.get(v) for v in READ_SIDE_ENV)
+        stack = None if given else local_stack(environ)
+        if stack is not None:
+            d = Path(stack.data_dir)
+            url = stack.db_url or f"sqlite:///{d / 'meta.sqlite'}"
+            return cls(data_dir=d, db_url=normalize_db_url(url))
         d = Path(data_dir if data_dir is not None else environ.get("STEPLINE_DATA_DIR") or DEFAULT_DATA_DIR)
         url = db_url or environ.get("STEPLINE_DB_URL") or f"sqlite:///{d / 'meta.sqlite'}"
         return cls(data_dir=d, db_url=normalize_db_url(url))
@@ -200,13 +213,14 @@ class HistoryColumn:
         return self.name or self.field
 
 
-def columns_of(info: Mapping[str, Any]) -> list[HistoryColumn]:
-    """The run's columns, each named by its key, or by its field name where the key was logged with two kinds.
-
-    W&B users index rows by key (``row["h"]`` for a histogram); only a kind conflict, which the run reports,
-    needs the ``key:kind`` spelling to tell the columns apart.
+def columns_of(info: Mapping[str, Any], split_kinds: bool = False) -> list[HistoryColumn]:
+    """The run's stored columns, each named by its key (W&B's rows: the kinds of one key share the name, and a
+    row holds the value logged there), or with ``split_kinds`` by its field name where the key was logged with
+    several kinds (``key`` for numbers, ``key:<kind>`` for the others).
     """
     raw = [(c["field"], c["key"], c["kind"]) for c in info.get("columns") or []]
+    if not split_kinds:
+        return [HistoryColumn(f, k, kind, k) for f, k, kind in raw]
     per_key: dict[str, int] = {}
     for _f, k, _kind in raw:
         per_key[key_ident(k)] = per_key.get(key_ident(k), 0) + 1
@@ -391,7 +405,9 @@ class RunView:
 
     # --- snapshot and column resolution ----------------------------------------------------------------------
 
-    def _snapshot(self, lo: int | None, hi: int | None) -> tuple[list[HistoryColumn], list[_Seg]]:
+    def _snapshot(
+        self, lo: int | None, hi: int | None, split_kinds: bool = False,
+    ) -> tuple[list[HistoryColumn], list[_Seg]]:
         """The run's columns and its segments overlapping ``[lo, hi)``, from one snapshot of the metadata."""
         s = segments.c
         q = select(s.file, s.min_step, s.max_step).where(s.project == self.project, s.run == self.id)
@@ -407,7 +423,7 @@ class RunView:
         if blob is None:
             raise RunNotFound(f"run {self.path} is gone")
         info = unpack_stored(bytes(blob))
-        return columns_of(info), segs
+        return columns_of(info, split_kinds), segs
 
     @staticmethod
     def _resolve(cols: list[HistoryColumn], key: str) -> list[HistoryColumn]:
@@ -416,10 +432,19 @@ class RunView:
             return [HistoryColumn(key, key, NUMBER)]
         ident = key_ident(key)
         found = [c for c in cols if key_ident(c.key) == ident]
-        return found or [c for c in cols if key_ident(c.field) == ident or key_ident(c.label) == ident]
+        if found:
+            return found
+        # A field name (``m:string``) asks for one kind's column: where the key has several, it keeps that name.
+        by_field = [c for c in cols if key_ident(c.field) == ident or key_ident(c.label) == ident]
+        kinds = {key_ident(c.key): 0 for c in by_field}
+        for c in cols:
+            if key_ident(c.key) in kinds:
+                kinds[key_ident(c.key)] += 1
+        return [replace(c, name=c.field) if kinds[key_ident(c.key)] > 1 else c for c in by_field]
 
     def _read(
         self, pick: Callable[[list[HistoryColumn]], list[str] | None], lo: int | None, hi: int | None,
+        split_kinds: bool = False,
     ) -> tuple[pa.Table, list[HistoryColumn]]:
         """The run's rows in ``[lo, hi)``, sorted by step, with the fields ``pick(columns)`` names (None: all).
 
@@ -427,7 +452,7 @@ class RunView:
         the columns the files can hold.
         """
         for _ in range(_RETRIES):
-            cols, segs = self._snapshot(lo, hi)
+            cols, segs = self._snapshot(lo, hi, split_kinds)
             try:
                 return self._read_segments(segs, pick(cols), lo, hi), cols
             except _SegmentGone:
@@ -471,17 +496,18 @@ class RunView:
     def history(
         self, keys: Sequence[str] | None = ..., samples: int | None = ..., x_axis: str = ...,
         min_step: int | None = ..., max_step: int | None = ..., *, pandas: Literal[False],
+        split_kinds: bool = ...,
     ) -> dict[str, Array]: ...
 
     @overload
     def history(
         self, keys: Sequence[str] | None = ..., samples: int | None = ..., x_axis: str = ...,
-        min_step: int | None = ..., max_step: int | None = ..., pandas: bool = ...,
+        min_step: int | None = ..., max_step: int | None = ..., pandas: bool = ..., split_kinds: bool = ...,
     ) -> Any: ...
 
     def history(
         self, keys: Sequence[str] | None = None, samples: int | None = 500, x_axis: str = STEP,
-        min_step: int | None = None, max_step: int | None = None, pandas: bool = True,
+        min_step: int | None = None, max_step: int | None = None, pandas: bool = True, split_kinds: bool = False,
     ) -> Any:
         """Rows of the run, as W&B's ``Run.history``.
 
@@ -490,11 +516,13 @@ class RunView:
         otherwise at most ``samples`` evenly spaced rows (first and last kept). ``min_step`` is inclusive,
         ``max_step`` exclusive. Returns a pandas DataFrame when ``pandas`` and pandas is importable, else a dict
         of numpy arrays: number columns float64 with NaN for missing (int64 when every value is an int and none
-        is missing), strings/bools/other as object arrays with None for missing, media decoded.
+        is missing), strings/bools/other as object arrays with None for missing, media decoded. A key logged with
+        several kinds is one object column holding each row's value (None where missing); ``split_kinds=True``
+        gives one column per kind instead, named ``key`` (number) and ``key:<kind>``.
         """
         if samples is not None and samples < 1:
             raise QueryError(f"samples must be >= 1 or None, got {samples}")
-        data = self._history_arrays(keys, samples, x_axis, min_step, max_step)
+        data = self._history_arrays(keys, samples, x_axis, min_step, max_step, split_kinds)
         if pandas:
             try:
                 import pandas as pd
@@ -505,6 +533,7 @@ class RunView:
 
     def _history_arrays(
         self, keys: Sequence[str] | None, samples: int | None, x_axis: str, lo: int | None, hi: int | None,
+        split_kinds: bool = False,
     ) -> dict[str, Array]:
         # W&B adds the x axis to the keys: rows without an x value cannot be drawn.
         wanted = None if keys is None else list(dict.fromkeys([x_axis, *keys]))
@@ -517,7 +546,8 @@ class RunView:
             out = {c.field: c for g in [[HistoryColumn(STEP, STEP, NUMBER)], *groups] for c in g}
             return groups, list(out.values())
 
-        table, cols = self._read(lambda cols: None if wanted is None else [c.field for c in plan(cols)[1]], lo, hi)
+        table, cols = self._read(lambda cols: None if wanted is None else [c.field for c in plan(cols)[1]], lo, hi,
+                                 split_kinds)
         groups, out_cols = plan(cols)
         mask = _rows_holding(table, groups)
         idx = np.flatnonzero(mask) if mask is not None else None
@@ -528,7 +558,10 @@ class RunView:
             idx = pick if idx is None else idx[pick]
         if idx is not None:
             table = table.take(pa.array(idx))
-        return {c.label: _to_numpy(table, c) for c in out_cols}
+        by_label: dict[str, list[HistoryColumn]] = {}
+        for c in out_cols:
+            by_label.setdefault(c.label, []).append(c)
+        return {name: _to_numpy(table, g[0]) if len(g) == 1 else _merged(table, g) for name, g in by_label.items()}
 
     def _x_columns(self, cols: list[HistoryColumn], x_axis: str) -> list[HistoryColumn]:
         found = [c for c in self._resolve(cols, x_axis) if c.kind == NUMBER]
@@ -540,19 +573,20 @@ class RunView:
 
     def scan_history(
         self, keys: Sequence[str] | None = None, page_size: int = 1000, min_step: int | None = 0,
-        max_step: int | None = None,
+        max_step: int | None = None, split_kinds: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Every row in ``[min_step, max_step)`` as a dict, streamed ``page_size`` rows at a time.
 
         A row holds ``_step``, ``_timestamp``, ``_runtime`` and its present values (absent keys are absent, NaN
         stays NaN); other and media values are decoded. With ``keys``, only rows holding all of them, with only
-        those keys. A number column that is a float anywhere in the run yields floats everywhere.
+        those keys. A number column that is a float anywhere in the run yields floats everywhere. A key logged
+        with several kinds holds each row's value; ``split_kinds=True`` names them ``key`` and ``key:<kind>``.
         """
         if page_size < 1:
             raise QueryError(f"page_size must be >= 1, got {page_size}")
         lo = min_step
         for attempt in range(_RETRIES):
-            cols, segs = self._snapshot(lo, max_step)
+            cols, segs = self._snapshot(lo, max_step, split_kinds)
             try:
                 # Resume after the last row yielded if a file disappeared under us (a reader slower than the grace).
                 for row in self._scan(cols, segs, keys, page_size, lo, max_step):
@@ -719,6 +753,25 @@ def _to_numpy(table: pa.Table, col: HistoryColumn) -> Array:
         # arrays they own, as from W&B.
         return out if out.flags.writeable else out.copy()
     return np.array([None if v is None else unpack_stored(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
+
+
+def _merged(table: pa.Table, group: list[HistoryColumn]) -> Array:
+    """One object column for the kinds of one key: each row holds the value logged there (None: none)."""
+    out = np.full(table.num_rows, None, dtype=object)
+    for c in group:
+        if c.field not in table.column_names:
+            continue
+        col = table.column(c.field)
+        valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if not valid.any():
+            continue
+        vals = col.filter(pa.array(valid)).to_pylist()
+        if c.kind not in (NUMBER, STRING, BOOL):
+            vals = [unpack_stored(v) for v in vals]
+        picked = np.empty(len(vals), dtype=object)
+        picked[:] = vals
+        out[valid] = picked
+    return out
 
 
 def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Iterator[dict[str, Any]]:

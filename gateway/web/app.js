@@ -331,7 +331,7 @@ class SteppedPanel extends Panel {
   }
 
   async load() {
-    const rows = await get(`${this.page.path}/history`, { keys: this.key, samples: 1000 });
+    const rows = await get(`${this.page.path}/history`, { keys: this.key, samples: 1000, split_kinds: 1 });
     const atEnd = this.index < 0 || this.index >= this.steps.length - 1;
     const have = rows.filter((r) => r[this.label] !== undefined && r[this.label] !== null);
     this.steps = have.map((r) => r._step);
@@ -415,7 +415,7 @@ class ScalarTablePanel extends Panel {
   async load() {
     const byStep = new Map();
     for (const c of this.cols) {
-      const rows = await get(`${this.page.path}/history`, { keys: c.label, samples: 500 });
+      const rows = await get(`${this.page.path}/history`, { keys: c.label, samples: 500, split_kinds: 1 });
       for (const r of rows) {
         if (!byStep.has(r._step)) byStep.set(r._step, {});
         byStep.get(r._step)[c.label] = r[c.label];

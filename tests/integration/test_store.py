@@ -338,12 +338,16 @@ def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, data_d
     w.commit()
     run = api.run("proj/r1")
     assert run.conflicts == ["Acc"]
-    h = run.history(keys=["acc"], samples=None, pandas=False)  # any spelling, both kinds
-    assert list(h) == ["_step", "Acc", "Acc:string"]
-    assert np.isnan(h["Acc"][1])
-    assert h["Acc"][2] == 0.75
-    assert h["Acc:string"].tolist() == [None, "high", None]
-    assert run.history(keys=["ACC:STRING"], samples=None, pandas=False)["_step"].tolist() == [1]
+    h = run.history(keys=["acc"], samples=None, pandas=False)  # any spelling, both kinds, W&B's one column
+    assert list(h) == ["_step", "Acc"]
+    assert h["Acc"].tolist() == [0.5, "high", 0.75]
+    split = run.history(keys=["acc"], samples=None, pandas=False, split_kinds=True)
+    assert list(split) == ["_step", "Acc", "Acc:string"]
+    assert np.isnan(split["Acc"][1])
+    assert split["Acc"][2] == 0.75
+    assert split["Acc:string"].tolist() == [None, "high", None]
+    one = run.history(keys=["ACC:STRING"], samples=None, pandas=False)  # a field name: that kind alone
+    assert one["_step"].tolist() == [1] and one["Acc:string"].tolist() == ["high"]
 
     rows = list(run.scan_history())
     assert rows[0]["h"] == hist
@@ -351,8 +355,10 @@ def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, data_d
     assert rows[0]["arr"] == [1, 2, 3]
     assert rows[0]["flag"] is True
     np.testing.assert_array_equal(rows[1]["arr"], np.arange(3, dtype=np.int32))
-    assert rows[1]["Acc:string"] == "high"
-    assert "Acc" not in rows[1]
+    assert rows[1]["Acc"] == "high" and [r["Acc"] for r in rows] == [0.5, "high", 0.75]
+    split_rows = list(run.scan_history(split_kinds=True))
+    assert split_rows[1]["Acc:string"] == "high"
+    assert "Acc" not in split_rows[1]
     full = run.history(samples=None, pandas=False)
     assert full["h"][0] == hist
     assert full["h"][1] is None
@@ -360,7 +366,8 @@ def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, data_d
 
     out = format_history(full, "json")
     assert '"_type": "histogram"' in out
-    assert "Acc:string" in format_history(full, "csv").splitlines()[0]
+    assert format_history(full, "csv").splitlines()[0].count("Acc") == 1
+    assert "Acc:string" in format_history(run.history(samples=None, pandas=False, split_kinds=True), "csv")
     assert "high" in format_history(full, "table")
 
 
