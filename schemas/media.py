@@ -2,9 +2,12 @@
 
 - :class:`Histogram` — ``Histogram(sequence, num_bins=64)`` (at most 512 bins) or
   ``Histogram(np_histogram=(counts, edges))``; carried inline (bins and counts are small).
-- :class:`Image` — from a numpy array (HxW, HxWx1, HxWx3, HxWx4) or a file path; encoded as PNG (arrays) or
-  kept as the file's bytes; the reference holds sha256, size, format, width, height and caption, and the bytes
-  travel once as a content-addressed blob.
+- :class:`Image` — from a numpy array or a PyTorch / JAX / TensorFlow tensor (HWC or CHW, grayscale, RGB, RGBA;
+  floats in [0, 1] scaled to 8 bits), a PIL image, a matplotlib figure or a file path; encoded as PNG (or
+  ``file_type``) or kept as the file's bytes; the reference holds sha256, size, format, width, height and caption,
+  and the bytes travel once as a content-addressed blob. Masks and boxes are not supported (refused).
+
+Every constructor takes tensors where it takes arrays (:func:`~schemas.values.host_value`: one copy to the host).
 - :class:`Table` — ``Table(columns, data)`` plus ``add_data(*row)``; cells are scalars or media.
 - :class:`Html` — from a string or a path; the HTML is a blob, the reference holds its sha256 and size.
 - :func:`line_series` (exposed as ``plot.line_series``) — several named lines on one chart.
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SchemaError
-from .values import Media, capture
+from .values import Media, capture, host_value
 
 MAX_BINS = 512
 
@@ -41,8 +44,8 @@ class Histogram:
                 raise SchemaError("Histogram takes a sequence or np_histogram, not both", code="bad_media")
             try:
                 counts, edges = np_histogram
-                c = np.asarray(counts, dtype=np.float64)
-                e = np.asarray(edges, dtype=np.float64)
+                c = np.asarray(host_value(counts, "np_histogram"), dtype=np.float64)
+                e = np.asarray(host_value(edges, "np_histogram"), dtype=np.float64)
             except (TypeError, ValueError) as err:
                 raise SchemaError(f"np_histogram must be (counts, edges): {err}", code="bad_media") from err
             if c.ndim != 1 or e.ndim != 1 or len(e) != len(c) + 1:
@@ -56,7 +59,7 @@ class Histogram:
             if not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_BINS:
                 raise SchemaError(f"num_bins must be within 1..{MAX_BINS}, got {num_bins!r}", code="bad_media")
             try:
-                raw = np.asarray(sequence)
+                raw = np.asarray(host_value(sequence, "histogram"))
                 # Casting complex to float drops the imaginary part (with only a warning): refuse instead.
                 if raw.dtype.kind == "c":
                     raise TypeError("complex values have no histogram")
@@ -91,10 +94,87 @@ def _blob_ref(data: bytes) -> tuple[str, dict[str, bytes]]:
     return sha, {sha: data}
 
 
+#: What ``Image`` takes besides data; masks and boxes have no stored form here (refused, not dropped).
+_IMAGE_UNSUPPORTED = ("masks", "boxes")
+
+
+def _matplotlib_figure(obj: Any) -> Any:
+    """The matplotlib ``Figure`` behind ``obj`` (a figure, the ``pyplot`` module, an ``Axes``), else ``None``.
+    Looked up by module name: matplotlib is never imported here."""
+    mod = getattr(type(obj), "__module__", "") or ""
+    if getattr(obj, "__name__", None) == "matplotlib.pyplot":  # wandb.Image(plt), as W&B takes it
+        return obj.gcf()
+    if not mod.startswith("matplotlib"):
+        return None
+    if hasattr(obj, "savefig"):
+        return obj
+    fig = getattr(obj, "figure", None)
+    return fig if fig is not None and hasattr(fig, "savefig") else None
+
+
+def image_array(data: Any) -> np.ndarray[Any, Any]:
+    """An array or tensor as the HxW or HxWx3/4 uint8 array W&B would make of it.
+
+    - tensors (PyTorch, JAX, TensorFlow) are copied to the host first (:func:`~schemas.values.host_value`);
+    - CHW: a 3-d array whose first dimension is 1, 3 or 4 and whose last is not is moved to HWC (W&B's rule);
+    - grayscale: HxW, HxWx1 and 1xHxW;
+    - values, W&B's ``to_uint8``: uint8 is kept; otherwise an array with negative values is scaled to [0, 1] by its
+      min and max, then an array whose max is at most 1 is multiplied by 255; the result is clipped to [0, 255]
+      (NaN as 0).
+    """
+    arr = np.asarray(host_value(data, "image"))
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise SchemaError(f"image arrays must be HxW, HxWx1, HxWx3, HxWx4 or CxHxW with C in 1, 3, 4 (log a batch as "
+                          f"a list of images), got shape {arr.shape}", code="bad_media")
+    if arr.dtype.kind not in "biuf":
+        raise SchemaError(f"image arrays must hold numbers, got dtype {arr.dtype}", code="bad_media")
+    if arr.dtype != np.uint8:
+        a = np.nan_to_num(arr.astype(np.float64))
+        if a.size:
+            lo = float(a.min())
+            if lo < 0:
+                span = float(a.max()) - lo
+                a = (a - lo) / span if span > 0 else np.zeros_like(a)
+            if float(a.max()) <= 1.0:
+                a = a * 255.0
+        arr = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
 class Image:
-    def __init__(self, data_or_path: Any, caption: str | None = None, mode: str | None = None) -> None:
+    """W&B's ``wandb.Image``: ``Image(data_or_path, mode=None, caption=None, ..., file_type=None)``.
+
+    ``data_or_path``: a file path; a PIL image; a matplotlib figure (or ``pyplot`` itself, or an ``Axes``), rendered
+    to PNG with ``savefig``; a numpy array or a PyTorch / JAX / TensorFlow tensor, HWC or CHW, grayscale or RGB(A),
+    uint8 or float (:func:`image_array`). ``file_type`` picks the encoding of arrays, PIL images and figures (PNG by
+    default; ``"jpg"``/``"jpeg"``, ``"webp"``, ``"gif"`` and ``"bmp"`` as Pillow writes them). A list of images under
+    one key is logged as such (a list value holding image references; each image's bytes is one blob).
+
+    Not supported: ``masks`` and ``boxes`` (segmentation masks, bounding boxes) are refused with a
+    :class:`SchemaError` rather than dropped; ``grouping`` and ``classes`` are accepted and ignored. Differences from
+    W&B: a PyTorch tensor follows the same value rule as arrays (W&B renders tensors through torchvision's
+    ``make_grid(normalize=True)``, which stretches every image to its own min and max and tiles a 4-d batch; a
+    4-d batch is refused here, log a list); a uint8 array is never rescaled (W&B multiplies one whose max is 1 by
+    255).
+    """
+
+    def __init__(self, data_or_path: Any, mode: str | None = None, caption: str | None = None,
+                 grouping: Any = None, classes: Any = None, boxes: Any = None, masks: Any = None,
+                 file_type: str | None = None, normalize: bool = True) -> None:
         from PIL import Image as PILImage  # Pillow is heavy to import; only media users pay for it
 
+        for name, v in (("masks", masks), ("boxes", boxes)):
+            if v is not None:
+                raise SchemaError(f"Image({name}=...) is not supported by stepline: {name} have no stored form; log "
+                                  "the image alone (or the mask as its own image)", code="unsupported")
+        fmt_out = {"jpg": "jpeg"}.get((file_type or "png").lower(), (file_type or "png").lower())
+        if fmt_out not in ("png", "jpeg", "webp", "gif", "bmp"):
+            raise SchemaError(f"Image file_type must be png, jpg, jpeg, webp, gif or bmp, got {file_type!r}",
+                              code="bad_media")
         if isinstance(data_or_path, str | os.PathLike):
             try:
                 with open(data_or_path, "rb") as f:
@@ -106,31 +186,38 @@ class Image:
                 raise SchemaError(f"cannot read image {data_or_path!s}: {err}", code="bad_media") from err
         else:
             im: Any
-            if hasattr(data_or_path, "save") and hasattr(data_or_path, "size"):  # a PIL image
-                im = data_or_path
+            fig = _matplotlib_figure(data_or_path)
+            if fig is not None:
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png")
+                im = PILImage.open(io.BytesIO(buf.getvalue()), formats=["PNG"])
+                im.load()
+            elif isinstance(data_or_path, Image):
+                other: Image = data_or_path
+                im = PILImage.open(io.BytesIO(next(iter(other.to_media().blobs.values()))))
+                im.load()
+                caption = other.caption if caption is None else caption
+            elif hasattr(data_or_path, "save") and hasattr(data_or_path, "size") and hasattr(data_or_path, "mode"):
+                im = data_or_path  # a PIL image
             else:
-                arr = np.asarray(data_or_path)
-                if arr.ndim == 3 and arr.shape[2] == 1:
-                    arr = arr[:, :, 0]
-                if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-                    raise SchemaError(f"image arrays must be HxW, HxWx3 or HxWx4, got {arr.shape}", code="bad_media")
-                if arr.dtype != np.uint8:
-                    a = arr.astype(np.float64)
-                    if a.size and float(np.nanmax(a)) <= 1.0:  # W&B's rule: floats in [0, 1] are scaled
-                        a = a * 255.0
-                    arr = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
-                im = PILImage.fromarray(arr, mode=mode)
+                arr = image_array(data_or_path)
+                im = PILImage.fromarray(arr, mode=mode) if mode else PILImage.fromarray(arr)
+            if fmt_out == "jpeg" and im.mode not in ("RGB", "L"):
+                im = im.convert("RGB")
             buf = io.BytesIO()
-            im.save(buf, format="PNG")
+            try:
+                im.save(buf, format=fmt_out.upper())
+            except (OSError, ValueError) as err:
+                raise SchemaError(f"cannot encode the image as {fmt_out}: {err}", code="bad_media") from err
             raw = buf.getvalue()
             width, height = im.size
-            fmt = "png"
+            fmt = fmt_out
         self.sha256, self._blobs = _blob_ref(raw)
         self.size = len(raw)
         self.format = fmt
         self.width = int(width)
         self.height = int(height)
-        self.caption = caption
+        self.caption: str | None = caption
 
     def to_media(self) -> Media:
         payload: dict[str, Any] = {

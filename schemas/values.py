@@ -9,6 +9,11 @@ Kinds (a key logged with two kinds yields two columns):
 - media kinds (:data:`MEDIA_KINDS`): the value is a :class:`Media` reference; image and HTML bytes travel as blobs
   next to the frame, never inside it.
 
+Tensors: a PyTorch, JAX or TensorFlow tensor is captured as its host copy (:func:`host_value`: detached, moved to
+the CPU once, bfloat16/float8 widened to float32) and then follows the numpy rules; a 0-d tensor or array is its
+Python scalar (a ``number`` or ``bool``). Frameworks are recognised by the module of the value's class, never by
+importing them, so a script that logs floats never loads one.
+
 :func:`capture` turns what a user passes to ``log()`` into an immutable wire value at call time, so mutating the
 object afterwards cannot change what was logged. It refuses, naming the key, everything the pipeline could not
 store and serve back exactly: strings that are not valid Unicode (lone surrogates, anywhere in the value, its
@@ -253,6 +258,8 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
             code="bad_value",
             key=key,
         )
+    if t is not np.ndarray and _framework(t) is not None:  # a tensor: its host copy, then the rules below
+        return _capture_deep(_tensor_to_host(value, key), key, limits, depth)
     if depth >= limits.max_depth:  # everything below is a container, one level more
         raise _too_deep(key, limits)
     if t is Media:
@@ -282,6 +289,8 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         except Exception as e:  # whatever __array__ raises (a tensor on another device, ...) refuses this value
             raise SchemaError(f"value of {key!r}: {t.__name__} does not convert to an array: "
                               f"{type(e).__name__}: {e}"[:300], key=key) from e
+        if arr.ndim == 0:  # a 0-d array is its scalar (W&B's rule; the scalar's own checks apply)
+            return _capture_deep(arr.item(), key, limits, depth)
         if not _dtype_stored(arr.dtype) and not (arr.dtype.kind == "f" and arr.size > ARRAY_HISTOGRAM_THRESHOLD
                                                 and depth == 0):  # a histogram's counts and edges are float64
             if arr.dtype.kind in "US" and depth == 0:  # strings: logged as a list of str (bytes are refused)
@@ -301,6 +310,105 @@ def _capture_deep(value: Any, key: str, limits: Limits, depth: int) -> Any:
         # A copy, in native byte order: later mutation of the caller's array cannot reach what was logged.
         return np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True, order="C")
     raise SchemaError(f"value of {key!r} has unsupported type {t.__module__}.{t.__name__}", key=key)
+
+
+# --- tensors (PyTorch, JAX, TensorFlow), duck-typed: this module never imports a framework ---------------------
+
+#: Framework of a value's type by the module of a class in its MRO (``None``: not a tensor), learnt per type.
+_FRAMEWORKS: dict[type, str | None] = {}
+_FRAMEWORK_PREFIXES: Final = (("torch", "torch"), ("jaxlib", "jax"), ("jax", "jax"), ("tensorflow", "tensorflow"),
+                              ("keras", "tensorflow"))
+
+
+def _framework(t: type) -> str | None:
+    """``"torch"``, ``"jax"`` or ``"tensorflow"`` when instances of ``t`` are that framework's tensors.
+
+    Decided by the modules of the classes in ``t``'s MRO (a ``torch.nn.Parameter``, fastai's ``TensorBase`` and
+    other subclasses count), never by importing anything: a script that logs floats never loads a framework."""
+    try:
+        return _FRAMEWORKS[t]
+    except KeyError:
+        pass
+    found: str | None = None
+    for c in t.__mro__:
+        mod = getattr(c, "__module__", None) or ""
+        for prefix, name in _FRAMEWORK_PREFIXES:
+            if (mod == prefix or mod.startswith(prefix + ".")) and _tensor_like(c, name):
+                found = name
+                break
+        if found:
+            break
+    if len(_FRAMEWORKS) < 1024:  # types are few; a flood of generated classes is looked at, not remembered
+        _FRAMEWORKS[t] = found
+    return found
+
+
+def _tensor_like(c: type, framework: str) -> bool:
+    if framework == "torch":
+        return c.__name__ == "Tensor"
+    return hasattr(c, "__array__") or hasattr(c, "numpy")  # jax.Array, tf EagerTensor / Variable
+
+
+def _widen(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """bfloat16 / float8 (``ml_dtypes``, what JAX and TensorFlow hand numpy) as float32, which holds them exactly."""
+    if arr.dtype.kind == "V" or (arr.dtype.kind == "f" and arr.dtype.name not in ("float16", "float32", "float64")
+                                 and arr.dtype.itemsize <= 2):
+        try:
+            return arr.astype(np.float32)
+        except (TypeError, ValueError):
+            return arr
+    return arr
+
+
+def _tensor_to_host(value: Any, key: str = "?") -> Any:
+    """A framework tensor as a numpy array on the host, or its Python scalar when it is 0-d.
+
+    PyTorch: detached (``requires_grad`` tensors log their value, as in W&B), dequantized / densified when it must
+    be, and copied to the CPU once (a CPU tensor is viewed, not copied: :func:`capture` copies what it keeps);
+    bfloat16 and float8 become float32 on the way (one ``.to(cpu, float32)``, still a single copy). JAX and
+    TensorFlow: ``__array__`` / ``.numpy()``, the one device-to-host transfer. Anything the framework refuses to
+    convert (a meta tensor, ...) is a :class:`SchemaError` naming the key."""
+    t = type(value)
+    fw = _framework(t)
+    try:
+        if fw == "torch":
+            return _torch_to_host(value)
+        tf = fw == "tensorflow" and hasattr(value, "numpy")
+        arr = _widen(np.asarray(value.numpy() if tf else value))
+        return arr.item() if arr.ndim == 0 else arr
+    except SchemaError:
+        raise
+    except Exception as e:
+        raise SchemaError(f"value of {key!r}: {t.__module__}.{t.__name__} does not convert to a host value: "
+                          f"{type(e).__name__}: {e}"[:300], code="bad_value", key=key) from e
+
+
+def _torch_to_host(x: Any) -> Any:
+    import sys
+
+    torch = sys.modules["torch"]  # a torch tensor exists, so torch is imported: this imports nothing
+    x = x.detach()
+    if x.is_quantized:
+        x = x.dequantize()
+    if x.layout != torch.strided:  # sparse, mkldnn: numpy needs the dense values
+        x = x.to_dense()
+    dtype = x.dtype
+    if x.ndim == 0:
+        return x.item()  # one element copied, a Python int / float / bool (bfloat16 included)
+    if dtype == torch.bfloat16 or "float8" in str(dtype):  # no numpy dtype: float32 holds them exactly
+        dtype = torch.float32
+    if x.device.type != "cpu" or dtype != x.dtype:
+        x = x.to(device="cpu", dtype=dtype)
+    return x.resolve_conj().resolve_neg().numpy()
+
+
+def host_value(value: Any, key: str = "?") -> Any:
+    """``value`` with a framework tensor (PyTorch, JAX, TensorFlow) turned into a numpy array or, 0-d, its Python
+    scalar; anything else is returned as is. For media constructors, which then apply their own rules."""
+    t = type(value)
+    if t is float or t is int or t is np.ndarray or _framework(t) is None:
+        return value
+    return _tensor_to_host(value, key)
 
 
 def _check_payload(payload: Any, key: str, limits: Limits, depth: int) -> None:
