@@ -1,0 +1,179 @@
+"""PyTorch Lightning with :class:`ingest.integrations.lightning.SteplineLogger`: a tiny model trained on the CPU by
+the real ``Trainer`` against a real Redis and worker, its history read back through the API.
+
+A second logger beside ours records every ``log_metrics`` call the Trainer makes, so the history is checked
+against what Lightning itself reported (keys, values, ``trainer/global_step``, one row per call as W&B writes).
+"""
+
+from __future__ import annotations
+
+import math
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.compat_stack import Stack
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+
+from lightning.pytorch.loggers.logger import Logger  # noqa: E402
+
+import ingest  # noqa: E402
+from ingest.integrations.lightning import SteplineLogger  # noqa: E402
+
+pytestmark = [
+    pytest.mark.integration,
+    # Lightning's advice for real jobs (worker processes for a 32-sample loader, the 'tip' about its own logger).
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*The number of training batches.*"),
+    pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    # Lightning 2.6's own use of torch's pytree under torch 2.13 (nothing of ours).
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning"),
+]
+
+
+class Recorder(Logger):  # type: ignore[misc]
+    """What the Trainer reported: every log_metrics call, values as Python numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, Any]] = []
+        self.hparams: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.hparams.update(vars(params) if isinstance(params, Namespace) else dict(params))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        self.calls.append({**row, "trainer/global_step": step})
+
+
+class Tiny(L.LightningModule):  # type: ignore[misc, name-defined]
+    def __init__(self, lr: float = 0.1, hidden: int = 4, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.hparams.fail_at is not None and self.global_step == self.hparams.fail_at:
+            raise RuntimeError("boom")
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train/loss", loss)  # a tensor with grad: the logger must store its number
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def loader() -> Any:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g)
+    y = x.sum(dim=1, keepdim=True)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def trainer(tmp_path: Path, *loggers: Logger, epochs: int = 2) -> Any:
+    return L.Trainer(
+        max_epochs=epochs,
+        logger=list(loggers),
+        log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def user_rows(view: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if not k.startswith("_") and v is not None} for r in view.scan_history()]
+
+
+def test_fit_then_test_writes_what_lightning_reported(stack: Stack, tmp_path: Path) -> None:
+    ours = SteplineLogger(project="pl", name="tiny", version="fit1", config={"data": {"n": 32, "batch": 8}})
+    rec = Recorder()
+    model = Tiny(lr=0.05, hidden=5)
+    trainer(tmp_path, ours, rec).fit(model, loader(), loader())
+    fit_calls = len(rec.calls)
+    assert ours.experiment is not None  # the logger reopens its run for the next stage
+    trainer(tmp_path, ours, rec).test(model, loader())
+
+    view = stack.finished("pl/fit1")
+    assert view.state == "finished"
+    assert view.exit_code == 0
+    assert view.name == "tiny"
+    # Lightning reports 4 batches x 2 epochs of train/loss (plus its epoch), 2 validation epochs, then the test.
+    steps = [c["trainer/global_step"] for c in rec.calls]
+    assert len([c for c in rec.calls if "train/loss" in c]) == 8
+    assert [s for c, s in zip(rec.calls, steps, strict=True) if "train/loss" in c] == list(range(8))
+    assert len(rec.calls) == fit_calls + 1
+    rows = user_rows(view)
+    assert rows == rec.calls  # one row per call, same keys and values (float32 numbers, stored as float64)
+    assert [r["_step"] for r in view.scan_history()] == list(range(len(rec.calls)))
+    # W&B's axis: every key plotted against trainer/global_step.
+    assert {m["name"]: m["step_metric"] for m in view.metrics} == {
+        "trainer/global_step": None,
+        "*": "trainer/global_step",
+    }
+    by_step = view.history(keys=["train/loss"], x_axis="trainer/global_step", samples=None, pandas=False)
+    assert by_step["trainer/global_step"].tolist() == list(range(8))
+    # Config: the constructor's and the module's hyperparameters.
+    assert view.config == {"data": {"n": 32, "batch": 8}, "lr": 0.05, "hidden": 5, "fail_at": None}
+    assert rec.hparams == {"lr": 0.05, "hidden": 5, "fail_at": None}
+    # Summary: the last value of each key.
+    last_train = [c for c in rec.calls if "train/loss" in c][-1]["train/loss"]
+    assert view.summary["train/loss"] == last_train
+    assert view.summary["test/loss"] == rec.calls[-1]["test/loss"]
+    assert rec.calls[-1]["trainer/global_step"] == 0  # a new Trainer counts from 0 (W&B shows the same)
+    assert view.summary["trainer/global_step"] == 0
+    assert math.isfinite(view.summary["val/loss"])
+
+
+def test_failed_fit_finishes_the_run_as_crashed(stack: Stack, tmp_path: Path) -> None:
+    ours = SteplineLogger(project="pl", version="boom", prefix="p")
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, ours, rec, epochs=1).fit(Tiny(fail_at=2), loader())
+    view = stack.finished("pl/boom")
+    assert view.state == "crashed"
+    assert view.exit_code == 1
+    rows = user_rows(view)
+    assert [r["trainer/global_step"] for r in rows] == [0, 1]
+    # Every key Lightning passes gets the prefix (its `epoch` too), as WandbLogger does; the step key does not.
+    assert rows == [
+        {"p-train/loss": c["train/loss"], "p-epoch": c["epoch"], "trainer/global_step": s}
+        for c, s in zip(rec.calls, (0, 1), strict=True)
+    ]
+
+
+def test_a_run_started_by_the_script_is_used_and_left_open(stack: Stack, tmp_path: Path) -> None:
+    run = ingest.init(project="pl", id="mine", config={"seed": 1})
+    ours = SteplineLogger(project="ignored")
+    trainer(tmp_path, ours, epochs=1).fit(Tiny(), loader())
+    assert ours.experiment is run and not run.finished
+    assert ours.version == "mine"
+    run.log({"after": 1.0})
+    run.finish()
+    view = stack.finished("pl/mine")
+    assert view.config == {"seed": 1, "lr": 0.1, "hidden": 4, "fail_at": None}
+    assert [r["trainer/global_step"] for r in user_rows(view)[:-1]] == [0, 1, 2, 3]
+    assert user_rows(view)[-1] == {"after": 1.0}
