@@ -36,7 +36,7 @@ from schemas import SettingsError
 from schemas.clients import async_redis
 from schemas.store import reader_engine
 
-from . import page, read, write
+from . import live, page, read, write
 from .auth import KeyAuth, RateLimiter
 from .backlog import Backlog
 from .errors import Refused
@@ -225,6 +225,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     r.add_get(API + "/projects/{project}/runs/{run}/scan", read.scan)
     r.add_get(API + "/projects/{project}/runs/{run}/sampled", read.sampled)
     r.add_get(API + "/projects/{project}/runs/{run}/sections", read.sections)
+    live.setup(app, API)
     r.add_get("/", page.index)
     r.add_get("/static/{path:.+}", page.static)
     return app

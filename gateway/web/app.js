@@ -1,18 +1,28 @@
 // stepline's web page: projects → runs → a run's panels (or several runs compared), over the gateway's read API.
 // Plain ES module, no build step. Hash routes: #/ · #/p/PROJECT · #/p/PROJECT/r/RUN · #/p/PROJECT/compare?runs=a,b
-// State for tests and debugging lives on window.__stepline (charts' drawn data, render timings).
+// A run page's view (x axis, zoom, panel search, smoothing, log scales) lives in its hash query, so a link
+// reproduces it. A run page holds one Server-Sent Events stream (`.../events`) for live updates: new rows are
+// appended to the drawn charts, nothing is polled. Panels are drawn only near the viewport (IntersectionObserver);
+// a panel scrolled far away frees its chart and keeps its (bounded) data.
+// State for tests and debugging lives on window.__stepline (charts' drawn data, render timings, requests).
 
-import { HistogramChart, LineChart, MultiLineChart, num } from "./charts.js";
+import { HistogramChart, LineChart, MultiLineChart, exact, num } from "./charts.js";
 
 const KEY_STORE = "stepline.apiKey";
 const POLL_MS = Number(localStorage.getItem("stepline.pollMs")) || 2000;
+const LIVE_S = Number(localStorage.getItem("stepline.liveIntervalS")) || 1;
 // A running run with no update for this long is shown as idle (its process may be gone without a finish).
 const IDLE_S = (Number(localStorage.getItem("stepline.idleMinutes")) || 5) * 60;
 const SPECIAL_AXES = ["_step", "_runtime", "_timestamp"];
 const MEDIA_KINDS = new Set(["histogram", "image", "plot", "html", "table"]);
 const SCALAR_KINDS = new Set(["string", "bool", "other"]);
+// A live line grows by appended rows up to this many points; past it, one re-read samples it down again.
+const MAX_LIVE_POINTS = 4000;
+const BUCKETS = 1000;
 
-const state = (window.__stepline = { charts: {}, view: null, requests: 0 });
+const state = (window.__stepline = { charts: {}, view: null, requests: 0, live: { events: 0, rows: 0 } });
+Object.defineProperty(state, "polling", { get: () => Boolean(current?.timer) });
+Object.defineProperty(state, "streaming", { get: () => Boolean(current?.stream) });
 
 // --- DOM and formatting helpers ---------------------------------------------------------------------------------
 
@@ -33,7 +43,8 @@ const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => res
 
 function fmt(v) {
   if (v === null || v === undefined) return "–";
-  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : v.toPrecision(6).replace(/\.?0+$/, "");
+  if (v === "Infinity" || v === "-Infinity") return exact(v);
+  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : exact(v);
   if (typeof v === "boolean") return v ? "true" : "false";
   if (typeof v === "string") return v;
   return JSON.stringify(v);
@@ -48,6 +59,15 @@ function ago(ts) {
   return new Date(ts * 1000).toISOString().slice(0, 16).replace("T", " ");
 }
 
+function duration(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "–";
+  s = Math.max(0, s);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  return h ? `${h} h ${m} min` : m ? `${m} min ${Math.round(sec)} s` : `${sec.toFixed(1)} s`;
+}
+
 export function shownState(run) {
   if (run.state === "running" && run.updated_at && Date.now() / 1000 - run.updated_at > IDLE_S) return "idle";
   return run.state;
@@ -55,6 +75,29 @@ export function shownState(run) {
 
 const badge = (s) => el("span", { class: `badge ${s}`, "data-state": s }, s);
 const sectionOf = (key) => (key.includes("/") ? key.slice(0, key.indexOf("/")) : "");
+
+/** `{a: {b: 1}}` → [["a.b", 1]] (W&B's nested config as dotted keys; arrays stay values). */
+function flatten(obj, prefix = "", out = []) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    const name = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v) && !v._type) flatten(v, name, out);
+    else out.push([name, v]);
+  }
+  return out;
+}
+
+/** A search string as a test: a valid regular expression (case-insensitive), else a plain substring. */
+function matcher(q) {
+  q = (q || "").trim();
+  if (!q) return () => true;
+  try {
+    const re = new RegExp(q, "i");
+    return (s) => re.test(s);
+  } catch {
+    const low = q.toLowerCase();
+    return (s) => s.toLowerCase().includes(low);
+  }
+}
 
 // --- the read API -----------------------------------------------------------------------------------------------
 
@@ -66,6 +109,8 @@ class ApiError extends Error {
     this.detail = message;
   }
 }
+
+const isAuth = (e) => e instanceof ApiError && (e.status === 401 || e.status === 403);
 
 function authMessage(e) {
   if (e.status === 403) {
@@ -83,21 +128,29 @@ function showAuthError(e) {
   box.hidden = false;
 }
 
-async function get(path, params = {}, as = "json") {
+function apiUrl(path, params = {}) {
   const url = new URL(`api/v1/${path}`, document.baseURI);
   for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) url.searchParams.set(k, String(v));
-  const headers = {};
+  return url;
+}
+
+function authHeaders() {
   const key = localStorage.getItem(KEY_STORE);
-  if (key) headers.Authorization = `Bearer ${key}`;
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function apiError(r) {
+  let body = {};
+  try { body = await r.json(); } catch { /* not JSON: keep the status */ }
+  const err = new ApiError(r.status, body.error || `http_${r.status}`, body.message || r.statusText);
+  if (r.status === 401 || r.status === 403) showAuthError(err);
+  return err;
+}
+
+async function get(path, params = {}, as = "json") {
   state.requests++;
-  const r = await fetch(url, { headers, cache: as === "blob" ? "default" : "no-store" });
-  if (!r.ok) {
-    let body = {};
-    try { body = await r.json(); } catch { /* not JSON: keep the status */ }
-    const err = new ApiError(r.status, body.error || `http_${r.status}`, body.message || r.statusText);
-    if (r.status === 401 || r.status === 403) showAuthError(err);
-    throw err;
-  }
+  const r = await fetch(apiUrl(path, params), { headers: authHeaders(), cache: as === "blob" ? "default" : "no-store" });
+  if (!r.ok) throw await apiError(r);
   document.getElementById("auth-error").hidden = true;
   if (as === "blob") return r.blob();
   if (as === "text") return r.text();
@@ -105,6 +158,37 @@ async function get(path, params = {}, as = "json") {
 }
 
 const runPath = (p, r) => `projects/${enc(p)}/runs/${enc(r)}`;
+
+/**
+ * One Server-Sent Events stream read with fetch (EventSource cannot send the API key header). `on(name, data)`
+ * gets each event; resolves when the server ends the stream, rejects on an HTTP error or a broken connection.
+ */
+async function sse(path, params, on, signal) {
+  state.requests++;
+  const r = await fetch(apiUrl(path, params), { headers: { ...authHeaders(), Accept: "text/event-stream" },
+    cache: "no-store", signal });
+  if (!r.ok) throw await apiError(r);
+  document.getElementById("auth-error").hidden = true;
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length) on(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
 
 // --- views ------------------------------------------------------------------------------------------------------
 
@@ -114,29 +198,39 @@ class View {
     this.route = route;
     this.alive = true;
     this.timer = null;
+    this.pollMs = 0; // > 0: refresh() again this often (lists); an error stops it
   }
 
   start() { this.tick(); }
 
   async tick() {
+    this.timer = null;
     if (!this.alive) return;
     try {
       await this.refresh();
+      this.clearError();
     } catch (e) {
       if (this.alive) this.fail(e);
+      return; // no retry loop on errors: the message stays, the user retries (or enters a key)
     }
-    if (this.alive) this.timer = setTimeout(() => this.tick(), POLL_MS);
+    if (this.alive && this.pollMs) this.timer = setTimeout(() => this.tick(), this.pollMs);
   }
 
+  /** Say what went wrong, once: auth errors in the page-wide box only, others in the view with a Retry button. */
   fail(e) {
-    console.error(e);
-    const auth = e instanceof ApiError && (e.status === 401 || e.status === 403);
-    let box = this.main.querySelector(":scope > .view-error");
-    if (!box) {
-      box = el("div", { class: auth ? "empty view-error" : "err view-error", id: auth ? "auth-needed" : null });
-      this.main.prepend(box);
+    if (isAuth(e)) return;
+    let text;
+    let id = "view-error";
+    if (e instanceof ApiError && e.status === 404 && this.notFound) {
+      text = this.notFound(e);
+      id = "not-found";
+    } else {
+      console.error(e);
+      text = `Could not load: ${e.message}`;
     }
-    box.textContent = auth ? authMessage(e) : `Could not load: ${e.message}`;
+    this.clearError();
+    this.main.prepend(el("div", { class: "empty view-error", id, role: "alert" }, text, " ",
+      el("button", { type: "button", onclick: () => { this.clearError(); this.start(); } }, "Retry")));
   }
 
   clearError() { this.main.querySelector(":scope > .view-error")?.remove(); }
@@ -144,13 +238,18 @@ class View {
   dispose() {
     this.alive = false;
     clearTimeout(this.timer);
+    this.timer = null;
   }
 }
 
 class ProjectsView extends View {
+  constructor(main, route) {
+    super(main, route);
+    this.pollMs = POLL_MS;
+  }
+
   async refresh() {
     const { projects } = await get("projects");
-    this.clearError();
     const body = projects.length
       ? el("table", { class: "list", id: "projects" },
         el("thead", {}, el("tr", {}, el("th", {}, "project"), el("th", { class: "num" }, "runs"), el("th", {}, "updated"))),
@@ -162,54 +261,220 @@ class ProjectsView extends View {
   }
 }
 
+// --- the runs table ---------------------------------------------------------------------------------------------
+
+const BASE_COLUMNS = [
+  { id: "name", label: "run", get: (r) => r.name },
+  { id: "state", label: "state", get: (r) => shownState(r) },
+  { id: "last_step", label: "last step", num: true, get: (r) => r.last_step },
+  { id: "rows", label: "rows", num: true, get: (r) => r.rows },
+  { id: "column_count", label: "columns", num: true, get: (r) => r.column_count },
+  { id: "rejected", label: "rejected calls", num: true, get: (r) => r.rejected },
+  { id: "warning_count", label: "warnings", num: true, get: (r) => r.warning_count },
+  { id: "updated_at", label: "updated", get: (r) => r.updated_at, show: (r) => ago(r.updated_at) },
+];
+
+function compareValues(a, b) {
+  const na = a === null || a === undefined;
+  const nb = b === null || b === undefined;
+  if (na || nb) return na && nb ? 0 : na ? 1 : -1; // missing last
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b), "en", { numeric: true });
+}
+
+/** A column filter: `>x`, `>=x`, `<x`, `<=x`, `=x`, `!=x` on numbers (or text), otherwise a substring. */
+function columnFilter(text) {
+  const t = (text || "").trim();
+  if (!t) return null;
+  const m = t.match(/^(>=|<=|!=|>|<|=)\s*(.*)$/);
+  if (!m) return (v) => v !== null && v !== undefined && fmt(v).toLowerCase().includes(t.toLowerCase());
+  const [, op, raw] = m;
+  const n = Number(raw);
+  return (v) => {
+    if (v === null || v === undefined) return false;
+    const a = typeof v === "number" && raw !== "" && !Number.isNaN(n) ? v : String(v);
+    const b = typeof a === "number" ? n : raw;
+    switch (op) {
+      case ">": return a > b;
+      case ">=": return a >= b;
+      case "<": return a < b;
+      case "<=": return a <= b;
+      case "=": return a == b; // eslint-disable-line eqeqeq
+      default: return a != b; // eslint-disable-line eqeqeq
+    }
+  };
+}
+
 class RunsView extends View {
   constructor(main, route) {
     super(main, route);
+    this.pollMs = POLL_MS;
     this.selected = new Set();
     this.runs = [];
+    this.details = new Map(); // run id → {updated_at, config, summary, ...} for config/summary columns and grouping
+    this.extra = []; // added columns: {id: "config.lr", label}
+    this.filters = new Map(); // column id → filter text
+    this.sort = { id: "updated_at", desc: true };
     const p = route.project;
     this.filter = el("input", { id: "run-filter", type: "search", placeholder: "filter by name or id",
       oninput: () => this.render() });
     this.stateSel = el("select", { id: "state-filter", onchange: () => this.render() },
       ["all", "running", "idle", "finished", "crashed"].map((s) => el("option", { value: s }, s)));
+    this.addCol = el("select", { id: "add-column", onfocus: () => this.loadDetails(), onmousedown: () => this.loadDetails(),
+      onchange: () => {
+        const id = this.addCol.value;
+        if (id && !this.extra.some((c) => c.id === id)) this.extra.push({ id, label: id });
+        this.addCol.value = "";
+        this.render();
+      } }, el("option", { value: "" }, "+ column (config / summary)"));
+    this.groupSel = el("select", { id: "group-by", onfocus: () => this.loadDetails(), onmousedown: () => this.loadDetails(),
+      onchange: () => this.render() }, el("option", { value: "" }, "no grouping"), el("option", { value: "group" }, "group"));
     this.compareBtn = el("button", { id: "compare-btn", disabled: true, onclick: () => {
       location.hash = `#/p/${enc(p)}/compare?runs=${[...this.selected].map(enc).join(",")}`;
     } }, "Compare selected");
+    this.thead = el("thead");
     this.tbody = el("tbody");
     this.empty = el("div", { class: "empty", hidden: true }, "No runs in this project yet.");
     main.replaceChildren(el("h1", {}, p),
-      el("div", { class: "toolbar" }, this.filter, this.stateSel, this.compareBtn,
-        el("span", { class: "live" }, `refreshes every ${POLL_MS / 1000} s`)),
-      el("table", { class: "list", id: "runs" }, el("thead", {}, el("tr", {},
-        el("th", {}, ""), el("th", {}, "run"), el("th", {}, "state"), el("th", { class: "num" }, "last step"),
-        el("th", { class: "num" }, "rows"), el("th", { class: "num" }, "columns"),
-        el("th", { class: "num" }, "rejected calls"), el("th", { class: "num" }, "warnings"), el("th", {}, "updated"))),
-      this.tbody), this.empty);
+      el("div", { class: "toolbar" }, this.filter, this.stateSel, this.addCol, el("label", {}, "group by ", this.groupSel),
+        this.compareBtn, el("span", { class: "live" }, `refreshes every ${POLL_MS / 1000} s`)),
+      el("table", { class: "list", id: "runs" }, this.thead, this.tbody), this.empty);
   }
 
   async refresh() {
     const { runs } = await get(`projects/${enc(this.route.project)}/runs`);
-    this.clearError();
     this.runs = runs;
+    if (this.detailsWanted) await this.loadDetails();
     this.render();
   }
 
+  /** Config, summary, tags and group of every listed run (at most 200), fetched once per run update. */
+  async loadDetails() {
+    this.detailsWanted = true;
+    const todo = this.runs.slice(0, 200).filter((r) => this.details.get(r.id)?.updated_at !== r.updated_at);
+    if (!todo.length) return this.fillPickers();
+    if (this.detailsLoading) return this.detailsLoading;
+    this.detailsLoading = (async () => {
+      for (let i = 0; i < todo.length; i += 6) {
+        await Promise.all(todo.slice(i, i + 6).map(async (r) => {
+          try {
+            const info = await get(runPath(r.project, r.id), { rejections: 0 });
+            this.details.set(r.id, info);
+          } catch (e) {
+            if (!(e instanceof ApiError && e.status === 404)) throw e;
+          }
+        }));
+      }
+    })();
+    try {
+      await this.detailsLoading;
+    } finally {
+      this.detailsLoading = null;
+    }
+    this.fillPickers();
+    this.render();
+  }
+
+  fillPickers() {
+    const keys = new Set();
+    const configKeys = new Set();
+    for (const d of this.details.values()) {
+      for (const [k] of flatten(d.config)) { keys.add(`config.${k}`); configKeys.add(`config.${k}`); }
+      for (const [k] of flatten(d.summary)) keys.add(`summary.${k}`);
+    }
+    const have = [...this.addCol.options].map((o) => o.value).join("\u0000");
+    const want = ["", ...[...keys].sort()];
+    if (have !== want.join("\u0000")) {
+      this.addCol.replaceChildren(el("option", { value: "" }, "+ column (config / summary)"),
+        ...[...keys].sort().map((k) => el("option", { value: k }, k)));
+    }
+    const g = this.groupSel.value;
+    const gwant = ["", "group", ...[...configKeys].sort()];
+    if ([...this.groupSel.options].map((o) => o.value).join("\u0000") !== gwant.join("\u0000")) {
+      this.groupSel.replaceChildren(el("option", { value: "" }, "no grouping"), el("option", { value: "group" }, "group"),
+        ...[...configKeys].sort().map((k) => el("option", { value: k }, k)));
+      this.groupSel.value = g;
+    }
+  }
+
+  value(r, id) {
+    const base = BASE_COLUMNS.find((c) => c.id === id);
+    if (base) return base.get(r);
+    const d = this.details.get(r.id);
+    if (id === "group") return d?.group ?? r.group ?? null;
+    if (!d) return null;
+    const [where, ...rest] = id.split(".");
+    const name = rest.join(".");
+    const flat = Object.fromEntries(flatten(where === "config" ? d.config : d.summary));
+    return flat[name] ?? null;
+  }
+
+  header() {
+    const cols = [...BASE_COLUMNS, ...this.extra];
+    const sortMark = (id) => (this.sort.id === id ? (this.sort.desc ? " ▼" : " ▲") : "");
+    const th = (c) => el("th", { class: c.num ? "num sortable" : "sortable", "data-col": c.id, title: "click to sort",
+      onclick: () => {
+        this.sort = this.sort.id === c.id ? { id: c.id, desc: !this.sort.desc } : { id: c.id, desc: false };
+        this.render();
+      } }, c.label, sortMark(c.id),
+      this.extra.includes(c) ? el("button", { class: "x", title: "remove column", onclick: (ev) => {
+        ev.stopPropagation();
+        this.extra = this.extra.filter((x) => x !== c);
+        this.filters.delete(c.id);
+        this.render();
+      } }, "×") : null);
+    const filterRow = this.extra.length ? el("tr", { class: "filters" }, el("th"), BASE_COLUMNS.map(() => el("th")),
+      this.extra.map((c) => el("th", {}, el("input", { type: "search", class: "col-filter", "data-col": c.id,
+        placeholder: "filter: >0.1, =adam", value: this.filters.get(c.id) || "",
+        onchange: (ev) => { this.filters.set(c.id, ev.target.value); this.render(); } })))) : null;
+    this.thead.replaceChildren(el("tr", {}, el("th", {}, ""), cols.map(th)), filterRow);
+  }
+
   render() {
+    this.header();
     const q = this.filter.value.trim().toLowerCase();
     const want = this.stateSel.value;
-    const shown = this.runs.filter((r) => (!q || r.name.toLowerCase().includes(q) || r.id.toLowerCase().includes(q))
-      && (want === "all" || shownState(r) === want));
-    this.tbody.replaceChildren(...shown.map((r) => el("tr", { "data-run": r.id },
+    const tests = [...this.filters.entries()].map(([id, t]) => [id, columnFilter(t)]).filter(([, f]) => f);
+    let shown = this.runs.filter((r) => (!q || r.name.toLowerCase().includes(q) || r.id.toLowerCase().includes(q))
+      && (want === "all" || shownState(r) === want) && tests.every(([id, f]) => f(this.value(r, id))));
+    const { id, desc } = this.sort;
+    shown = shown.map((r, i) => [r, i]).sort(([a, i], [b, j]) => {
+      const c = compareValues(this.value(a, id), this.value(b, id));
+      const missing = this.value(a, id) === null || this.value(a, id) === undefined
+        || this.value(b, id) === null || this.value(b, id) === undefined;
+      return (missing ? c : desc ? -c : c) || i - j;
+    }).map(([r]) => r);
+    const cols = [...BASE_COLUMNS, ...this.extra];
+    const row = (r) => el("tr", { "data-run": r.id },
       el("td", {}, el("input", { type: "checkbox", checked: this.selected.has(r.id), onchange: (ev) => {
         if (ev.target.checked) this.selected.add(r.id); else this.selected.delete(r.id);
         this.compareBtn.disabled = this.selected.size < 2;
       } })),
-      el("td", {}, el("a", { href: `#/p/${enc(r.project)}/r/${enc(r.id)}` }, r.name),
-        r.name !== r.id ? el("span", { class: "muted" }, ` ${r.id}`) : null),
-      el("td", {}, badge(shownState(r))),
-      el("td", { class: "num" }, fmt(r.last_step)), el("td", { class: "num" }, fmt(r.rows)),
-      el("td", { class: "num" }, fmt(r.column_count)), el("td", { class: "num" }, fmt(r.rejected)),
-      el("td", { class: "num" }, fmt(r.warning_count)), el("td", {}, ago(r.updated_at)))));
+      cols.map((c) => {
+        if (c.id === "name") {
+          return el("td", {}, el("a", { href: `#/p/${enc(r.project)}/r/${enc(r.id)}` }, r.name),
+            r.name !== r.id ? el("span", { class: "muted" }, ` ${r.id}`) : null);
+        }
+        if (c.id === "state") return el("td", {}, badge(shownState(r)));
+        const v = this.value(r, c.id);
+        const isNum = c.num || typeof v === "number";
+        return el("td", { class: isNum ? "num" : null, "data-col": c.id }, c.show ? c.show(r) : fmt(v));
+      }));
+    const groupBy = this.groupSel.value;
+    if (groupBy) {
+      const groups = new Map();
+      for (const r of shown) {
+        const g = fmt(this.value(r, groupBy));
+        if (!groups.has(g)) groups.set(g, []);
+        groups.get(g).push(r);
+      }
+      this.tbody.replaceChildren(...[...groups.entries()].sort(([a], [b]) => compareValues(a, b)).flatMap(([g, rs]) => [
+        el("tr", { class: "group-row", "data-group": g }, el("td", { colspan: cols.length + 1 },
+          `${groupBy} = ${g}`, el("span", { class: "muted" }, ` (${rs.length} run${rs.length === 1 ? "" : "s"})`))),
+        ...rs.map(row)]));
+    } else {
+      this.tbody.replaceChildren(...shown.map(row));
+    }
     this.empty.hidden = this.runs.length > 0;
     this.compareBtn.disabled = this.selected.size < 2;
   }
@@ -217,7 +482,10 @@ class RunsView extends View {
 
 // --- panels -----------------------------------------------------------------------------------------------------
 
-/** Panels load when they first scroll into view; loaded panels reload when the run changes (live). */
+/**
+ * A panel has data (fetched once, then kept up to date by the live stream) and, while near the viewport, a drawn
+ * chart. `show()` draws it (fetching first if needed), `hide()` frees the chart; the element keeps its size.
+ */
 class Panel {
   constructor(page, key, title, extraClass = "") {
     this.page = page;
@@ -225,9 +493,13 @@ class Panel {
     this.loaded = false;
     this.loading = null;
     this.loads = 0;
+    this.visible = false;
     this.el = el("div", { class: `panel ${extraClass}`, "data-key": key, "data-kind": this.constructor.kind });
     this.note = el("div", { class: "note" });
-    this.el.append(el("h3", {}, el("span", { class: "title" }, title), this.badge = el("small")));
+    this.el.append(el("h3", {}, el("span", { class: "title" }, title),
+      el("span", { class: "tools" }, this.badge = el("small"),
+        el("button", { type: "button", class: "fs-btn", title: "full screen (Esc closes)",
+          onclick: () => this.page.fullscreen(this) }, "⤢"))));
   }
 
   /** Load (or reload) the panel; a request made while one is in flight runs again after it. */
@@ -244,10 +516,10 @@ class Panel {
         this.el.dataset.loads = String(this.loads);
         this.el.querySelector(":scope > .err")?.remove();
       } catch (e) {
-        if (!(e instanceof ApiError && (e.status === 401 || e.status === 403))) console.error(e);
+        if (!isAuth(e)) console.error(e);
         let box = this.el.querySelector(":scope > .err");
         if (!box) this.el.append(box = el("div", { class: "err" }));
-        box.textContent = e.message;
+        box.textContent = isAuth(e) ? "not readable with this API key" : e.message;
       } finally {
         this.loading = null;
         if (this.again) {
@@ -259,9 +531,42 @@ class Panel {
     return this.loading;
   }
 
+  show() {
+    this.visible = true;
+    this.el.dataset.visible = "1";
+    if (!this.loaded || this.stale) {
+      this.stale = false;
+      return this.ensure();
+    }
+    return this.draw?.();
+  }
+
+  hide() {
+    this.visible = false;
+    this.el.dataset.visible = "0";
+    this.free();
+  }
+
+  free() {}
+
   resize() {}
 
-  destroy() {}
+  destroy() { this.free(); }
+
+  /** Rows that arrived live (objects as `history` serves them). */
+  append() {}
+}
+
+/** The x axis `key` is drawn against: the page-wide choice, else its define_metric step metric, else `_step`. */
+function stepMetricOf(infos, key) {
+  for (const info of infos) {
+    for (const m of info.metrics || []) {
+      if (!m.step_metric) continue;
+      const hit = m.name.endsWith("*") ? key.startsWith(m.name.slice(0, -1)) : key === m.name;
+      if (hit) return m.step_metric;
+    }
+  }
+  return null;
 }
 
 class LinePanel extends Panel {
@@ -270,47 +575,117 @@ class LinePanel extends Panel {
   constructor(page, key) {
     super(page, key, key);
     this.zoom = null;
+    this.s = null;
     this.box = el("div", { class: "chart" });
     this.el.append(this.box, this.note);
   }
 
+  get xAxis() { return this.page.axisFor(this.key); }
+
   setAxis() {
-    this.chart?.destroy();
-    this.chart = null;
-    this.zoom = null;
-    if (this.loaded) this.ensure();
+    this.free();
+    this.s = null;
+    this.zoom = this.page.zoomFor(this);
+    this.loaded = false;
+    if (this.visible) this.ensure();
   }
 
-  async load(live) {
-    if (live && this.zoom) return; // a zoomed chart keeps the range the user chose
-    const xAxis = this.page.xAxis;
+  setZoom(range) {
+    this.zoom = range;
+    this.s = null;
+    this.loaded = false;
+    if (this.visible) this.ensure(); else this.stale = true;
+  }
+
+  async load() {
+    const xAxis = this.xAxis;
     const zoom = this.zoom;
     const t0 = performance.now();
-    const s = await get(`${this.page.path}/sampled`, { key: this.key, x_axis: xAxis, buckets: 1000,
+    const s = await get(`${this.page.path}/sampled`, { key: this.key, x_axis: xAxis, buckets: BUCKETS,
       x_min: zoom?.[0], x_max: zoom?.[1] });
     const t1 = performance.now();
-    if (xAxis !== this.page.xAxis || zoom !== this.zoom) return false; // changed while this was in flight
-    if (!this.chart) {
-      this.chart = new LineChart(this.box, { label: this.key, xAxis,
-        onZoom: (a, b) => { this.zoom = [a, b]; this.ensure(); },
-        onReset: () => { this.zoom = null; this.ensure(); } });
-    }
-    this.chart.set(s, this.zoom !== null);
-    await nextFrame();
-    const t2 = performance.now();
-    this.note.textContent = !s.x.length ? `no points of ${this.key} against ${xAxis}`
-      : `${s.count.toLocaleString("en-US")} points${s.sampled ? `, ${s.x.length} drawn (M4, 1000 buckets; band = bucket min–max)` : ""}` +
-        `${this.zoom ? " · zoomed (double-click to reset)" : ""}`;
-    Object.assign(this.el.dataset, { points: String(s.x.length), count: String(s.count), xAxis,
-      renderMs: (t2 - t0).toFixed(1), zoomed: this.zoom ? "1" : "0" });
-    state.charts[this.key] = { key: this.key, xAxis, x: s.x, y: s.y, count: s.count, sampled: s.sampled,
-      zoom: this.zoom, fetchMs: t1 - t0, drawMs: t2 - t1, totalMs: t2 - t0, loads: this.loads + 1,
-      drawn: this.chart.data };
+    if (xAxis !== this.xAxis || zoom !== this.zoom) return false; // changed while this was in flight
+    this.s = s;
+    this.fetchMs = t1 - t0;
+    this.t0 = t0;
+    if (this.visible) await this.draw();
+    else this.stale = false;
+    return true;
   }
 
-  resize() { this.chart?.resize(); }
+  async draw() {
+    const s = this.s;
+    if (!s) return;
+    const xAxis = this.xAxis;
+    const opts = this.page.chartOpts();
+    const sig = JSON.stringify([xAxis, opts]);
+    if (this.chart && this.chartSig !== sig) this.free();
+    if (!this.chart) {
+      this.chartSig = sig;
+      this.chart = new LineChart(this.box, { label: this.key, xAxis, ...opts,
+        height: this.el.classList.contains("fullscreen") ? window.innerHeight - 130 : 200,
+        onZoom: (a, b) => this.page.zoomed(this, [a, b]),
+        onReset: () => this.page.zoomed(this, null) });
+    }
+    const t1 = performance.now();
+    this.chart.set(s, this.zoom);
+    await nextFrame();
+    const t2 = performance.now();
+    const bad = { nan: 0, pinf: 0, ninf: 0 };
+    for (const v of s.y) {
+      if (v === null) bad.nan++;
+      else if (v === "Infinity") bad.pinf++;
+      else if (v === "-Infinity") bad.ninf++;
+    }
+    const badText = [[bad.nan, "NaN"], [bad.pinf, "+inf"], [bad.ninf, "-inf"]].filter(([n]) => n)
+      .map(([n, w]) => `${n} ${w}`).join(", ");
+    this.note.textContent = !s.x.length ? `no points of ${this.key} against ${xAxis}`
+      : `${s.count.toLocaleString("en-US")} points${s.sampled ? `, ${s.x.length} drawn (M4, ${BUCKETS} buckets; band = bucket min–max)` : ""}` +
+        `${badText ? ` · not drawn: ${badText}` : ""}${this.zoom ? " · zoomed (double-click to reset)" : ""}`;
+    Object.assign(this.el.dataset, { points: String(s.x.length), count: String(s.count), xAxis,
+      renderMs: (t2 - (this.t0 ?? t1)).toFixed(1), zoomed: this.zoom ? "1" : "0", drawn: "1" });
+    state.charts[this.key] = { key: this.key, xAxis, x: s.x, y: s.y, step: s.step, count: s.count,
+      sampled: s.sampled, zoom: this.zoom, fetchMs: this.fetchMs ?? 0, drawMs: t2 - t1,
+      totalMs: t2 - (this.t0 ?? t1), loads: this.loads + 1, drawn: this.chart.data, nonFinite: bad };
+    this.t0 = null;
+  }
 
-  destroy() { this.chart?.destroy(); }
+  append(rows) {
+    const s = this.s;
+    if (!s || this.zoom) return; // not fetched yet (fetches everything when shown) or zoomed on a fixed range
+    const xAxis = this.xAxis;
+    const lastStep = s.step.length ? s.step[s.step.length - 1] : -Infinity;
+    let added = 0;
+    for (const r of rows) {
+      if (r._step <= lastStep || !(this.key in r)) continue;
+      const x = r[xAxis];
+      if (typeof x !== "number") continue;
+      s.x.push(x);
+      s.y.push(r[this.key]);
+      s.step.push(r._step);
+      s.count++;
+      added++;
+    }
+    if (!added) return;
+    if (s.sampled) { // the new points have no bucket: keep the band arrays aligned by extending the last bucket
+      s.bucket_x1[s.bucket_x1.length - 1] = s.x[s.x.length - 1];
+    }
+    if (s.x.length > MAX_LIVE_POINTS) { // sample it down again with one read (memory stays bounded)
+      this.s = null;
+      this.loaded = false;
+      if (this.visible) this.ensure(); else this.stale = true;
+      return;
+    }
+    if (this.visible && this.chart) this.draw();
+  }
+
+  free() {
+    this.chart?.destroy();
+    this.chart = null;
+    this.el.dataset.drawn = "0";
+  }
+
+  resize() { this.chart?.resize(this.el.classList.contains("fullscreen") ? window.innerHeight - 130 : 200); }
 }
 
 /** A media key over steps: a slider moves through the logged steps (latest first shown). */
@@ -323,31 +698,79 @@ class SteppedPanel extends Panel {
     this.steps = [];
     this.values = [];
     this.index = -1;
+    this.shownStep = null;
     this.slider = el("input", { type: "range", min: 0, max: 0, value: 0, class: "step-slider",
       oninput: () => this.show(Number(this.slider.value)) });
     this.stepLabel = el("span", { class: "step-label" });
     this.view = el("div", { class: "media-view" });
     this.el.append(el("div", { class: "slider" }, "step", this.slider, this.stepLabel), this.view, this.note);
+    // Panel.show(): draw when scrolled into view; the slider's show(i) is showAt.
+    this.showAt = this.showAt.bind(this);
+  }
+
+  show(i) {
+    if (typeof i === "number") return this.showAt(i);
+    return super.show();
   }
 
   async load() {
     const rows = await get(`${this.page.path}/history`, { keys: this.key, samples: 1000, split_kinds: 1 });
-    const atEnd = this.index < 0 || this.index >= this.steps.length - 1;
     const have = rows.filter((r) => r[this.label] !== undefined && r[this.label] !== null);
     this.steps = have.map((r) => r._step);
     this.values = have.map((r) => r[this.label]);
+    this.index = -1;
+    await this.draw();
+  }
+
+  async draw() {
+    const atEnd = this.index < 0 || this.index >= this.steps.length - 1;
     this.slider.max = String(Math.max(0, this.steps.length - 1));
     this.note.textContent = `${this.steps.length} logged step${this.steps.length === 1 ? "" : "s"}`;
     const i = atEnd ? this.steps.length - 1 : Math.min(this.index, this.steps.length - 1);
     this.slider.value = String(Math.max(i, 0));
-    if (i >= 0 && (i !== this.index || atEnd)) await this.show(i);
+    if (i >= 0) await this.showAt(i);
   }
 
-  async show(i) {
+  append(rows) {
+    if (!this.loaded) return;
+    const last = this.steps.length ? this.steps[this.steps.length - 1] : -Infinity;
+    const atEnd = this.index < 0 || this.index >= this.steps.length - 1;
+    let added = 0;
+    for (const r of rows) {
+      const v = r[this.label];
+      if (r._step <= last || v === undefined || v === null) continue;
+      this.steps.push(r._step);
+      this.values.push(v);
+      added++;
+    }
+    if (this.steps.length > 1000) { // bounded: keep the newest 1000 steps
+      const cut = this.steps.length - 1000;
+      this.steps.splice(0, cut);
+      this.values.splice(0, cut);
+      this.index = Math.max(0, this.index - cut);
+    }
+    if (!added) return;
+    this.slider.max = String(Math.max(0, this.steps.length - 1));
+    this.note.textContent = `${this.steps.length} logged step${this.steps.length === 1 ? "" : "s"}`;
+    // Only a slider left at the latest step follows new steps; nothing is redrawn when the shown step stays.
+    if (atEnd && this.visible) {
+      this.slider.value = String(this.steps.length - 1);
+      this.showAt(this.steps.length - 1);
+    } else {
+      this.stepLabel.textContent = `${fmt(this.steps[this.index])} (${this.index + 1}/${this.steps.length})`;
+    }
+  }
+
+  async showAt(i) {
     this.index = i;
     const step = this.steps[i];
     this.stepLabel.textContent = `${fmt(step)} (${i + 1}/${this.steps.length})`;
     this.el.dataset.step = String(step);
+    if (this.shownStep === step && this.rendered) return; // the same value is on screen: nothing to rebuild
+    this.shownStep = step;
+    this.rendered = true;
+    this.renders = (this.renders || 0) + 1;
+    this.el.dataset.renders = String(this.renders);
     await this.render(this.values[i], step);
   }
 
@@ -371,7 +794,7 @@ class SteppedPanel extends Panel {
       this.el.dataset.sha = v.sha256;
       this.caption.textContent = `${v.caption ? `${v.caption} · ` : ""}${v.width}×${v.height} ${v.format}`;
     } else if (this.kind === "histogram") {
-      if (!this.chart) this.chart = new HistogramChart(this.view);
+      if (!this.chart) this.chart = new HistogramChart(this.view, { label: this.key });
       this.chart.set(v);
     } else if (this.kind === "plot") {
       if (v.kind !== "line_series") {
@@ -396,9 +819,17 @@ class SteppedPanel extends Panel {
     }
   }
 
-  resize() { this.chart?.resize(); }
+  free() {
+    // Media panels are light (one image or chart): they stay drawn; only uPlot charts are freed and rebuilt.
+    if (this.chart) {
+      this.chart.destroy();
+      this.chart = null;
+      this.view.replaceChildren();
+      this.rendered = false;
+    }
+  }
 
-  destroy() { this.chart?.destroy(); }
+  resize() { this.chart?.resize(); }
 }
 
 /** Strings, bools and other values of a section as one table: a row per step, latest first. */
@@ -421,12 +852,36 @@ class ScalarTablePanel extends Panel {
         byStep.get(r._step)[c.label] = r[c.label];
       }
     }
+    this.byStep = byStep;
+    this.draw();
+  }
+
+  draw() {
+    const byStep = this.byStep;
     const steps = [...byStep.keys()].sort((a, b) => b - a).slice(0, 500);
     this.box.replaceChildren(el("table", { class: "kv" },
       el("thead", {}, el("tr", {}, el("th", {}, "_step"), this.cols.map((c) => el("th", {}, c.label)))),
       el("tbody", {}, steps.map((s) => el("tr", {}, el("td", {}, fmt(s)),
         this.cols.map((c) => el("td", {}, fmt(byStep.get(s)[c.label]))))))));
     this.note.textContent = `${byStep.size} step${byStep.size === 1 ? "" : "s"} shown (latest first, sampled to 500 per key)`;
+  }
+
+  append(rows) {
+    if (!this.byStep) return;
+    let added = 0;
+    for (const r of rows) {
+      const vals = this.cols.filter((c) => r[c.label] !== undefined);
+      if (!vals.length) continue;
+      const row = this.byStep.get(r._step) || {};
+      for (const c of vals) row[c.label] = r[c.label];
+      this.byStep.set(r._step, row);
+      added++;
+    }
+    if (this.byStep.size > 1000) { // bounded: drop the oldest steps
+      const keep = [...this.byStep.keys()].sort((a, b) => b - a).slice(0, 500);
+      this.byStep = new Map(keep.map((s) => [s, this.byStep.get(s)]));
+    }
+    if (added && this.visible) this.draw();
   }
 }
 
@@ -435,6 +890,7 @@ function problemsPanel(info) {
   const byReason = Object.entries(info.rejections_by_reason || {});
   const total = byReason.reduce((a, [, n]) => a + n, 0);
   const warnings = [...(info.warnings || []), ...(info.conflicts || []).map((c) => `type conflict: ${c}`)];
+  if (!total && !warnings.length) return null; // no room taken when there is nothing to report
   return el("div", { class: "panel wide", id: "problems", "data-rejected": total, "data-warnings": warnings.length },
     el("h3", {}, el("span", {}, "Rejected calls and warnings"),
       el("small", {}, `${total} rejected · ${warnings.length} warning${warnings.length === 1 ? "" : "s"}`)),
@@ -445,10 +901,50 @@ function problemsPanel(info) {
         el("tbody", {}, rej.map((r) => el("tr", { "data-reason": r.reason, "data-step": r.step },
           el("td", {}, el("span", { class: "reason" }, r.reason)), el("td", {}, fmt(r.step)),
           el("td", {}, fmt(r.cursor)), el("td", { class: "msg" }, r.message || ""), el("td", {}, ago(r.ts)))))))
-      : el("div", { class: "note" }, "No rejected calls."),
-    warnings.length
-      ? el("ul", { class: "problems", id: "warnings" }, warnings.map((w) => el("li", {}, w)))
-      : el("div", { class: "note" }, "No warnings."));
+      : null,
+    warnings.length ? el("ul", { class: "problems", id: "warnings" }, warnings.map((w) => el("li", {}, w))) : null);
+}
+
+/** Config as a nested tree: a collapsible group per dict, `key value` leaves; `q` keeps matching leaves only. */
+function configTree(obj, q, prefix = "") {
+  const test = matcher(q);
+  const items = [];
+  for (const [k, v] of Object.entries(obj || {}).sort(([a], [b]) => a.localeCompare(b))) {
+    const name = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v) && !v._type) {
+      const sub = configTree(v, q, name);
+      if (sub) items.push(el("li", {}, el("details", { open: true }, el("summary", {}, k), sub)));
+    } else if (test(name) || test(fmt(v))) {
+      items.push(el("li", { "data-config-key": name }, el("span", { class: "ck" }, k), " ", el("span", { class: "cv" }, fmt(v))));
+    }
+  }
+  return items.length ? el("ul", { class: "tree" }, items) : null;
+}
+
+function overview(info, q, onSearch) {
+  const runtime = typeof info.summary?._runtime === "number" ? info.summary._runtime
+    : info.updated_at && info.created_at ? info.updated_at - info.created_at : null;
+  const facts = [["state", badge(shownState(info))], ["duration", duration(runtime)],
+    ["exit code", info.exit_code ?? "–"], ["created", ago(info.created_at)], ["updated", ago(info.updated_at)]];
+  if (info.group) facts.push(["group", info.group]);
+  if (info.job_type) facts.push(["job type", info.job_type]);
+  if (info.tags?.length) facts.push(["tags", info.tags.map((t) => el("span", { class: "tag" }, t))]);
+  const summary = flatten(info.summary).filter(([k]) => !k.startsWith("_"));
+  const tree = configTree(info.config, q);
+  return el("details", { class: "section", id: "overview", open: true, "data-section": "*overview" },
+    el("summary", {}, "Overview"),
+    el("div", { class: "overview" },
+      el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)])),
+      info.notes ? el("p", { class: "notes", id: "notes" }, info.notes) : null,
+      el("div", { class: "ov-cols" },
+        el("div", { class: "ov-col" }, el("h4", {}, "Config ",
+          el("input", { type: "search", id: "config-search", placeholder: "search config", value: q || "",
+            oninput: (ev) => onSearch(ev.target.value) })),
+        el("div", { id: "config", class: "scroll" }, tree || el("span", { class: "muted" }, q ? "no match" : "no config"))),
+        el("div", { class: "ov-col" }, el("h4", {}, "Summary"),
+          el("div", { class: "scroll" }, summary.length ? el("table", { class: "kv", id: "summary" },
+            el("tbody", {}, summary.map(([k, v]) => el("tr", { "data-summary-key": k }, el("th", {}, k), el("td", {}, fmt(v))))))
+            : el("span", { class: "muted" }, "no summary"))))));
 }
 
 function hiddenKeys(info) {
@@ -465,60 +961,171 @@ function axisOptions(infos) {
 function sectionBox(name, count) {
   const panels = el("div", { class: "panels" });
   const box = el("details", { class: "section", open: true, "data-section": name },
-    el("summary", {}, name || "Charts", el("span", { class: "muted" }, ` (${count})`)), panels);
+    el("summary", {}, name || "Charts", el("span", { class: "muted count" }, ` (${count})`)), panels);
   return [box, panels];
 }
 
-/** Shared by the run page and the compare page: x-axis picker, lazy panels, live reloads, resize. */
+/**
+ * Shared by the run page and the compare page: the toolbar (x axis, smoothing, log scales, sync zoom, panel
+ * search), panels drawn near the viewport only, zoom, full screen, resize, and the view in the URL.
+ */
 class PanelsView extends View {
   constructor(main, route) {
     super(main, route);
     this.project = route.project;
     this.panels = [];
-    this.xAxis = route.params.get("x") || "_step";
+    this.infos = [];
+    const p = route.params;
+    this.xOverride = p.get("x") || "";
+    this.smoothing = Math.min(0.99, Math.max(0, Number(p.get("smooth")) || 0));
+    this.logY = p.get("logy") === "1";
+    this.logX = p.get("logx") === "1";
+    this.sync = p.get("sync") === "1";
+    const z = (p.get("zoom") || "").split(",").map(Number);
+    this.zoom = z.length === 2 && z.every(Number.isFinite) && z[0] < z[1]
+      ? { range: z, key: p.get("zkey") || null, section: p.get("zsec") ?? null } : null;
     this.axisSel = el("select", { id: "x-axis", onchange: () => {
-      this.xAxis = this.axisSel.value;
-      for (const p of this.panels) p.setAxis?.();
+      this.xOverride = this.axisSel.value;
+      this.zoom = null;
+      this.saveUrl();
+      for (const pl of this.panels) pl.setAxis?.();
     } });
+    const redraw = () => { this.saveUrl(); for (const pl of this.panels) if (pl.visible && pl.loaded) pl.draw?.(); };
+    this.smoothIn = el("input", { id: "smoothing", type: "range", min: 0, max: 0.99, step: 0.01, value: this.smoothing,
+      oninput: () => { this.smoothing = Number(this.smoothIn.value); this.smoothOut.textContent = this.smoothing.toFixed(2); redraw(); } });
+    this.smoothOut = el("span", { class: "smooth-val" }, this.smoothing.toFixed(2));
+    this.logYBox = el("input", { type: "checkbox", id: "log-y", checked: this.logY,
+      onchange: () => { this.logY = this.logYBox.checked; redraw(); } });
+    this.logXBox = el("input", { type: "checkbox", id: "log-x", checked: this.logX,
+      onchange: () => { this.logX = this.logXBox.checked; redraw(); } });
+    this.syncBox = el("input", { type: "checkbox", id: "sync-zoom", checked: this.sync,
+      onchange: () => { this.sync = this.syncBox.checked; this.saveUrl(); } });
+    this.search = el("input", { id: "panel-search", type: "search", placeholder: "search panels (regex)",
+      value: p.get("q") || "", oninput: () => { this.applySearch(); this.saveUrl(); } });
+    this.searchCount = el("span", { id: "panel-count", class: "muted" });
+    this.toolbar = el("div", { class: "toolbar" }, this.search, this.searchCount,
+      el("label", {}, "x-axis ", this.axisSel),
+      el("label", { title: "time-weighted EMA (as W&B / TensorBoard)" }, "smoothing ", this.smoothIn, this.smoothOut),
+      el("label", {}, this.logYBox, " log y"), el("label", {}, this.logXBox, " log x"),
+      el("label", { title: "zooming one chart zooms every chart of its section" }, this.syncBox, " sync zoom"));
     this.observer = new IntersectionObserver((entries) => {
-      for (const e of entries) if (e.isIntersecting) e.target.__panel?.ensure();
-    }, { rootMargin: "300px" });
+      for (const e of entries) {
+        const pl = e.target.__panel;
+        if (!pl) continue;
+        if (e.isIntersecting) pl.show(); else if (pl.visible) pl.hide();
+      }
+    }, { rootMargin: "600px 0px" });
     this.onResize = () => {
       clearTimeout(this.resizeTimer);
-      this.resizeTimer = setTimeout(() => this.panels.forEach((p) => p.resize()), 150);
+      this.resizeTimer = setTimeout(() => this.panels.forEach((pl) => pl.visible && pl.resize()), 150);
     };
+    this.onKey = (ev) => { if (ev.key === "Escape" && this.full) this.fullscreen(this.full); };
     window.addEventListener("resize", this.onResize);
+    window.addEventListener("keydown", this.onKey);
+  }
+
+  chartOpts() { return { smoothing: this.smoothing, logY: this.logY, logX: this.logX }; }
+
+  axisFor(key) { return this.xOverride || stepMetricOf(this.infos, key) || "_step"; }
+
+  zoomFor(panel) {
+    const z = this.zoom;
+    if (!z) return null;
+    if (z.key === panel.key || (z.section !== null && z.section === sectionOf(panel.key))) return z.range;
+    return null;
+  }
+
+  /** A panel was zoomed (range) or reset (null): with sync zoom on, its whole section follows. */
+  zoomed(panel, range) {
+    const section = sectionOf(panel.key);
+    this.zoom = range ? (this.sync ? { range, key: null, section } : { range, key: panel.key, section: null }) : null;
+    for (const pl of this.panels) {
+      if (!(pl instanceof LinePanel)) continue;
+      if (pl === panel || (this.sync && sectionOf(pl.key) === section) || (!range && pl.zoom)) pl.setZoom(range);
+    }
+    this.saveUrl();
+  }
+
+  fullscreen(panel) {
+    const on = this.full !== panel;
+    if (this.full) {
+      this.full.el.classList.remove("fullscreen");
+      this.full.free?.();
+      this.full.draw?.();
+    }
+    this.full = on ? panel : null;
+    document.body.classList.toggle("has-fullscreen", on);
+    if (on) {
+      panel.el.classList.add("fullscreen");
+      panel.free?.();
+      if (panel.loaded) panel.draw?.(); else panel.ensure();
+    }
+  }
+
+  saveUrl() {
+    const q = new URLSearchParams();
+    for (const [k, v] of this.route.params) if (!["x", "q", "smooth", "logy", "logx", "sync", "zoom", "zkey", "zsec"].includes(k)) q.set(k, v);
+    if (this.xOverride) q.set("x", this.xOverride);
+    if (this.search.value) q.set("q", this.search.value);
+    if (this.smoothing) q.set("smooth", String(this.smoothing));
+    if (this.logY) q.set("logy", "1");
+    if (this.logX) q.set("logx", "1");
+    if (this.sync) q.set("sync", "1");
+    if (this.zoom) {
+      q.set("zoom", this.zoom.range.map((v) => String(v)).join(","));
+      if (this.zoom.key) q.set("zkey", this.zoom.key); else q.set("zsec", this.zoom.section);
+    }
+    const base = location.hash.split("?")[0];
+    const s = q.toString();
+    history.replaceState(null, "", `${base}${s ? `?${s}` : ""}`);
+  }
+
+  applySearch() {
+    const test = matcher(this.search.value);
+    let n = 0;
+    for (const pl of this.panels) {
+      const hit = test(pl.key);
+      pl.el.hidden = !hit;
+      if (hit) n++;
+    }
+    for (const box of this.main.querySelectorAll("details.section[data-section]:not(#overview)")) {
+      const shown = box.querySelectorAll(".panel:not([hidden])").length;
+      box.hidden = shown === 0 && this.panels.length > 0;
+    }
+    this.searchCount.textContent = `${n} of ${this.panels.length} panels`;
+    this.searchCount.dataset.count = String(n);
   }
 
   setAxes(options) {
-    const have = [...this.axisSel.options].map((o) => o.value).join(",");
-    if (have === options.join(",")) return;
-    if (!options.includes(this.xAxis)) options = [...options, this.xAxis];
-    this.axisSel.replaceChildren(...options.map((a) => el("option", { value: a, selected: a === this.xAxis }, a)));
+    const want = ["", ...options];
+    if (this.xOverride && !want.includes(this.xOverride)) want.push(this.xOverride);
+    if ([...this.axisSel.options].map((o) => o.value).join(",") === want.join(",")) return;
+    this.axisSel.replaceChildren(...want.map((a) => el("option", { value: a, selected: a === this.xOverride },
+      a || "per key (define_metric)")));
   }
 
   add(panel, into) {
     panel.el.__panel = panel;
     into.append(panel.el);
     this.panels.push(panel);
+    panel.zoom = this.zoomFor(panel);
     this.observer.observe(panel.el);
   }
 
   clearPanels() {
-    for (const p of this.panels) p.destroy();
+    for (const pl of this.panels) pl.destroy();
     this.panels = [];
+    this.full = null;
+    document.body.classList.remove("has-fullscreen");
     this.observer.disconnect();
     state.charts = {};
-  }
-
-  reloadLoaded() {
-    return Promise.all(this.panels.filter((p) => p.loaded).map((p) => p.ensure(true)));
   }
 
   dispose() {
     super.dispose();
     this.clearPanels();
     window.removeEventListener("resize", this.onResize);
+    window.removeEventListener("keydown", this.onKey);
   }
 }
 
@@ -528,46 +1135,111 @@ class RunPage extends PanelsView {
     this.run = route.run;
     this.path = runPath(this.project, this.run);
     this.blobs = new Map();
-    this.sig = null;
     this.colSig = null;
+    this.configQ = "";
     this.title = el("h1", {}, this.run);
     this.counters = el("div", { class: "counters" });
     this.live = el("span", { class: "live", id: "live" });
+    this.head = el("div", { id: "run-head" });
     this.body = el("div", { id: "run-body" });
-    main.replaceChildren(this.title, this.counters,
-      el("div", { class: "toolbar" }, el("label", {}, "x-axis ", this.axisSel), this.live), this.body);
+    main.replaceChildren(this.title, this.counters, this.head, this.toolbar, this.live, this.body);
+  }
+
+  notFound() {
+    return `Run "${this.run}" does not exist in project "${this.project}". Check the run id (runs of this ` +
+      "project are listed on the project page).";
   }
 
   async refresh() {
-    let info;
-    try {
-      info = await get(this.path, { rejections: 500 });
-    } catch (e) {
-      if (!(e instanceof ApiError && e.status === 404)) throw e;
-      info = null; // the run's start is not committed yet
+    const info = await get(this.path, { rejections: 500 });
+    this.update(info);
+    this.connect();
+  }
+
+  /** The live stream: one per page; reconnects with a growing pause when the connection breaks (not on 4xx). */
+  connect(pause = 1000) {
+    if (this.stream || !this.alive || ["finished", "crashed"].includes(this.info?.state)) return;
+    const ctl = new AbortController();
+    this.stream = ctl;
+    this.live.textContent = "live: connected";
+    this.live.dataset.state = "connected";
+    sse(`${this.path}/events`, { interval: LIVE_S }, (name, data) => this.onEvent(name, data), ctl.signal)
+      .then(() => {
+        this.stream = null;
+        if (this.alive && !["finished", "crashed"].includes(this.info?.state)) this.connect();
+      }, (e) => {
+        this.stream = null;
+        if (!this.alive || e.name === "AbortError") return;
+        if (e instanceof ApiError) {
+          this.live.textContent = "live: stopped";
+          this.live.dataset.state = "stopped";
+          this.fail(e);
+          return;
+        }
+        this.live.textContent = `live: connection lost, retrying in ${Math.round(pause / 1000)} s`;
+        this.live.dataset.state = "retrying";
+        this.retry = setTimeout(() => this.connect(Math.min(pause * 2, 30_000)), pause);
+      });
+  }
+
+  onEvent(name, data) {
+    state.live.events++;
+    if (name === "run") this.update(data);
+    else if (name === "rows") {
+      state.live.rows += data.rows.length;
+      for (const pl of this.panels) pl.append(data.rows);
+    } else if (name === "reset") {
+      for (const pl of this.panels) {
+        if (!pl.loaded) continue;
+        pl.s = null;
+        pl.loaded = false;
+        if (pl.visible) pl.ensure(); else pl.stale = true;
+      }
+    } else if (name === "end") {
+      this.live.textContent = `live: run ${data.state}`;
+      this.live.dataset.state = "ended";
+    } else if (name === "gone") {
+      this.live.textContent = "live: the run was deleted";
+      this.live.dataset.state = "gone";
     }
-    this.clearError();
-    this.live.textContent = `live: checks every ${POLL_MS / 1000} s · last check ${new Date().toLocaleTimeString()}`;
-    if (!info || !info.rows) {
+  }
+
+  update(info) {
+    this.info = info;
+    this.infos = [info];
+    this.header(info);
+    if (!info.rows) {
       if (!this.body.querySelector("#no-data")) {
         this.clearPanels();
-        this.body.replaceChildren(el("div", { class: "empty", id: "no-data" }, "No data logged yet"),
-          info ? problemsPanel(info) : null);
+        this.colSig = null;
+        this.body.replaceChildren(el("div", { class: "empty", id: "no-data" }, "No data logged yet"));
       }
-      if (info) this.header(info);
+      this.headInfo(info);
       return;
     }
-    this.header(info);
     const colSig = JSON.stringify([info.columns, info.metrics]);
-    const sig = JSON.stringify([info.rows, info.last_step, info.updated_at, info.rejected, info.warning_count]);
     if (colSig !== this.colSig) {
       this.colSig = colSig;
-      this.sig = sig;
       this.build(info);
-    } else if (sig !== this.sig) {
-      this.sig = sig;
-      this.body.querySelector("#problems").replaceWith(problemsPanel(info));
-      await this.reloadLoaded();
+    }
+    this.headInfo(info);
+  }
+
+  headInfo(info) {
+    const ov = overview(info, this.configQ, (q) => {
+      this.configQ = q;
+      const tree = configTree(this.info.config, q);
+      this.head.querySelector("#config").replaceChildren(tree || el("span", { class: "muted" }, "no match"));
+    });
+    const wasOpen = this.head.querySelector("#overview")?.open;
+    if (wasOpen === false) ov.open = false;
+    const focused = document.activeElement?.id === "config-search";
+    const problems = problemsPanel(info);
+    this.head.replaceChildren(ov, ...(problems ? [problems] : []));
+    if (focused) {
+      const i = this.head.querySelector("#config-search");
+      i.focus();
+      i.setSelectionRange(i.value.length, i.value.length);
     }
   }
 
@@ -594,7 +1266,7 @@ class RunPage extends PanelsView {
       if (!sections.has(sec)) sections.set(sec, []);
       for (const c of cols) sections.get(sec).push({ ...c, label: cols.length > 1 ? c.field : c.key });
     }
-    this.body.replaceChildren(problemsPanel(info));
+    this.body.replaceChildren();
     for (const [name, cols] of [...sections.entries()].sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a.localeCompare(b)))) {
       const [box, panels] = sectionBox(name, new Set(cols.map((c) => c.key)).size);
       this.body.append(box);
@@ -606,10 +1278,18 @@ class RunPage extends PanelsView {
       }
       if (scalars.length) this.add(new ScalarTablePanel(this, name, scalars), panels);
     }
+    this.applySearch();
+  }
+
+  dispose() {
+    super.dispose();
+    clearTimeout(this.retry);
+    this.stream?.abort();
+    this.stream = null;
   }
 }
 
-/** The same key from several runs on one chart. */
+/** The same key from several runs on one chart (legend values follow the cursor). */
 class ComparePanel extends Panel {
   static kind = "compare";
 
@@ -619,84 +1299,182 @@ class ComparePanel extends Panel {
     this.el.append(this.box, this.note);
   }
 
+  get xAxis() { return this.page.axisFor(this.key); }
+
   setAxis() {
-    this.chart?.destroy();
-    this.chart = null;
-    if (this.loaded) this.ensure();
+    this.free();
+    this.lines = null;
+    this.loaded = false;
+    if (this.visible) this.ensure();
   }
 
   async load() {
-    const xAxis = this.page.xAxis;
+    const xAxis = this.xAxis;
     const t0 = performance.now();
     const lines = [];
     await Promise.all(this.page.infos.map(async (info, i) => {
       if (!info.columns.some((c) => c.key === this.key && c.kind === "number")) return;
-      const s = await get(`${runPath(this.page.project, info.id)}/sampled`, { key: this.key, x_axis: xAxis, buckets: 1000 });
-      lines[i] = { label: info.name, run: info.id, x: s.x, y: s.y };
+      const s = await get(`${runPath(this.page.project, info.id)}/sampled`, { key: this.key, x_axis: xAxis, buckets: BUCKETS });
+      lines[i] = { label: info.name, run: info.id, x: s.x, y: s.y, step: s.step };
     }));
-    if (xAxis !== this.page.xAxis) return false;
-    const have = lines.filter(Boolean);
-    if (!this.chart) this.chart = new MultiLineChart(this.box, { xAxis });
+    if (xAxis !== this.xAxis) return false;
+    this.lines = lines.filter(Boolean);
+    this.t0 = t0;
+    if (this.visible) await this.draw();
+    return true;
+  }
+
+  async draw() {
+    if (!this.lines) return;
+    const xAxis = this.xAxis;
+    const opts = this.page.chartOpts();
+    const sig = JSON.stringify([xAxis, opts]);
+    if (this.chart && this.chartSig !== sig) this.free();
+    if (!this.chart) {
+      this.chartSig = sig;
+      this.chart = new MultiLineChart(this.box, { xAxis, yLabel: this.key, smoothing: opts.smoothing, logY: opts.logY,
+        height: this.el.classList.contains("fullscreen") ? window.innerHeight - 160 : 220 });
+    }
+    const have = this.lines;
     this.chart.set(have);
     await nextFrame();
     this.note.textContent = `${have.length} run${have.length === 1 ? "" : "s"} against ${xAxis}`;
     this.el.dataset.runs = String(have.length);
+    this.el.dataset.drawn = "1";
     state.charts[this.key] = { key: this.key, xAxis, runs: Object.fromEntries(have.map((l) => [l.run, { x: l.x, y: l.y }])),
-      totalMs: performance.now() - t0 };
+      totalMs: performance.now() - (this.t0 ?? performance.now()) };
+  }
+
+  free() {
+    this.chart?.destroy();
+    this.chart = null;
+    this.el.dataset.drawn = "0";
   }
 
   resize() { this.chart?.resize(); }
+}
 
-  destroy() { this.chart?.destroy(); }
+/** A media key of several runs side by side, one step slider for all: each run shows its value at that step. */
+class CompareMediaPanel extends Panel {
+  static kind = "compare-media";
+
+  constructor(page, key, kind) {
+    super(page, key, key, "wide");
+    this.kind = kind;
+    this.el.dataset.mediaKind = kind;
+    this.slider = el("input", { type: "range", min: 0, max: 0, value: 0, class: "step-slider",
+      oninput: () => this.showStep(Number(this.slider.value)) });
+    this.stepLabel = el("span", { class: "step-label" });
+    this.grid = el("div", { class: "media-grid" });
+    this.el.append(el("div", { class: "slider" }, "step", this.slider, this.stepLabel), this.grid, this.note);
+    this.charts = [];
+  }
+
+  async load() {
+    this.byRun = [];
+    await Promise.all(this.page.infos.map(async (info, i) => {
+      if (!info.columns.some((c) => c.key === this.key)) return;
+      const rows = await get(`${runPath(this.page.project, info.id)}/history`, { keys: this.key, samples: 1000, split_kinds: 1 });
+      this.byRun[i] = { info, rows: rows.filter((r) => r[this.key] !== undefined && r[this.key] !== null) };
+    }));
+    this.byRun = this.byRun.filter(Boolean);
+    this.steps = [...new Set(this.byRun.flatMap((b) => b.rows.map((r) => r._step)))].sort((a, b) => a - b);
+    this.slider.max = String(Math.max(0, this.steps.length - 1));
+    this.slider.value = this.slider.max;
+    await this.draw();
+  }
+
+  draw() { return this.showStep(Number(this.slider.value)); }
+
+  async showStep(i) {
+    const step = this.steps[i];
+    this.el.dataset.step = String(step);
+    this.stepLabel.textContent = `${fmt(step)} (${i + 1}/${this.steps.length})`;
+    this.free();
+    const cells = await Promise.all(this.byRun.map(async ({ info, rows }) => {
+      // The run's latest value at or before the step (W&B shows the same step; a run that skipped it shows its last).
+      let v = null;
+      let at = null;
+      for (const r of rows) if (r._step <= step) { v = r[this.key]; at = r._step; }
+      const cell = el("div", { class: "media-cell", "data-run": info.id, "data-step": at ?? "" },
+        el("div", { class: "muted" }, `${info.name}${at !== null && at !== step ? ` (step ${at})` : ""}`));
+      if (v === null) cell.append(el("div", { class: "muted" }, "nothing logged yet at this step"));
+      else if (this.kind === "image") {
+        const b = await get("blobs/" + v.sha256, { project: this.page.project, run: info.id }, "blob");
+        cell.append(el("img", { class: "media", src: URL.createObjectURL(b), alt: `${info.name} ${this.key}`, "data-sha": v.sha256 }));
+      } else if (this.kind === "histogram") {
+        const box = el("div");
+        cell.append(box);
+        cell.chartData = v;
+        cell.chartBox = box;
+      } else cell.append(el("pre", {}, JSON.stringify(v).slice(0, 500)));
+      return cell;
+    }));
+    if (Number(this.slider.value) !== i) return;
+    for (const img of this.grid.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+    this.grid.replaceChildren(...cells);
+    for (const c of cells) {
+      if (c.chartBox) {
+        const ch = new HistogramChart(c.chartBox, { label: this.key, height: 160 });
+        ch.set(c.chartData);
+        this.charts.push(ch);
+      }
+    }
+    this.note.textContent = `${this.byRun.length} runs`;
+  }
+
+  free() {
+    for (const c of this.charts) c.destroy();
+    this.charts = [];
+  }
 }
 
 class ComparePage extends PanelsView {
   constructor(main, route) {
     super(main, route);
     this.runs = route.runs;
-    this.infos = [];
-    this.sig = null;
+    this.colSig = null;
     this.body = el("div", { id: "compare-body" });
-    main.replaceChildren(el("h1", {}, `Compare ${this.runs.length} runs`),
-      el("div", { class: "toolbar" }, el("label", {}, "x-axis ", this.axisSel)), this.body);
+    main.replaceChildren(el("h1", {}, `Compare ${this.runs.length} runs`), this.toolbar, this.body);
   }
 
   async refresh() {
     const infos = [];
-    for (const r of this.runs) {
+    await Promise.all(this.runs.map(async (r, i) => {
       try {
-        infos.push(await get(runPath(this.project, r)));
+        infos[i] = await get(runPath(this.project, r), { rejections: 0 });
       } catch (e) {
         if (!(e instanceof ApiError && e.status === 404)) throw e;
       }
+    }));
+    this.infos = infos.filter(Boolean);
+    this.setAxes(axisOptions(this.infos));
+    const cols = this.infos.flatMap((i) => i.columns);
+    const keys = [...new Set(cols.filter((c) => c.kind === "number").map((c) => c.key))].sort();
+    const media = [...new Map(cols.filter((c) => c.kind === "image" || c.kind === "histogram").map((c) => [c.key, c.kind]))]
+      .sort(([a], [b]) => a.localeCompare(b));
+    const colSig = JSON.stringify([keys, media, this.infos.map((i) => i.id)]);
+    if (colSig === this.colSig) return;
+    this.colSig = colSig;
+    this.clearPanels();
+    const missing = this.runs.filter((r) => !this.infos.some((i) => i.id === r));
+    this.body.replaceChildren(el("div", { class: "counters" }, this.infos.map((i) => el("span", {},
+      el("a", { href: `#/p/${enc(this.project)}/r/${enc(i.id)}` }, i.name), " ", badge(shownState(i))))),
+    missing.length ? el("div", { class: "err", id: "missing-runs" }, `No such run in ${this.project}: ${missing.join(", ")}`) : null);
+    if (!keys.length && !media.length) this.body.append(el("div", { class: "empty", id: "no-data" }, "No data logged yet"));
+    const sections = new Map();
+    const put = (k, make) => {
+      if (!sections.has(sectionOf(k))) sections.set(sectionOf(k), []);
+      sections.get(sectionOf(k)).push(make);
+    };
+    for (const k of keys) put(k, () => new ComparePanel(this, k));
+    for (const [k, kind] of media) put(k, () => new CompareMediaPanel(this, k, kind));
+    for (const [name, makers] of [...sections.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+      const [box, panels] = sectionBox(name, makers.length);
+      this.body.append(box);
+      for (const make of makers) this.add(make(), panels);
     }
-    this.clearError();
-    this.infos = infos;
-    this.setAxes(axisOptions(infos));
-    const keys = [...new Set(infos.flatMap((i) => i.columns.filter((c) => c.kind === "number").map((c) => c.key)))].sort();
-    const colSig = JSON.stringify([keys, infos.map((i) => i.id)]);
-    const sig = JSON.stringify(infos.map((i) => [i.rows, i.last_step]));
-    if (colSig !== this.colSig) {
-      this.colSig = colSig;
-      this.sig = sig;
-      this.clearPanels();
-      this.body.replaceChildren(el("div", { class: "counters" }, infos.map((i) => el("span", {},
-        el("a", { href: `#/p/${enc(this.project)}/r/${enc(i.id)}` }, i.name), " ", badge(shownState(i))))));
-      if (!keys.length) this.body.append(el("div", { class: "empty", id: "no-data" }, "No data logged yet"));
-      const sections = new Map();
-      for (const k of keys) {
-        if (!sections.has(sectionOf(k))) sections.set(sectionOf(k), []);
-        sections.get(sectionOf(k)).push(k);
-      }
-      for (const [name, ks] of sections) {
-        const [box, panels] = sectionBox(name, ks.length);
-        this.body.append(box);
-        for (const k of ks) this.add(new ComparePanel(this, k), panels);
-      }
-    } else if (sig !== this.sig) {
-      this.sig = sig;
-      await this.reloadLoaded();
-    }
+    this.applySearch();
   }
 }
 
@@ -729,6 +1507,7 @@ let current = null;
 
 function route() {
   current?.dispose();
+  current = null;
   state.charts = {};
   const r = parseHash();
   const main = document.getElementById("main");
@@ -737,6 +1516,7 @@ function route() {
   const V = { projects: ProjectsView, runs: RunsView, run: RunPage, compare: ComparePage }[r.view];
   current = new V(main, r);
   state.view = r.view;
+  state.current = current;
   current.start();
 }
 

@@ -1,5 +1,7 @@
 // Charts over uPlot (vendored, global `uPlot`): a sampled line with its min–max band, multi-line charts with a
-// legend, histograms as bars. Each chart sizes itself to its panel and can be destroyed.
+// legend, histograms as bars. Every chart has axis titles, tick labels right at every magnitude (tickLabels), a
+// hover tooltip with the exact value and step, and can be resized and destroyed. Smoothing is W&B's / TensorBoard's
+// time-weighted EMA with debias (smoothEMA); log scales drop the points a log axis cannot show.
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d",
   "#4f46e5", "#b45309"];
@@ -8,13 +10,88 @@ export const color = (i) => COLORS[i % COLORS.length];
 // JSON has no ±inf/NaN: the API sends null (missing/NaN) or "Infinity"/"-Infinity"; a chart draws none of them.
 export const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
+/** A value as text for a tooltip or table: exact (shortest round-trip form), ±inf and NaN named. */
+export function exact(v) {
+  if (v === "Infinity" || v === Infinity) return "+inf";
+  if (v === "-Infinity" || v === -Infinity) return "-inf";
+  if (v === null || v === undefined) return "NaN/missing";
+  if (typeof v === "number") return Number.isNaN(v) ? "NaN" : String(v);
+  return String(v);
+}
+
+function oneLabel(v, digits, sci) {
+  if (v === 0) return "0";
+  if (sci) {
+    const [m, e] = v.toExponential(Math.max(0, digits - 1)).split("e");
+    const mant = m.includes(".") ? m.replace(/\.?0+$/, "") : m;
+    return `${mant}e${e.replace("+", "")}`;
+  }
+  let s = Number(v.toPrecision(digits)).toString();
+  if (s.includes("e")) s = v.toFixed(Math.min(20, Math.max(0, digits - Math.floor(Math.log10(Math.abs(v))) - 1)));
+  return s;
+}
+
+/**
+ * Tick labels for `splits`: plain decimals between 1e-3 and 1e5, scientific outside, with the fewest significant
+ * digits that keep every label distinct (and equal to its tick to within the step between ticks).
+ */
+export function tickLabels(splits) {
+  const vals = splits.filter((v) => v !== null && Number.isFinite(v));
+  if (!vals.length) return splits.map(() => "");
+  const maxAbs = Math.max(...vals.map(Math.abs));
+  const sci = maxAbs >= 1e5 || maxAbs < 1e-3;
+  const distinct = new Set(vals).size;
+  for (let d = 1; d <= 17; d++) {
+    const labels = splits.map((v) => (v === null || !Number.isFinite(v) ? "" : oneLabel(v, d, sci)));
+    if (new Set(labels.filter((l) => l !== "")).size === distinct) return labels;
+  }
+  return splits.map((v) => String(v));
+}
+
+const axisValues = (u, splits) => tickLabels(splits);
+
+/**
+ * W&B's time-weighted EMA with debias: the weight of a point decays with its x distance (relative to the x range,
+ * so the look does not depend on the logging rate), and the first points are not pulled toward 0.
+ * `weight` in [0, 1): 0 = no smoothing. Null (or non-finite) y stay null and leave the average untouched.
+ */
+export function smoothEMA(x, y, weight) {
+  const out = new Array(y.length).fill(null);
+  if (!(weight > 0)) {
+    for (let i = 0; i < y.length; i++) out[i] = num(y[i]);
+    return out;
+  }
+  const w = Math.min(Math.sqrt(weight), 0.999);
+  let first = null;
+  let last = null;
+  for (let i = 0; i < x.length; i++) {
+    if (num(x[i]) === null) continue;
+    if (first === null) first = x[i];
+    last = x[i];
+  }
+  const range = last !== null && last > first ? last - first : 1;
+  let acc = 0;
+  let debias = 0;
+  let prevX = null;
+  for (let i = 0; i < y.length; i++) {
+    const yi = num(y[i]);
+    const xi = num(x[i]);
+    if (yi === null || xi === null) continue;
+    const dx = prevX === null ? 0 : ((xi - prevX) / range) * 1000;
+    const k = Math.pow(w, dx);
+    acc = acc * k + yi;
+    debias = debias * k + 1;
+    out[i] = acc / debias;
+    prevX = xi;
+  }
+  return out;
+}
+
 function width(el) {
   return Math.max(240, Math.floor(el.getBoundingClientRect().width) - 4);
 }
 
-function timeAxis(xAxis) {
-  return xAxis === "_timestamp";
-}
+const timeAxis = (xAxis) => xAxis === "_timestamp";
 
 /** Per point, the min and max of the sampling bucket it belongs to (null when the line is not sampled). */
 export function bandOf(s) {
@@ -35,59 +112,148 @@ export function bandOf(s) {
   return [lo, hi];
 }
 
+/** A tooltip div over a chart: `show(left, top, html)` near the cursor, `hide()`. */
+function tooltip(u) {
+  const tip = document.createElement("div");
+  tip.className = "tip";
+  tip.hidden = true;
+  u.over.append(tip);
+  return {
+    el: tip,
+    show(left, top, lines) {
+      tip.replaceChildren(...lines.map((l) => {
+        const d = document.createElement("div");
+        d.textContent = l;
+        return d;
+      }));
+      tip.hidden = false;
+      const w = u.over.clientWidth;
+      tip.style.left = `${Math.min(left + 12, Math.max(0, w - tip.offsetWidth - 2))}px`;
+      tip.style.top = `${Math.max(0, top - tip.offsetHeight - 8)}px`;
+    },
+    hide() { tip.hidden = true; },
+  };
+}
+
+function xText(xAxis, v) {
+  if (xAxis === "_timestamp" && typeof v === "number") return new Date(v * 1000).toISOString().replace("T", " ").slice(0, 23);
+  return exact(v);
+}
+
+/** Log scales show positive values only: others become gaps. */
+const positive = (a) => a.map((v) => (v !== null && v > 0 ? v : null));
+
 /**
- * A line chart of one sampled key: the M4 points as a line and each bucket's min–max as a band behind it.
- * `onZoom(xMin, xMax)` is called when the user drags a range; `onReset()` on double click.
+ * A line chart of one sampled key: the M4 points as a line (faint when smoothed, the smoothed line on top) and each
+ * bucket's min–max as a band behind it. `onZoom(xMin, xMax)` is called when the user drags a range; `onReset()`
+ * on double click. `opts`: label, xAxis, smoothing (0..1), logY, logX, height.
  */
 export class LineChart {
-  constructor(el, { label, xAxis, onZoom, onReset, height = 200 }) {
+  constructor(el, { label, xAxis, onZoom, onReset, height = 200, smoothing = 0, logY = false, logX = false }) {
     this.el = el;
     this.label = label;
     this.xAxis = xAxis;
+    this.smoothing = smoothing;
+    this.logY = logY;
+    this.logX = logX && !timeAxis(xAxis);
+    this.drawn = null; // what the last draw showed: {points, xMin, xMax}
+    this.draws = 0;
+    const faint = smoothing > 0;
     const opts = {
       width: width(el), height,
-      scales: { x: { time: timeAxis(xAxis) } },
+      scales: { x: { time: timeAxis(xAxis), distr: this.logX ? 3 : 1 }, y: { distr: logY ? 3 : 1 } },
       legend: { show: false },
-      cursor: { drag: { x: true, y: false, setScale: true }, bind: { dblclick: () => null } },
+      cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       series: [
         { label: xAxis },
         { label: "bucket max", stroke: "rgba(37,99,235,0.25)", width: 0.5, points: { show: false } },
         { label: "bucket min", stroke: "rgba(37,99,235,0.25)", width: 0.5, points: { show: false } },
-        { label, stroke: color(0), width: 1.5, points: { show: false }, spanGaps: false },
+        { label, stroke: faint ? "rgba(37,99,235,0.3)" : color(0), width: faint ? 1 : 1.5, points: { show: false },
+          spanGaps: false },
+        { label: `${label} (smoothed)`, stroke: color(0), width: 1.75, points: { show: false }, spanGaps: true,
+          show: faint },
       ],
       bands: [{ series: [1, 2], fill: "rgba(37,99,235,0.14)" }],
-      axes: [{ space: 60 }, { size: 56 }],
+      axes: [
+        { space: 70, label: xAxis, labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui",
+          ...(timeAxis(xAxis) ? {} : { values: axisValues }) },
+        { size: 64, label, labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui", values: axisValues },
+      ],
       hooks: {
         setSelect: [(u) => {
           if (u.select.width > 2 && onZoom) {
-            onZoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
+            const a = u.posToVal(u.select.left, "x");
+            const b = u.posToVal(u.select.left + u.select.width, "x");
+            u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+            onZoom(a, b);
           }
         }],
+        draw: [(u) => {
+          this.draws++;
+          this.drawn = { points: u.data[0].length, xMin: u.scales.x.min, xMax: u.scales.x.max,
+            yMin: u.scales.y.min, yMax: u.scales.y.max };
+        }],
+        setCursor: [(u) => this.hover(u)],
       },
     };
-    this.u = new uPlot(opts, [[], [], [], []], el);
+    this.u = new uPlot(opts, [[], [], [], [], []], el);
+    this.tip = tooltip(this.u);
+    this.u.over.addEventListener("mouseleave", () => this.tip.hide());
     this.u.over.addEventListener("dblclick", () => onReset && onReset());
   }
 
-  /** Draw a sampled reply (`/sampled`); `keepScale` keeps a zoomed x range. */
-  set(s, keepScale = false) {
-    const [lo, hi] = bandOf(s);
-    this.data = [s.x.map(num), hi, lo, s.y.map(num)];
-    this.u.setData(this.data, !keepScale);
+  hover(u) {
+    const i = u.cursor.idx;
+    if (i === null || i === undefined || !this.s || u.cursor.left < 0) {
+      this.tip.hide();
+      return;
+    }
+    const s = this.s;
+    const lines = [`step ${exact(s.step?.[i])}`];
+    if (this.xAxis !== "_step") lines.push(`${this.xAxis} ${xText(this.xAxis, s.x[i])}`);
+    lines.push(`${this.label} ${exact(s.y[i])}`);
+    if (this.smoothing > 0 && this.smoothed[i] !== null) lines.push(`smoothed ${exact(this.smoothed[i])}`);
+    if (s.sampled && this.data[1][i] !== null) lines.push(`bucket ${exact(this.data[2][i])} … ${exact(this.data[1][i])}`);
+    this.tip.show(u.cursor.left, u.cursor.top, lines);
+    this.hovered = lines;
   }
 
-  resize() { this.u.setSize({ width: width(this.el), height: this.u.height }); }
+  /** Draw a sampled reply (`/sampled`); `zoom` = [xMin, xMax] keeps that x range, null fits the data. */
+  set(s, zoom = null) {
+    this.s = s;
+    const [lo, hi] = bandOf(s);
+    const x = this.logX ? s.x.map((v) => (num(v) !== null && v > 0 ? v : null)) : s.x.map(num);
+    const y = s.y.map(num);
+    this.smoothed = smoothEMA(x, y, this.smoothing);
+    const fy = this.logY ? positive : (a) => a;
+    this.data = [x, fy(hi), fy(lo), fy(y), fy(this.smoothed)];
+    if (this.logX) {
+      const keep = x.map((v, i) => (v !== null ? i : -1)).filter((i) => i >= 0);
+      this.data = this.data.map((a) => keep.map((i) => a[i]));
+    }
+    // setData(…, false) alone draws nothing until the next redraw: set the scale in the same batch so the chart
+    // shows the new points over the range they were fetched for.
+    this.u.batch(() => {
+      this.u.setData(this.data, zoom === null);
+      if (zoom !== null) this.u.setScale("x", { min: zoom[0], max: zoom[1] });
+    });
+  }
+
+  resize(height) { this.u.setSize({ width: width(this.el), height: height || this.u.height }); }
 
   destroy() { this.u.destroy(); }
 }
 
-/** Several named lines on one chart with a legend; `lines` = [{label, x: [...], y: [...]}]. */
+/** Several named lines on one chart with a legend; `lines` = [{label, x: [...], y: [...], step?: [...]}]. */
 export class MultiLineChart {
-  constructor(el, { xAxis, title, height = 220 }) {
+  constructor(el, { xAxis, title, yLabel = "", height = 220, smoothing = 0, logY = false }) {
     this.el = el;
     this.xAxis = xAxis;
     this.title = title;
+    this.yLabel = yLabel;
     this.height = height;
+    this.smoothing = smoothing;
+    this.logY = logY;
     this.u = null;
   }
 
@@ -96,8 +262,12 @@ export class MultiLineChart {
       // uPlot.join needs ascending x; keep each line's points in x order (stable on equal x).
       const idx = l.x.map((_, i) => i).filter((i) => num(l.x[i]) !== null);
       idx.sort((a, b) => l.x[a] - l.x[b] || a - b);
-      return [idx.map((i) => l.x[i]), idx.map((i) => num(l.y[i]))];
+      const xs = idx.map((i) => l.x[i]);
+      const ys = idx.map((i) => num(l.y[i]));
+      const sm = this.smoothing > 0 ? smoothEMA(xs, ys, this.smoothing) : ys;
+      return [xs, this.logY ? positive(sm) : sm];
     });
+    this.lines = lines;
     const data = tables.length ? uPlot.join(tables) : [[]];
     this.data = data;
     const labels = lines.map((l) => l.label).join("\u0000");
@@ -106,27 +276,32 @@ export class MultiLineChart {
       if (this.u) this.u.destroy();
       this.u = new uPlot({
         width: width(this.el), height: this.height,
-        scales: { x: { time: timeAxis(this.xAxis) } },
+        scales: { x: { time: timeAxis(this.xAxis) }, y: { distr: this.logY ? 3 : 1 } },
         legend: { show: true, live: true },
         cursor: { drag: { x: true, y: false } },
-        series: [{ label: this.xAxis || "x" },
+        series: [{ label: this.xAxis || "x", value: (u, v) => (v === null ? "–" : xText(this.xAxis, v)) },
           ...lines.map((l, i) => ({ label: l.label, stroke: color(i), width: 1.5, spanGaps: true,
-            points: { show: false } }))],
-        axes: [{ space: 60 }, { size: 56 }],
+            points: { show: false }, value: (u, v) => (v === null ? "–" : exact(v)) }))],
+        axes: [
+          { space: 70, label: this.xAxis || "x", labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui",
+            ...(timeAxis(this.xAxis) ? {} : { values: axisValues }) },
+          { size: 64, label: this.yLabel, labelSize: this.yLabel ? 18 : 0, labelFont: "12px system-ui",
+            font: "11px system-ui", values: axisValues },
+        ],
       }, data, this.el);
     } else {
       this.u.setData(data, true);
     }
   }
 
-  resize() { if (this.u) this.u.setSize({ width: width(this.el), height: this.u.height }); }
+  resize(height) { if (this.u) this.u.setSize({ width: width(this.el), height: height || this.u.height }); }
 
   destroy() { if (this.u) this.u.destroy(); }
 }
 
-/** A histogram (`bins` edges, `values` counts) drawn as bars over the bins' left edges. */
+/** A histogram (`bins` edges, `values` counts) drawn as bars over the bins' left edges, with a hover tooltip. */
 export class HistogramChart {
-  constructor(el, { height = 200 } = {}) {
+  constructor(el, { height = 200, label = "value" } = {}) {
     this.el = el;
     this.u = new uPlot({
       width: width(el), height,
@@ -136,18 +311,29 @@ export class HistogramChart {
       series: [{ label: "bin" },
         { label: "count", stroke: color(0), fill: "rgba(37,99,235,0.35)", width: 1,
           paths: uPlot.paths.bars({ size: [1, Infinity], align: 1, gap: 0 }), points: { show: false } }],
-      axes: [{ space: 60 }, { size: 50 }],
+      axes: [{ space: 70, label, labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui", values: axisValues },
+        { size: 56, label: "count", labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui", values: axisValues }],
+      hooks: { setCursor: [(u) => {
+        const i = u.cursor.idx;
+        if (i === null || i === undefined || !this.h || u.cursor.left < 0) return this.tip.hide();
+        const bins = this.h.bins || [];
+        this.tip.show(u.cursor.left, u.cursor.top, [`bin ${exact(bins[i])} … ${exact(bins[i + 1])}`,
+          `count ${exact((this.h.values || [])[i])}`]);
+      }] },
     }, [[], []], el);
+    this.tip = tooltip(this.u);
+    this.u.over.addEventListener("mouseleave", () => this.tip.hide());
   }
 
   set(h) {
+    this.h = h;
     const bins = (h.bins || []).map(num);
     const vals = (h.values || []).map(num);
     this.data = [bins.slice(0, vals.length), vals];
     this.u.setData(this.data, true);
   }
 
-  resize() { this.u.setSize({ width: width(this.el), height: this.u.height }); }
+  resize(height) { this.u.setSize({ width: width(this.el), height: height || this.u.height }); }
 
   destroy() { this.u.destroy(); }
 }

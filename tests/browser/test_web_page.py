@@ -95,7 +95,7 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
     # Run page: sections, panels by kind.
     page.locator('#runs tr[data-run="r1"] a').click()
     page.wait_for_selector("#run-body details.section")
-    sections = page.locator("details.section").evaluate_all("els => els.map(e => e.dataset.section)")
+    sections = page.locator("#run-body details.section").evaluate_all("els => els.map(e => e.dataset.section)")
     assert sections == ["", "media", "train", "val"]
     kinds = dict(page.locator(".panel[data-key]").evaluate_all(
         "els => els.map(e => [e.dataset.key, e.dataset.kind])"))
@@ -170,20 +170,19 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
 
     page.screenshot(path=tmp_path / "run.png", full_page=True)
 
-    # The x-axis picker: val/loss against its define_metric step metric.
-    options = page.locator("#x-axis option").all_inner_texts()
-    assert options == ["_step", "_runtime", "_timestamp", "epoch"]
+    # The x-axis picker: by default each key against its define_metric step metric (val/* → epoch); a page-wide
+    # choice overrides it.
+    options = page.locator("#x-axis option").evaluate_all("els => els.map(e => e.value)")
+    assert options == ["", "_step", "_runtime", "_timestamp", "epoch"]
     panel(page, "val/loss")
     wait_loads(page, "val/loss")
-    n = loads(page, "val/loss")
-    page.select_option("#x-axis", "epoch")
-    wait_loads(page, "val/loss", n)
-    page.wait_for_function("window.__stepline.charts['val/loss'].xAxis === 'epoch'")
+    page.wait_for_function("window.__stepline.charts['val/loss']?.xAxis === 'epoch'")
     same_line(charts(page)["val/loss"], stack.get_json("projects/demo/runs/r1/sampled", key="val/loss",
                                                        x_axis="epoch", buckets=1000))
     assert charts(page)["val/loss"]["x"] == [float(e) for e in range(STEPS // 10)]
     page.select_option("#x-axis", "_runtime")
     page.wait_for_function("window.__stepline.charts['val/loss'].xAxis === '_runtime'")
+    assert "x=_runtime" in page.evaluate("location.hash")
 
     # Compare: the same key from both runs on one chart.
     page.goto(stack.url + "#/p/demo")
@@ -196,7 +195,7 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
     runs = charts(page)["val/loss"]["runs"]
     assert set(runs) == {"r1", "r2"}
     for rid in ("r1", "r2"):
-        api = stack.get_json(f"projects/demo/runs/{rid}/sampled", key="val/loss", buckets=1000)
+        api = stack.get_json(f"projects/demo/runs/{rid}/sampled", key="val/loss", x_axis="epoch", buckets=1000)
         assert runs[rid] == {"x": api["x"], "y": api["y"]}
     legend = page.locator('.panel[data-key="val/loss"] .u-legend').inner_text()
     assert "r1" in legend and "r2" in legend
@@ -208,6 +207,7 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
 def test_live_run_grows(stack: Stack, page: Any, tmp_path: Path) -> None:
     page.add_init_script("localStorage.setItem('stepline.pollMs', '300')")
     run = stack.init("live", "l1")
+    stack.wait("live/l1", lambda v: True, what="run start committed")  # an unknown run id is "does not exist"
     page.goto(stack.url + "#/p/live/r/l1")
     page.wait_for_selector("#no-data")
     assert page.locator("#no-data").inner_text() == "No data logged yet"
