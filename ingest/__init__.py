@@ -35,6 +35,8 @@ from .run import (
     finish,
     init,
     log,
+    unwatch,
+    watch,
 )
 from .settings import ClientSettings, SettingsError
 
@@ -81,4 +83,6 @@ __all__ = [
     "init",
     "log",
     "plot",
+    "unwatch",
+    "watch",
 ]

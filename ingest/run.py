@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +63,9 @@ from .batch import Batcher, Sig
 from .sender import AsyncSender, Core, ThreadSender
 from .settings import ClientSettings, SettingsError
 from .spill import Outbox, spill_path
+
+if TYPE_CHECKING:
+    from .torch_watch import Watcher
 
 logger = logging.getLogger("ingest")
 
@@ -221,6 +224,8 @@ class Run:
     """One run of one producer. Create it with :func:`ingest.init`; thread-safe for concurrent ``log()``."""
 
     _sender: ThreadSender | AsyncSender | None
+    #: The hooks of ``watch()`` (created on its first call).
+    _watcher: Watcher | None = None
 
     def __init__(
         self,
@@ -431,6 +436,22 @@ class Run:
         decode_event(encode_event(ev, self.settings.limits), self.settings.limits)  # the worker's own checks
         self._emit(ev)
 
+    def watch(self, models: Any, criterion: Any = None, log: str | None = "gradients", log_freq: int = 1000,
+              idx: int | None = None, log_graph: bool = False) -> list[Any]:
+        """W&B's ``run.watch``: gradient and/or parameter histograms of PyTorch models (``ingest.torch_watch``)."""
+        if self.finished:
+            raise SteplineError(f"run {self.id} is finished; watch() after finish() is not allowed")
+        from .torch_watch import Watcher  # imports torch only when called
+
+        if self._watcher is None:
+            self._watcher = Watcher(self)
+        return self._watcher.watch(models, criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
+
+    def unwatch(self, models: Any = None) -> None:
+        """W&B's ``run.unwatch``: remove the hooks of ``models`` (all watched models when ``None``)."""
+        if self._watcher is not None:
+            self._watcher.unwatch(models)
+
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def _start_thread_sender(self) -> None:
@@ -454,6 +475,8 @@ class Run:
     def _close_log_side(self, exit_code: int) -> bool:
         if self.finished:
             return False
+        if self._watcher is not None:  # watch()'s hooks go with the run (W&B: hooks removed at finish)
+            self._watcher.unwatch()
         self._emit(Finish(ts=_time(), exit_code=int(exit_code)))
         self.finished = True
         return True
@@ -749,6 +772,19 @@ def define_metric(name: str, step_metric: str | None = None, step_sync: bool | N
     """``ingest.define_metric``: declare a metric on the current run."""
     _require().define_metric(name, step_metric=step_metric, step_sync=step_sync, hidden=hidden,
                              summary=summary, goal=goal, **kwargs)
+
+
+def watch(models: Any, criterion: Any = None, log: str | None = "gradients", log_freq: int = 1000,
+          idx: int | None = None, log_graph: bool = False) -> list[Any]:
+    """``ingest.watch``: watch PyTorch models on the current run (:meth:`Run.watch`)."""
+    return _require().watch(models, criterion, log=log, log_freq=log_freq, idx=idx, log_graph=log_graph)
+
+
+def unwatch(models: Any = None) -> None:
+    """``ingest.unwatch``: remove watch hooks on the current run (a no-op without one)."""
+    r = _current
+    if r is not None:
+        r.unwatch(models)
 
 
 def finish(exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult | None:
