@@ -15,6 +15,11 @@ Guarantees:
   worker rejects it and records the reason; the client only logs a warning.
 - ``finish()`` flushes and waits (``timeout``); what could not be sent is kept in the spill file and reported
   (:class:`FinishResult`, a warning naming the file). An ``atexit`` handler finishes every unfinished run.
+- Read-your-writes: unless ``finish(wait=False)``, ``finish()`` then returns once a worker has committed the run's
+  last frame, so its rows, summary and rejections are readable through ``Api`` (:mod:`ingest.commits`); when no
+  worker commits it within ``commit_timeout_s`` it logs a warning saying why (never an exception).
+- ``init`` prints one line (stderr) saying where the run goes and, when a gateway serves the web page, the run's
+  page (``run.url``); ``finish`` prints the page again with the row count. ``STEPLINE_SILENT=1`` silences both.
 - A call that ``log()`` accepted but that still fails to encode when the sender packs it (a bug) costs only that
   call: the rest of its batch is sent, the call is counted in ``FinishResult.dropped_calls`` and a ``warning``
   event puts it in the run's warnings (:mod:`ingest.batch`).
@@ -30,13 +35,16 @@ import atexit
 import logging
 import secrets
 import string
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from dataclasses import replace as _replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -59,8 +67,9 @@ from schemas import (
 from schemas.frame import check_run_id, check_run_name
 from schemas.values import check_text, text_ok
 
+from . import commits
 from .batch import Batcher, Sig
-from .sender import AsyncSender, Core, ThreadSender
+from .sender import AsyncSender, Core, ThreadSender, async_client, sync_client
 from .settings import ClientSettings, SettingsError
 from .spill import Outbox, spill_path
 
@@ -97,6 +106,12 @@ class FinishResult:
     spill_path: Path | None
     dropped_calls: int = 0
     refused_frames: int = 0
+    #: True once a worker committed everything sent (read-your-writes), False when the wait gave up (a warning
+    #: said why), None when not waited for (``wait=False``, frames left unsent, or the HTTP transport).
+    committed: bool | None = None
+    #: The run's rows and rejected calls as committed, when a worker announced them.
+    rows: int | None = None
+    rejected: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -502,8 +517,10 @@ class Run:
         _forget(self)
         return res
 
-    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
-        """Send ``Finish``, flush, wait up to ``timeout`` seconds (default ``settings.finish_timeout_s``), close.
+    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None,
+               wait: bool = True) -> FinishResult:
+        """Send ``Finish``, flush, wait up to ``timeout`` seconds (default ``settings.finish_timeout_s``), close;
+        then, with ``wait``, wait up to ``settings.commit_timeout_s`` for a worker to commit the run.
 
         Returns what was achieved; frames still unsent are in the spill file named in the result.
         """
@@ -517,7 +534,55 @@ class Run:
         elif sender is None:
             self._core.pump()
         self._sender = None
-        return self._result(sender.refused_frames if sender is not None else 0)
+        res = self._result(sender.refused_frames if sender is not None else 0)
+        target = self._wait_target(res) if wait else None
+        done = None
+        if target is not None:
+            client = sync_client(self.settings)
+            try:
+                done = commits.wait_sync(client, self.settings, self.partition, self.project, self.id, target,
+                                         self.settings.commit_timeout_s)
+            finally:
+                client.close()
+        return self._committed(res, done)
+
+    @property
+    def url(self) -> str | None:
+        """The run's page on the web page of the gateway that serves it, when one is known."""
+        base = self.settings.page_url or self.settings.url
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/#/p/{quote(self.project, safe='')}/r/{quote(self.id, safe='')}"
+
+    def _say(self, text: str) -> None:
+        if not self.settings.silent:
+            print(f"stepline: {text}", file=sys.stderr, flush=True)
+
+    def _announce_start(self, where: str) -> None:
+        page = f"; view it at {self.url}" if self.url else ""
+        self._say(f"run {self.project}/{self.id} logging to {where}{page}")
+
+    def _wait_target(self, res: FinishResult) -> str | None:
+        """The stream id to wait for, or None when there is nothing to wait for (or no way to)."""
+        if res.unsent_frames or self.settings.url is not None:
+            return None
+        return self._core.last_id
+
+    def _committed(self, res: FinishResult, done: commits.Committed | None) -> FinishResult:
+        if done is not None:
+            res = _replace(res, committed=done.ok, rows=done.rows, rejected=done.rejected)
+            if not done.ok:
+                logger.warning("stepline: run %s/%s was sent, but %s: it becomes readable once a worker commits it "
+                               "(finish(wait=False) skips this wait)", self.project, self.id, done.reason)
+        self.result = res
+        if res.committed or (done is None and res.ok):
+            counts = ""
+            if res.rows is not None:
+                counts = f": {res.rows} rows" + (f", {res.rejected} calls rejected (run.rejections() says why)"
+                                                 if res.rejected else "")
+            page = f"; view it at {self.url}" if self.url else ""
+            self._say(f"run {self.project}/{self.id} finished{counts}{page}")
+        return res
 
     def __enter__(self) -> Run:
         return self
@@ -549,7 +614,9 @@ class AsyncRun(Run):
             return len(self._core.outbox) == 0
         return await sender.flush(self.settings.finish_timeout_s if timeout is None else timeout)
 
-    async def afinish(self, exit_code: int = 0, timeout: float | None = None) -> FinishResult:  # noqa: ASYNC109
+    async def afinish(self, exit_code: int = 0, timeout: float | None = None,  # noqa: ASYNC109
+                      wait: bool = True) -> FinishResult:
+        """:meth:`Run.finish` for asyncio programs (the commit wait is an awaited blocking read)."""
         if not self._close_log_side(exit_code):
             return self.result or FinishResult(self._core.sent_frames, len(self._core.outbox), None,
                                                self._b.dropped_calls)
@@ -558,10 +625,22 @@ class AsyncRun(Run):
         if isinstance(sender, AsyncSender):
             await sender.close(self.settings.finish_timeout_s if timeout is None else timeout)
         refused = sender.refused_frames if sender is not None else 0
-        return await asyncio.to_thread(self._result, refused)
+        res = await asyncio.to_thread(self._result, refused)
+        target = self._wait_target(res) if wait else None
+        done = None
+        if target is not None:
+            client = async_client(self.settings)
+            try:
+                done = await commits.wait_async(client, self.settings, self.partition, self.project, self.id,
+                                                target, self.settings.commit_timeout_s)
+            finally:
+                await client.aclose()
+        return self._committed(res, done)
 
-    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult:
-        """Outside a running loop (e.g. at exit): send with a sync client, then spill what is left."""
+    def finish(self, exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None,
+               wait: bool = True) -> FinishResult:
+        """Outside a running loop (e.g. at exit): send with a sync client, then spill what is left (no commit
+        wait: at exit nobody reads the result)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -688,11 +767,15 @@ def _build(
         raise TypeError(f"init() got unexpected keyword arguments {sorted(unknown)}")
     if wandb_kwargs:
         logger.debug("stepline: ignoring W&B init arguments %s", sorted(wandb_kwargs))
-    base = settings if isinstance(settings, ClientSettings) else ClientSettings.from_env(**dict(settings or {}))
-    s = base.replace(redis_url=redis_url, namespace=namespace, data_dir=Path(data_dir) if data_dir else None,
-                     url=url, api_key=api_key)
+    explicit = {"redis_url": redis_url, "namespace": namespace, "data_dir": Path(data_dir) if data_dir else None,
+                "url": url, "api_key": api_key}
+    stack = None
+    if isinstance(settings, ClientSettings):
+        s = settings.replace(**explicit)
+    else:
+        s, stack = ClientSettings.discover(**{**dict(settings or {}), **{k: v for k, v in explicit.items() if v}})
     s = s.replace(data_dir=s.data_dir.absolute())
-    return cls(
+    run = cls(
         settings=s,
         project=project or "uncategorized",
         run_id=id or _random_id(),
@@ -747,6 +830,13 @@ async def async_init(
 ) -> AsyncRun:
     """Like :func:`init` for asyncio programs: the sender is a task of the running loop (``redis.asyncio``)."""
     run = _build(AsyncRun, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,
+    if s.url is not None:
+        where = f"the gateway {s.url}"
+    else:
+        where = s.redis_url + (f" (namespace {s.namespace})" if s.namespace != "sl" else "")
+        where += " (the local `stepline up`)" if stack is not None else ""
+    run._announce_start(where)
+    return run
                  data_dir, wandb_kwargs)
     assert isinstance(run, AsyncRun)
     run._start_async_sender()
@@ -787,9 +877,10 @@ def unwatch(models: Any = None) -> None:
         r.unwatch(models)
 
 
-def finish(exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None) -> FinishResult | None:
+def finish(exit_code: int = 0, timeout: float | None = None, quiet: bool | None = None,
+           wait: bool = True) -> FinishResult | None:
     """``ingest.finish``: finish the current run (a no-op without one, as in W&B)."""
     r = _current
     if r is None:
         return None
-    return r.finish(exit_code=exit_code, timeout=timeout)
+    return r.finish(exit_code=exit_code, timeout=timeout, wait=wait)

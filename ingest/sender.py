@@ -103,6 +103,9 @@ class Core:
         self.down_since: float | None = None
         self.next_attempt = 0.0
         self._delay = settings.backoff_initial_s
+        #: The stream id of the last frame Redis acknowledged (``run.finish()`` waits until a worker's commit
+        #: reaches it); None over HTTP or before the first acknowledgement.
+        self.last_id: str | None = None
 
     def pump(self) -> int:
         """Pack pending calls into frames and move them to the outbox; returns the number of frames."""
@@ -114,7 +117,11 @@ class Core:
     def peek(self) -> list[Entry]:
         return self.outbox.peek(self.settings.batch_max_bytes)
 
-    def on_success(self, batch: list[Entry]) -> None:
+    def on_success(self, batch: list[Entry], replies: list[Any] | None = None) -> None:
+        """``batch`` is acknowledged; ``replies`` are the pipeline's (the last one is the last frame's XADD id)."""
+        if replies:
+            last = replies[-1]
+            self.last_id = last.decode() if isinstance(last, bytes) else str(last)
         self.outbox.ack(batch[-1].idx)
         self.sent_frames += len(batch)
         self.sent_bytes += sum(len(e.frame) for e in batch)
@@ -157,8 +164,8 @@ class Core:
             return n
         pipe = client.pipeline(transaction=needs_transaction(batch))
         queue_batch(pipe, batch, self.settings.blob_ttl_s)
-        pipe.execute()
-        self.on_success(batch)
+        replies = pipe.execute()
+        self.on_success(batch, replies)
         return len(batch)
 
     def drain_sync(self, client: SyncRedis | HttpTransport, deadline: float | None) -> None:
@@ -294,6 +301,7 @@ class AsyncSender:
                 batch = await asyncio.to_thread(core.peek)
                 if not batch:
                     return
+                replies: list[Any] | None = None
                 try:
                     if self._http is not None:
                         n = await asyncio.to_thread(self._http.send, batch)
@@ -301,13 +309,13 @@ class AsyncSender:
                     else:
                         pipe = self._client.pipeline(transaction=needs_transaction(batch))
                         queue_batch(pipe, batch, core.settings.blob_ttl_s)
-                        await pipe.execute()
+                        replies = await pipe.execute()
                 except SEND_ERRORS as e:
                     core.on_failure(e)
                     if core.should_spill():
                         await asyncio.to_thread(core.outbox.spill)
                     return
-                await asyncio.to_thread(core.on_success, batch)
+                await asyncio.to_thread(core.on_success, batch, replies)
 
     async def _run(self) -> None:
         interval = self.core.settings.flush_interval_s

@@ -13,7 +13,12 @@ variable                      default                     meaning
 ``STEPLINE_URL``              (none)                      the HTTP gateway; when set, frames go there, not
                                                           to Redis
 ``STEPLINE_API_KEY``          (none)                      the gateway API key (``Authorization: Bearer``)
+``STEPLINE_SILENT``           (unset)                     ``1``: ``init``/``finish`` print nothing
 ============================  ==========================  ==============================================
+
+With neither ``STEPLINE_REDIS_URL``/``STEPLINE_URL`` nor an explicit ``redis_url``/``url``, a running local
+``stepline up`` (:func:`schemas.local.local_stack`) supplies the Redis URL, namespace, partition count and data
+directory (each unless given by a variable or an argument): :meth:`ClientSettings.discover`.
 
 The tuning fields (flush interval, memory cap, ...) have no variables: pass ``settings=`` to ``init`` to change
 them. A malformed variable fails at ``init`` with its name.
@@ -21,12 +26,15 @@ them. A malformed variable fails at ``init`` with its name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from schemas import SettingsError
 from schemas import settings as _settings
+from schemas.local import WRITE_SIDE_ENV, LocalStack, local_stack
 from schemas.names import DEFAULT_REDIS_URL
 from schemas.settings import DEPLOYMENT_ENV, Deployment, EnvVar
 
@@ -37,6 +45,7 @@ ENV: tuple[EnvVar, ...] = (
     *DEPLOYMENT_ENV,
     EnvVar("STEPLINE_URL", "url"),
     EnvVar("STEPLINE_API_KEY", "api_key"),
+    EnvVar("STEPLINE_SILENT", "silent", _settings.flag),
 )
 
 
@@ -75,6 +84,12 @@ class ClientSettings(Deployment):
     blob_ttl_s: float = 7 * 86400.0
     #: ``finish()`` and the ``atexit`` handler wait at most this long for unsent frames (seconds).
     finish_timeout_s: float = 60.0
+    #: ``finish()`` then waits at most this long for a worker to commit the run (read-your-writes), seconds.
+    commit_timeout_s: float = 30.0
+    #: No line from ``init``/``finish`` on stdout (``STEPLINE_SILENT=1``).
+    silent: bool = False
+    #: The web page's base URL (``http://host:port``) when known: ``run.url`` links there.
+    page_url: str | None = None
 
     def __post_init__(self) -> None:
         Deployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
@@ -91,6 +106,24 @@ class ClientSettings(Deployment):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
         """Build settings from ``STEPLINE_*`` variables (``environ`` defaults to ``os.environ``) and overrides."""
         return _settings.from_env(cls, ENV, environ, overrides)
+
+    @classmethod
+    def discover(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any,
+    ) -> tuple[ClientSettings, LocalStack | None]:
+        """:meth:`from_env`, then, when neither an override nor a variable says where frames go, a running local
+        ``stepline up`` fills the fields it knows that nothing else set. Returns the settings and that stack."""
+        env = os.environ if environ is None else environ
+        given = {k for k, v in overrides.items() if v is not None} | set(_settings.env_values(ENV, env))
+        settings = cls.from_env(env, **overrides)
+        if given & {"redis_url", "url"} or any(env.get(v) for v in WRITE_SIDE_ENV):
+            return settings, None
+        stack = local_stack(env)
+        if stack is None:
+            return settings, None
+        found = {"redis_url": stack.redis_url, "namespace": stack.namespace, "partitions": stack.partitions,
+                 "data_dir": Path(stack.data_dir), "page_url": stack.gateway_url}
+        return settings.replace(**{k: v for k, v in found.items() if k not in given}), stack
 
     def replace(self, **changes: Any) -> ClientSettings:
         """A copy with ``changes`` applied (``None`` values are ignored)."""

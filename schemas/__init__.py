@@ -1,7 +1,8 @@
 """Wire and storage formats, value kinds and key rules shared by every part of stepline.
 
-This package imports nothing else of ours and does no I/O of its own; every other package builds on it
-(``docs/DESIGN.md`` is the contract these formats implement).
+This package imports nothing else of ours and does no I/O of its own (one exception: :func:`schemas.local.local_stack`
+reads the record of a running ``stepline up``); every other package builds on it (``docs/DESIGN.md`` is the
+contract these formats implement).
 """
 
 from .errors import FencedError, LimitError, SchemaError, SettingsError, SteplineError

@@ -71,6 +71,13 @@ class Names:
         """A media blob waiting for a worker to move it into the data directory (buffer, like the stream)."""
         return f"{self.namespace}:{self.tag(p)}:blob:{sha256}"
 
+    def committed(self, p: int) -> str:
+        """Commit announcements of a partition (a stream, a few entries long): after each fenced commit the owner
+        adds an entry whose id IS the committed offset (so ids only grow: a stale writer's entry is refused),
+        with ``o`` = the offset and ``<project>/<run>`` = ``"<rows> <rejected>"`` for each run finished in that
+        commit. A client waits on it for read-your-writes (``run.finish()``)."""
+        return f"{self.namespace}:{self.tag(p)}:committed"
+
     @property
     def workers(self) -> str:
         """Hash of live workers: worker id → heartbeat (epoch milliseconds)."""

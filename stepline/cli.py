@@ -7,6 +7,10 @@ and ``STEPLINE_*`` environment variables, read here once and passed down. A user
 unknown run, an unreachable server, an unwritable path) ends with one line ``stepline: error: ...`` and a non-zero
 exit; a traceback means a bug.
 
+Discovery: ``up`` writes the record of its stack (:mod:`schemas.local`) and removes it on exit; every other command
+that needs a Redis or a data directory and was given neither by a flag nor a ``STEPLINE_*`` variable uses a running
+local ``up`` (explicit flag > variable > local ``up`` > default). ``stepline`` alone prints the commands to start with.
+
 Embedded mode: without ``--redis-url`` a private ``redis-server`` child process is started with its files (AOF on)
 under ``<data-dir>/redis`` when the binary is on PATH, else fakeredis's in-process TCP server (fine for a laptop,
 far slower than real Redis). Metadata is SQLite and segments are files under the data directory.
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 from schemas import SettingsError
+from schemas.local import LocalStack, local_stack
 from schemas.settings import port, positive_int
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import exit_now, settings_from_args
@@ -35,7 +40,7 @@ from workers.settings import WorkerSettings
 from workers.worker import Worker, run_abandoning
 
 from . import console
-from .embedded import start_embedded_redis
+from .embedded import remove_stack_record, start_embedded_redis, write_stack_record
 
 DEFAULT_DATA_DIR = Path("stepline-data")
 
@@ -50,6 +55,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
+    running = local_stack()
+    if running is not None:
+        raise SettingsError(f"a stepline up is already running (pid {running.pid}, data in {running.data_dir}"
+                            + (f", page {running.gateway_url}" if running.gateway_url else "")
+                            + "); stop it first, or set STEPLINE_HOME to another folder to run a second one")
     data_dir.mkdir(parents=True, exist_ok=True)
     redis_url = args.redis_url or os.environ.get("STEPLINE_REDIS_URL")
     emb = None
@@ -66,27 +76,42 @@ def cmd_up(args: argparse.Namespace) -> int:
                                              worker_id=f"{settings.worker_id}-{i}"),
                      handle_signals=False) for i in range(args.workers)]
         # The gateway binds loopback: `up` is the laptop mode (use `stepline gateway` with keys to serve others).
-        gw = GatewaySettings.from_env(host="127.0.0.1", port=args.gateway_port, redis_url=redis_url,
+        gw = GatewaySettings.from_env(host="127.0.0.1", port=8080 if args.gateway_port is None else args.gateway_port,
+                                      redis_url=redis_url,
                                       data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
                                       partitions=settings.partitions)
         # Requests still open at shutdown get 2 s: the whole shutdown stays within the workers' drain timeout.
         runner = web.AppRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        record: Path | None = None
         try:
-            site = web.TCPSite(runner, gw.host, gw.port)
-            await site.start()
+            try:
+                site = web.TCPSite(runner, gw.host, gw.port)
+                await site.start()
+            except OSError:
+                if args.gateway_port is not None:
+                    raise
+                # The default port is taken (another server): any free one will do, the record names it.
+                site = web.TCPSite(runner, gw.host, 0)
+                await site.start()
             host, port = runner.addresses[0][:2]
+            page = f"http://{host}:{port}"
+            record = write_stack_record(LocalStack(
+                pid=os.getpid(), redis_url=redis_url, data_dir=str(abs_data_dir), db_url=settings.db_url,
+                gateway_url=page, namespace=settings.namespace, partitions=settings.partitions,
+                started_at=time.time()))
             kind = emb.kind if emb else "external Redis"
-            print(f"stepline is up ({kind}); {args.workers} worker(s) in this process.")
-            print(f"Gateway (HTTP API): http://{host}:{port}/  (loopback only)")
-            print(f"Web page: http://{host}:{port}/")
-            print("Connect a training script with:")
+            print(f"stepline is up ({kind}, {args.workers} worker(s), data in {abs_data_dir}).")
+            print(f"Web page: {page}/  (loopback only; the HTTP API is served there too)")
+            print(f"Scripts and `stepline` commands on this machine find it with nothing to configure ({record}).")
+            print("To pin it (another user, a container, a shell with other STEPLINE_* variables):")
             print(f"  export STEPLINE_REDIS_URL={redis_url}")
             print(f"  export STEPLINE_DATA_DIR={abs_data_dir}")
-            print(f"  export STEPLINE_URL=http://{host}:{port}")
             if settings.namespace != "sl":
                 print(f"  export STEPLINE_NAMESPACE={settings.namespace}")
-            print("(STEPLINE_URL sends over HTTP; without it the SDK XADDs to Redis directly.) Ctrl-C stops.")
+            print(f"  export STEPLINE_URL={page}")
+            print("(STEPLINE_URL sends over HTTP; without it the SDK XADDs to Redis directly.)")
+            print("Try: python examples/quickstart.py   Ctrl-C stops.")
             sys.stdout.flush()
             loop = asyncio.get_running_loop()
 
@@ -98,6 +123,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop_all)
             await asyncio.gather(*(w.async_run() for w in ws))
         finally:
+            if record is not None:
+                remove_stack_record(record, os.getpid())
             await runner.cleanup()
 
     try:
@@ -115,10 +142,32 @@ def cmd_up(args: argparse.Namespace) -> int:
 # --- status / history / replay -------------------------------------------------------------------------------------
 
 
+def with_local_stack(args: argparse.Namespace, *, read_side: bool = True) -> argparse.Namespace:
+    """``args`` with what a running local ``up`` knows filled in where neither a flag nor a variable said where to
+    go (the Redis URL decides: given one, nothing of the stack is mixed in). ``read_side=False`` keeps the data
+    directory and database (replay writes a new one)."""
+    if args.redis_url or os.environ.get("STEPLINE_REDIS_URL"):
+        return args
+    stack = local_stack()
+    if stack is None:
+        return args
+    fill: list[tuple[str, str, object]] = [
+        ("redis_url", "STEPLINE_REDIS_URL", stack.redis_url),
+        ("namespace", "STEPLINE_NAMESPACE", stack.namespace),
+        ("partitions", "STEPLINE_PARTITIONS", stack.partitions),
+    ]
+    if read_side:
+        fill += [("data_dir", "STEPLINE_DATA_DIR", Path(stack.data_dir)), ("db_url", "STEPLINE_DB_URL", stack.db_url)]
+    for attr, env, value in fill:
+        if getattr(args, attr, None) is None and not os.environ.get(env) and value is not None:
+            setattr(args, attr, value)
+    return args
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from workers.metastore import MetaStore
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(with_local_stack(args))
     store = MetaStore(settings.metadata_url)
     parts = {int(p["p"]): p for p in store.partitions()}
     store.close()
@@ -159,8 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from history import Api, format_history
 
-    data_dir = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
-    with Api(data_dir=data_dir, db_url=args.db_url) as api:
+    with Api(data_dir=args.data_dir, db_url=args.db_url) as api:  # flags > variables > local `up` > default
         run = api.run(args.path)
         keys = args.keys.split(",") if args.keys else None
         data = run.history(keys=keys, samples=args.samples, pandas=False)
@@ -171,7 +219,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from workers.replay import replay
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(with_local_stack(args, read_side=False))
     project, run = args.project, args.run
     if args.path:
         parts = args.path.split("/")
@@ -190,7 +238,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    serve_worker(settings_from_args(args))
+    serve_worker(settings_from_args(with_local_stack(args)))
     return 0
 
 
@@ -228,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace")
     p.add_argument("--partitions", type=positive_int)
     p.add_argument("--workers", type=positive_int, default=1)
-    p.add_argument("--gateway-port", type=port, default=8080, help="the HTTP gateway's port on 127.0.0.1 (0: any free)")
+    p.add_argument("--gateway-port", type=port, default=None,
+                   help="the web page's and HTTP gateway's port on 127.0.0.1 (default 8080, or any free one when "
+                        "8080 is taken; 0: any free)")
     p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
     p.set_defaults(func=cmd_up)
 
@@ -274,8 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+OVERVIEW = """\
+stepline: streaming ingestion of ML experiment history (`import ingest as wandb`).
+
+  stepline up                   start Redis, a worker and the web page here; scripts find it by themselves
+  python examples/quickstart.py log a run (any W&B-style script with `import ingest as wandb`)
+  stepline history PROJECT/RUN  print a run's history (--keys, --samples, --format csv|json)
+  stepline status               partitions, workers, lag and dead letters
+  stepline demo                 8 simulated runs end to end on a private stack, checked against what was logged
+
+More: stepline --help (all commands), stepline COMMAND --help."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print(OVERVIEW)
+        running = local_stack()
+        if running is not None:
+            print(f"\nA stepline up is running here (pid {running.pid})"
+                  + (f": {running.gateway_url}/" if running.gateway_url else "."))
+        return 0
     try:
         if argv and argv[0] in _PASSTHROUGH:
             return cmd_passthrough(argparse.Namespace(command=argv[0], rest=argv[1:]))

@@ -1,6 +1,10 @@
 """The embedded all-in-one mode: a private Redis (a ``redis-server`` child with AOF under ``<data-dir>/redis``
 when the binary is on PATH, else fakeredis's in-process TCP server), worker child processes, and everything
 stopped and reaped on the way out. Used by ``stepline up`` and ``stepline demo``.
+
+``stepline up`` also writes the record of its stack (:mod:`schemas.local`: a temporary file in the same folder,
+fsync'd, renamed over the record, so a reader sees the old record or the new one, never half of one) and removes it
+on exit, unless another ``up`` has replaced it since.
 """
 
 from __future__ import annotations
@@ -19,7 +23,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.local import LocalStack, encode_stack, parse_stack, stack_path
 from workers.settings import WorkerSettings
+
+
+def write_stack_record(stack: LocalStack) -> Path:
+    """Write the record of this user's running stack, atomically; returns its path."""
+    path = stack_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(encode_stack(stack))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def remove_stack_record(path: Path, pid: int) -> None:
+    """Remove the record at ``path`` if it is still the one process ``pid`` wrote."""
+    with contextlib.suppress(OSError, ValueError):
+        if parse_stack(path.read_bytes()).pid == pid:
+            path.unlink()
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ Without a reachable server they skip with the reason, except under ``CI=true`` w
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +19,19 @@ from support.servers import PG_URL, REDIS_URL, RedisServer, free_port, need
 from support.worker_harness import WorkerFleet
 
 __all__ = ["PG_URL", "REDIS_URL", "RedisServer", "free_port", "need"]
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A developer's running ``stepline up`` must not redirect tests that rely on defaults (schemas.local): every
+    test, and every process it starts, looks for the local stack's record in an empty folder of the session."""
+    old = os.environ.get("STEPLINE_HOME")
+    os.environ["STEPLINE_HOME"] = str(tmp_path_factory.mktemp("stepline-home"))
+    yield
+    if old is None:
+        os.environ.pop("STEPLINE_HOME", None)
+    else:
+        os.environ["STEPLINE_HOME"] = old
+
 
 @pytest.fixture
 def namespace() -> str:

@@ -15,6 +15,11 @@ Guarantees:
 - :meth:`PartitionProcessor.commit` writes the segments first, then one metadata transaction with the segments,
   the per-run state and the offset, conditional on the epoch. In memory nothing is trusted after a failed commit:
   the caller drops the processor and a new one resumes from the committed offset.
+- After each commit that moved the offset, a live worker (``announce``) adds an entry with the committed offset
+  as its id to ``<ns>:{pNN}:committed`` (:meth:`schemas.Names.committed`), naming the rows and rejected calls of
+  each run finished in it: clients wait on it for read-your-writes. The announcement is best effort (the commit
+  is already durable): a failure is logged and the next commit announces a later offset; an id not above the
+  stream's last (a stale owner, a commit that did not move the offset) is refused by Redis and ignored.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Log, LogBlock, Names, SchemaError, decode_frame
 from schemas.clients import AsyncRedis
@@ -55,6 +60,8 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 #: Redis; 2**32 events of one producer is far more than any retention window holds.
 SEQ_WINDOW = 1 << 32
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: Entries kept in a partition's commit announcements (a waiting client reads the last few at most).
+ANNOUNCE_KEEP = 64
 
 
 def id_tuple(entry_id: str) -> tuple[int, int]:
@@ -89,6 +96,8 @@ class PartitionProcessor:
     skip: frozenset[str] = frozenset()
     #: The owner's attempt record (:mod:`workers.attempts`); None outside a worker (replay, tests).
     attempt: Attempt | None = None
+    #: Announce each commit on ``<ns>:{pNN}:committed`` (the live worker; replay and tests do not).
+    announce: bool = False
     #: Run state kept in memory (None: every run seen, as replay wants). Past ``run_cache_max`` runs, or for a
     #: run finished or not seen for ``run_cache_idle_s`` seconds, state whose every change is committed is
     #: dropped, and loaded from the metadata store again if its run logs again (:meth:`evict_idle`).
@@ -391,7 +400,10 @@ class PartitionProcessor:
         c = Commit(self.p, self.epoch, prep.read_id, prep.updates, segments, prep.rejections)
         await asyncio.to_thread(self.store.commit, c)
         crash_point("committed")
+        moved = prep.read_id != self.offset
         self.offset = prep.read_id
+        if self.announce and moved:
+            await self._announce(prep)
         self.touched.update(key for key, _, rows in prep.work if rows)
         self.evict_idle()
 
@@ -419,6 +431,20 @@ class PartitionProcessor:
             seen.pop(k, None)
         self.evicted += len(victims)
         return len(victims)
+
+    async def _announce(self, prep: PreparedCommit) -> None:
+        fields: dict[bytes, bytes] = {b"o": prep.read_id.encode()}
+        for u in prep.updates:
+            if u.state != "running":
+                fields[f"{u.project}/{u.run}".encode()] = f"{u.rows} {u.rejected}".encode()
+        try:
+            await self.redis.xadd(self.names.committed(self.p), fields,  # type: ignore[arg-type]
+                                  id=prep.read_id, maxlen=ANNOUNCE_KEEP, approximate=True)
+        except ResponseError as e:
+            if "equal or smaller" not in str(e):
+                log.warning("partition %d: announcing commit %s failed: %s", self.p, prep.read_id, e)
+        except (RedisError, OSError) as e:
+            log.warning("partition %d: announcing commit %s failed: %r", self.p, prep.read_id, e)
 
     async def _late_letter(self, dlq_id: str, fields: dict[bytes, bytes]) -> None:
         """A poison letter refused as "smaller than the top": unlike every other dead letter, it did not exist when

@@ -321,7 +321,7 @@ class Worker:
         self.owned[p] = PartitionProcessor(
             p=p, epoch=epoch, offset=offset, names=self.names, store=self.store,
             data_dir=self.settings.data_dir, redis=self.redis, limits=self.settings.limits,
-            attempt=self.guard.new_attempt(),
+            attempt=self.guard.new_attempt(), announce=True,
             run_cache_max=max(64, self.settings.run_cache_max // self.settings.partitions),
             run_cache_idle_s=self.settings.run_cache_idle_s,
         )

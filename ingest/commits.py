@@ -1,0 +1,144 @@
+"""Read-your-writes: wait until a worker has committed everything a run sent (``run.finish()``).
+
+The SDK does not import the read side. It waits on what the workers publish instead: after every fenced commit
+the partition's owner adds an entry to ``<ns>:{pNN}:committed`` (:meth:`schemas.Names.committed`) whose id is the
+committed offset, with ``"<rows> <rejected>"`` under ``<project>/<run>`` for each run finished in that commit. Once
+an entry's id reaches the stream id of the run's last frame (its ``Finish``), that frame and everything before it
+is in the metadata database and the segment files: rows, summary and rejections are readable through ``Api``.
+
+The wait is a blocking ``XREAD`` (no polling), bounded by ``ClientSettings.commit_timeout_s``; it gives up at once,
+with the reason, when no worker of the namespace has a recent heartbeat. It never raises for a missing commit: the
+caller reports a warning (the data is safe in Redis and is committed when a worker comes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from schemas.clients import AsyncRedis, SyncRedis
+
+from .settings import ClientSettings
+
+#: A worker whose heartbeat is older than this is not counted as live (the default lease TTL is 10 s).
+LIVE_WORKER_S = 15.0
+#: One blocking read lasts at most this long, so worker liveness is looked at again now and then.
+_BLOCK_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The outcome of a wait: committed or not (``reason`` says why not), and the run's counts when known."""
+
+    ok: bool
+    reason: str = ""
+    rows: int | None = None
+    rejected: int | None = None
+
+
+def id_tuple(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _counts(entries: Sequence[Any], field: bytes) -> tuple[int | None, int | None]:
+    for _id, fields in entries:
+        raw = fields.get(field)
+        if raw is not None:
+            rows, _, rejected = raw.decode().partition(" ")
+            return int(rows), int(rejected or 0)
+    return None, None
+
+
+class _Wait:
+    """What both the sync and the async wait share: keys, the target id, and reading the replies."""
+
+    def __init__(self, settings: ClientSettings, partition: int, project: str, run: str, last_id: str) -> None:
+        names = settings.names
+        self.key = names.committed(partition)
+        self.workers = names.workers
+        self.field = f"{project}/{run}".encode()
+        self.target = id_tuple(last_id)
+        self.last_id = last_id
+        self.settings = settings
+
+    def reached(self, entries: Sequence[Any]) -> Committed | None:
+        if entries and id_tuple(entries[-1][0]) >= self.target:
+            rows, rejected = _counts([e for e in entries if id_tuple(e[0]) >= self.target], self.field)
+            return Committed(True, rows=rows, rejected=rejected)
+        return None
+
+    def no_worker(self, beats: dict[bytes, bytes]) -> Committed | None:
+        # Heartbeats are the workers' wall clocks in ms (as the workers compare them among themselves).
+        now_ms = time.time() * 1000
+        live = [w for w, hb in beats.items() if now_ms - int(hb) <= LIVE_WORKER_S * 1000]
+        if live:
+            return None
+        return Committed(False, f"no worker is running for namespace {self.settings.namespace!r} on "
+                                f"{self.settings.redis_url}")
+
+    def timeout(self, timeout: float) -> Committed:
+        return Committed(False, f"no worker committed it within {timeout:g} s")
+
+
+def wait_sync(client: SyncRedis, settings: ClientSettings, partition: int, project: str, run: str, last_id: str,
+              timeout: float) -> Committed:
+    """Block until the partition's committed offset reaches ``last_id`` (or give up, with the reason)."""
+    w = _Wait(settings, partition, project, run, last_id)
+    deadline = time.monotonic() + timeout
+    try:
+        entries = cast("list[Any]", client.xrange(w.key, min=last_id, max="+"))
+        while True:
+            done = w.reached(entries)
+            if done is not None:
+                return done
+            gone = w.no_worker(cast("dict[bytes, bytes]", client.hgetall(w.workers)))
+            if gone is not None:
+                return gone
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return w.timeout(timeout)
+            top = cast("list[Any]", client.xrevrange(w.key, count=1))
+            after = top[0][0] if top else b"0-0"
+            if top and id_tuple(after) >= w.target:
+                entries = cast("list[Any]", client.xrange(w.key, min=last_id, max="+"))
+                continue
+            reply: Any = client.xread({w.key: after}, block=max(1, int(min(left, _BLOCK_S) * 1000)))
+            entries = [e for _k, es in (reply or []) for e in es] if reply else []
+            entries = [e for e in entries if id_tuple(e[0]) >= w.target]
+    except (redis.RedisError, OSError) as e:
+        return Committed(False, f"cannot read the commit announcements ({type(e).__name__}: {e})")
+
+
+async def wait_async(client: AsyncRedis, settings: ClientSettings, partition: int, project: str, run: str,
+                     last_id: str, timeout: float) -> Committed:  # noqa: ASYNC109
+    """:func:`wait_sync` for asyncio programs."""
+    w = _Wait(settings, partition, project, run, last_id)
+    deadline = time.monotonic() + timeout
+    try:
+        entries = cast("list[Any]", await client.xrange(w.key, min=last_id, max="+"))
+        while True:
+            done = w.reached(entries)
+            if done is not None:
+                return done
+            gone = w.no_worker(cast("dict[bytes, bytes]", await client.hgetall(w.workers)))
+            if gone is not None:
+                return gone
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return w.timeout(timeout)
+            top = cast("list[Any]", await client.xrevrange(w.key, count=1))
+            after = top[0][0] if top else b"0-0"
+            if top and id_tuple(after) >= w.target:
+                entries = cast("list[Any]", await client.xrange(w.key, min=last_id, max="+"))
+                continue
+            reply: Any = await client.xread({w.key: after}, block=max(1, int(min(left, _BLOCK_S) * 1000)))
+            entries = [e for _k, es in (reply or []) for e in es] if reply else []
+            entries = [e for e in entries if id_tuple(e[0]) >= w.target]
+    except (redis.RedisError, OSError) as e:
+        return Committed(False, f"cannot read the commit announcements ({type(e).__name__}: {e})")
