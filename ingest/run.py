@@ -783,6 +783,13 @@ def _build(
         config=_as_mapping(config),
         resume=_resume_mode(resume),
     )
+    if s.url is not None:
+        where = f"the gateway {s.url}"
+    else:
+        where = s.redis_url + (f" (namespace {s.namespace})" if s.namespace != "sl" else "")
+        where += " (the local `stepline up`)" if stack is not None else ""
+    run._announce_start(where)
+    return run
 
 
 def init(
@@ -830,13 +837,6 @@ async def async_init(
 ) -> AsyncRun:
     """Like :func:`init` for asyncio programs: the sender is a task of the running loop (``redis.asyncio``)."""
     run = _build(AsyncRun, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,
-    if s.url is not None:
-        where = f"the gateway {s.url}"
-    else:
-        where = s.redis_url + (f" (namespace {s.namespace})" if s.namespace != "sl" else "")
-        where += " (the local `stepline up`)" if stack is not None else ""
-    run._announce_start(where)
-    return run
                  data_dir, wandb_kwargs)
     assert isinstance(run, AsyncRun)
     run._start_async_sender()
