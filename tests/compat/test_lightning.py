@@ -12,16 +12,14 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as L
 import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
 from support.compat_stack import Stack
 
-torch = pytest.importorskip("torch")
-L = pytest.importorskip("lightning.pytorch")
-
-from lightning.pytorch.loggers.logger import Logger  # noqa: E402
-
-import ingest  # noqa: E402
-from ingest.integrations.lightning import SteplineLogger  # noqa: E402
+import ingest
+from ingest.integrations.lightning import SteplineLogger
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,13 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from support.compat_stack import Stack
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # the Trainer needs it
-
-from transformers import (  # noqa: E402
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     Trainer,
@@ -25,7 +21,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from ingest.integrations.transformers import SteplineCallback, rewrite_logs  # noqa: E402
+from ingest.integrations.transformers import SteplineCallback, rewrite_logs
 
 pytestmark = pytest.mark.integration
 
