@@ -160,11 +160,17 @@ def _run_brief(r: RunView) -> dict[str, Any]:
     return {"project": r.project, "id": r.id, "name": r.name, "state": r.state, "rows": r.rows,
             "last_step": r.last_step, "rejected": sum(r.rejected.values()), "created_at": r.created_at,
             "updated_at": r.updated_at, "column_count": len({key_ident(c["key"]) for c in r.columns}),
-            "warning_count": len(r.warnings) + len(r.conflicts)}
+            "warning_count": len(r.warnings) + len(r.conflicts), "group": r.group, "job_type": r.job_type,
+            "tags": r.tags, "notes": r.notes}
 
 
 _BRIEF = ("project", "id", "name", "state", "rows", "last_step", "rejected", "created_at", "updated_at",
-          "column_count", "warning_count")
+          "column_count", "warning_count", "group", "job_type", "tags", "notes")
+_LISTED = (*_BRIEF, "config", "summary")
+
+
+def _run_listed(r: RunView) -> dict[str, Any]:
+    return {**_run_brief(r), "config": r.config, "summary": r.summary}
 
 
 async def list_projects(request: web.Request) -> web.Response:
@@ -251,12 +257,38 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 
 async def list_runs(request: web.Request) -> web.Response:
+    """Runs of a project: ``?filters=<W&B filter JSON>&order=-summary_metrics.loss&per_page=50&page=0&state=``.
+    Without ``per_page`` every match is listed. Each run: the brief fields, group, job_type, tags, notes, config
+    and summary; ``total`` counts all matches. A malformed filter is 400 ``bad_query`` naming the operator or
+    field."""
     gw, project, _ = await _authorized(request)
     fmt = _fmt(request)
     raw_state = request.query.get("state")
     state = raw_state.split(",") if raw_state else None
-    briefs = await _call(gw, lambda: [_run_brief(r) for r in gw.api.runs(project, state)])
-    return _encode({"runs": briefs}, fmt, lambda: (list(_BRIEF), [[b[k] for k in _BRIEF] for b in briefs]))
+    raw_filters = request.query.get("filters")
+    filters = None
+    if raw_filters:
+        try:
+            filters = json.loads(raw_filters)
+        except ValueError as e:
+            raise Refused(400, "bad_query", f"filters must be JSON: {e}") from None
+        if not isinstance(filters, dict):
+            raise Refused(400, "bad_query", f"filters must be a JSON object, got {type(filters).__name__}")
+    order = request.query.get("order") or "-created_at"
+    per_page = _int(request, "per_page", None, lo=1)
+    page = _int(request, "page", 0, lo=0)
+    assert page is not None
+
+    def load() -> tuple[list[dict[str, Any]], int]:
+        found = gw.api.runs(project, filters=filters, order=order, per_page=per_page or 1000, state=state)
+        if per_page is None:
+            chosen = list(found)
+            return [_run_listed(r) for r in chosen], len(chosen)
+        return [_run_listed(r) for r in found.page(page)], len(found)
+
+    briefs, total = await _call(gw, load)
+    body = {"runs": briefs, "total": total, "page": page, "per_page": per_page}
+    return _encode(body, fmt, lambda: (list(_LISTED), [[_csv_cell(b[k]) for k in _LISTED] for b in briefs]))
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -53,13 +53,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, func, inspect, select
 
 from schemas import SteplineError, key_ident, section_of
 from schemas.local import READ_SIDE_ENV, local_stack
 from schemas.media import blob_shas
 from schemas.settings import normalize_db_url
 from schemas.store import (
+    RUN_INFO_COLUMNS,
     RUNTIME,
     SPECIAL_COLUMNS,
     STEP,
@@ -72,10 +73,12 @@ from schemas.store import (
 )
 from schemas.values import BOOL, NUMBER, STRING
 
+from .filters import FilterError, compile_filters, compile_order
 from .sampling import m4
 from .stored import unpack_stored
 
-__all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Sampled", "columns_of"]
+__all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound", "RunView", "Runs", "Sampled",
+           "columns_of"]
 
 Array = npt.NDArray[Any]
 DEFAULT_DATA_DIR = "./stepline-data"
@@ -116,6 +119,15 @@ class QuerySettings:
         d = Path(data_dir if data_dir is not None else environ.get("STEPLINE_DATA_DIR") or DEFAULT_DATA_DIR)
         url = db_url or environ.get("STEPLINE_DB_URL") or f"sqlite:///{d / 'meta.sqlite'}"
         return cls(data_dir=d, db_url=normalize_db_url(url))
+
+
+def _split_project(path: str) -> str:
+    parts = path.strip("/").split("/")
+    if len(parts) == 2:  # W&B's entity/project: stepline has no entities
+        parts = parts[1:]
+    if len(parts) != 1 or not parts[0]:
+        raise QueryError(f"a project path is 'project' or 'entity/project', got {path!r}")
+    return parts[0]
 
 
 def _split_path(path: str) -> tuple[str, str]:
@@ -169,26 +181,113 @@ class Api:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         return conn
 
-    def runs(self, project: str, state: str | Sequence[str] | None = None) -> list[RunView]:
-        """Runs of ``project``, newest first; ``state`` keeps only 'running', 'finished' and/or 'crashed'."""
-        if not self._ready():
-            return []
-        q = select(runs).where(runs.c.project == project)
+    def runs(
+        self, path: str, filters: Mapping[str, Any] | None = None, order: str = "-created_at",
+        per_page: int = 50, *, state: str | Sequence[str] | None = None,
+    ) -> Runs:
+        """Runs of the project ``path`` (``"project"`` or W&B's ``"entity/project"``) matching ``filters`` (W&B's
+        filter language, :mod:`history.filters`), sorted by ``order`` (a field, ``-`` for descending; default
+        newest first), fetched ``per_page`` at a time as they are iterated. ``state`` keeps only 'running',
+        'finished' and/or 'crashed'. A malformed filter or order raises :class:`QueryError` naming the operator
+        or field."""
+        if per_page < 1:
+            raise QueryError(f"per_page must be >= 1, got {per_page}")
+        project = _split_project(path)
+        dialect = self._engine.url.get_backend_name()
+        try:
+            where = [runs.c.project == project, compile_filters(filters, dialect)]
+            order_by = compile_order(order, dialect)
+        except FilterError as e:
+            raise QueryError(str(e)) from None
         if state is not None:
-            q = q.where(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
-        q = q.order_by(runs.c.created_at.desc(), runs.c.run)
-        with self._connect() as conn, conn.begin():
-            return [RunView(self, dict(r._mapping)) for r in conn.execute(q)]
+            where.append(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
+        return Runs(self, where, order_by, per_page)
 
     def run(self, path: str) -> RunView:
         """Open ``"project/run"`` (or W&B's ``"entity/project/run"``); raises :class:`RunNotFound`."""
         project, run_id = _split_path(path)
         if self._ready():
             with self._connect() as conn, conn.begin():
-                row = conn.execute(select(runs).where(runs.c.project == project, runs.c.run == run_id)).first()
+                row = conn.execute(select(*_RUN_COLUMNS).where(runs.c.project == project,
+                                                               runs.c.run == run_id)).first()
             if row is not None:
                 return RunView(self, dict(row._mapping))
         raise RunNotFound(f"no run {run_id!r} in project {project!r}")
+
+
+#: What a RunView needs of a run's row (not the aligner's state blob nor the JSON copies for filters).
+_RUN_COLUMNS = [runs.c[name] for name in RUN_INFO_COLUMNS]
+
+
+class Runs(Sequence["RunView"]):
+    """Runs matching a query, read from the metadata database ``per_page`` at a time (W&B's ``Runs``): iterate,
+    index, slice or ``len()`` it. Each page is one query, so runs added meanwhile may shift later pages; ``len()``
+    is a COUNT of the matches when first asked. Compares equal to a list of the same runs."""
+
+    def __init__(self, api: Api, where: list[Any], order_by: list[Any], per_page: int) -> None:
+        self._api, self._where, self._order_by, self.per_page = api, where, order_by, per_page
+        self._pages: dict[int, list[RunView]] = {}
+        self._count: int | None = None
+
+    def page(self, n: int) -> list[RunView]:
+        """The ``n``-th page (from 0) of ``per_page`` runs; empty past the last."""
+        return self._page(n)
+
+    def _page(self, n: int) -> list[RunView]:
+        page = self._pages.get(n)
+        if page is None:
+            page = []
+            if self._api._ready():
+                q = (select(*_RUN_COLUMNS).where(*self._where).order_by(*self._order_by)
+                     .limit(self.per_page).offset(n * self.per_page))
+                with self._api._connect() as conn, conn.begin():
+                    page = [RunView(self._api, dict(r._mapping)) for r in conn.execute(q)]
+            self._pages[n] = page
+        return page
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = 0
+            if self._api._ready():
+                with self._api._connect() as conn, conn.begin():
+                    self._count = int(conn.execute(
+                        select(func.count()).select_from(runs).where(*self._where)).scalar_one())
+        return self._count
+
+    def __iter__(self) -> Iterator[RunView]:
+        n = 0
+        while True:
+            page = self._page(n)
+            yield from page
+            if len(page) < self.per_page:
+                return
+            n += 1
+
+    @overload
+    def __getitem__(self, i: int) -> RunView: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[RunView]: ...
+
+    def __getitem__(self, i: int | slice) -> RunView | list[RunView]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        if i < 0:
+            i += len(self)
+        page = self._page(i // self.per_page) if i >= 0 else []
+        if not 0 <= i % self.per_page < len(page):
+            raise IndexError("run index out of range")
+        return page[i % self.per_page]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Runs | list | tuple):
+            return [r.path for r in self] == [r.path for r in other]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Runs {[r.path for r in self][:10]}{'...' if len(self) > 10 else ''}>"
 
 
 # --- reading segments ------------------------------------------------------------------------------------------
@@ -321,6 +420,22 @@ class RunView:
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.info.get("config") or {})
+
+    @property
+    def group(self) -> str | None:
+        return self.info.get("group")
+
+    @property
+    def job_type(self) -> str | None:
+        return self.info.get("job_type")
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.info.get("tags") or [])
+
+    @property
+    def notes(self) -> str | None:
+        return self.info.get("notes")
 
     @property
     def warnings(self) -> list[str]:

@@ -64,7 +64,7 @@ from schemas import (
     encode_event,
     flatten,
 )
-from schemas.frame import check_run_id, check_run_name
+from schemas.frame import META_FIELDS, RunMeta, check_run_id, check_run_meta, check_run_name
 from schemas.values import check_text, text_ok
 
 from . import commits
@@ -87,7 +87,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _RESUME = {"allow", "must", "never", "auto"}
 #: W&B ``init`` keywords that have no meaning here; accepted (and ignored) so W&B scripts run unchanged.
 _WANDB_IGNORED = frozenset({
-    "entity", "group", "job_type", "tags", "notes", "dir", "mode", "reinit", "save_code", "anonymous",
+    "entity", "dir", "mode", "reinit", "save_code", "anonymous",
     "allow_val_change", "magic", "monitor_gym", "sync_tensorboard", "force", "tensorboard", "fork_from",
     "resume_from",
 })
@@ -251,6 +251,7 @@ class Run:
         name: str | None = None,
         config: Mapping[str, Any] | None = None,
         resume: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.project = check_run_id(project, "project")
@@ -291,7 +292,9 @@ class Run:
         self.config = RunConfig(self, cfg)
         self.summary = RunSummary(self)
         self._sender = None
-        self._emit(Start(ts=self.start_time, name=self.name, resume=resume, config=cfg))
+        # group, job_type, tags, notes (W&B's init arguments); a bad one raises here, before anything is sent.
+        self._meta = check_run_meta({k: v for k, v in dict(meta or {}).items() if v is not None})
+        self._emit(Start(ts=self.start_time, name=self.name, resume=resume, config=cfg, meta=self._meta))
 
     # -- logging ----------------------------------------------------------------------------------------------
 
@@ -421,7 +424,49 @@ class Run:
         elif sender is not None:
             sender.wake()
 
-    def _emit(self, event: Start | Config | Summary | DefineMetric | Finish) -> None:
+    # -- run metadata (W&B's run.group, run.job_type, run.tags, run.notes; settable while the run is live) ------
+
+    @property
+    def group(self) -> str | None:
+        return self._meta.get("group")
+
+    @group.setter
+    def group(self, value: str | None) -> None:
+        self._set_meta("group", value)
+
+    @property
+    def job_type(self) -> str | None:
+        return self._meta.get("job_type")
+
+    @job_type.setter
+    def job_type(self, value: str | None) -> None:
+        self._set_meta("job_type", value)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(self._meta.get("tags") or ())
+
+    @tags.setter
+    def tags(self, value: Any) -> None:
+        self._set_meta("tags", value if value is None or isinstance(value, str) else list(value))
+
+    @property
+    def notes(self) -> str | None:
+        return self._meta.get("notes")
+
+    @notes.setter
+    def notes(self, value: str | None) -> None:
+        self._set_meta("notes", value)
+
+    def _set_meta(self, name: str, value: Any) -> None:
+        """Validate (SchemaError naming the field), send a ``meta`` event, then remember the new value."""
+        data = check_run_meta({name: value})
+        self._emit(RunMeta(data=data))
+        self._meta.update(data)
+        if data[name] is None:
+            del self._meta[name]
+
+    def _emit(self, event: Start | Config | Summary | DefineMetric | Finish | RunMeta) -> None:
         raw = encode_event(event, self.settings.limits)  # raises in the caller: nothing is queued
         blobs: dict[str, bytes] = {}
         if isinstance(event, Config | Summary):
@@ -762,6 +807,7 @@ def _build(
     data_dir: str | Path | None,
     wandb_kwargs: dict[str, Any],
 ) -> Run:
+    meta = {k: wandb_kwargs.pop(k) for k in META_FIELDS if k in wandb_kwargs}
     unknown = set(wandb_kwargs) - _WANDB_IGNORED
     if unknown:
         raise TypeError(f"init() got unexpected keyword arguments {sorted(unknown)}")
@@ -782,6 +828,7 @@ def _build(
         name=name,
         config=_as_mapping(config),
         resume=_resume_mode(resume),
+        meta=meta,
     )
     if s.url is not None:
         where = f"the gateway {s.url}"

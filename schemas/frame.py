@@ -9,12 +9,13 @@ event; sequence numbers are contiguous per producer, so a worker skips a frame i
 ``(producer, seq)``. Each event is itself msgpack-encoded bytes: its size is known without decoding it, and a
 malformed or oversized event is dead-lettered alone while the rest of the frame is applied.
 
-Event kinds (field ``k``): ``start``, ``log``, ``logs``, ``define_metric``, ``config``, ``summary``,
-``finish``, ``warning`` (a problem the client found after ``log()`` returned, e.g. calls it had to drop; the
-worker adds it to the run's warnings). ``logs`` is the column-wise form of consecutive ``log`` calls with the
-same keys: the keys once, then one column per key (a float64/int64 numpy array when the column allows, else a
-list), so a worker can decode and align a whole block with vectorised code. A ``logs`` block of ``n`` calls
-counts as one event (one ``seq``).
+Event kinds (field ``k``): ``start``, ``log``, ``logs``, ``define_metric``, ``config``, ``summary``, ``meta`` (the
+run's ``group``, ``job_type``, ``tags`` and ``notes`` changed while it is live; ``start`` carries their first values
+in its ``meta`` field, :func:`check_run_meta`), ``finish``, ``warning`` (a problem the client found after ``log()``
+returned, e.g. calls it had to drop; the worker adds it to the run's warnings). ``logs`` is the column-wise form of
+consecutive ``log`` calls with the same keys: the keys once, then one column per key (a float64/int64 numpy array
+when the column allows, else a list), so a worker can decode and align a whole block with vectorised code. A
+``logs`` block of ``n`` calls counts as one event (one ``seq``).
 
 :func:`decode_frame` validates the envelope strictly and every event it can; a bad event comes back as a
 :class:`BadEvent` in place (``strict=True`` raises instead). Anything malformed raises :class:`SchemaError`.
@@ -108,9 +109,26 @@ class Start(Event):
     name: str | None = None
     resume: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: The run's metadata from ``init`` (group, job_type, tags, notes: :func:`check_run_meta`); absent when empty.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"k": self.KIND, "ts": self.ts, "name": self.name, "resume": self.resume, "config": self.config}
+        out = {"k": self.KIND, "ts": self.ts, "name": self.name, "resume": self.resume, "config": self.config}
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+
+@dataclass(eq=False, slots=True)
+class RunMeta(Event):
+    """The run's metadata changed while it is live (``run.tags = ...``, ``run.notes``, ``run.group``,
+    ``run.job_type``): the fields given replace the stored ones (``None`` clears one)."""
+
+    KIND: ClassVar[str] = "meta"
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.KIND, "data": self.data}
 
 
 @dataclass(eq=False, slots=True)
@@ -241,7 +259,48 @@ class BadEvent(Event):
         return {"k": self.KIND, "raw": self.raw, "error": str(self.error)}
 
 
-AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish | ClientWarning
+AnyEvent = Start | Log | LogBlock | DefineMetric | Config | Summary | Finish | ClientWarning | RunMeta
+
+#: The run metadata ``init`` takes besides the config (W&B's names), and their limits.
+META_FIELDS = ("group", "job_type", "tags", "notes")
+MAX_META_CHARS = 256  # group, job_type, each tag
+MAX_NOTES_CHARS = 65_536
+MAX_TAGS = 1000
+
+
+def _meta_text(v: Any, what: str, most: int) -> str:
+    if type(v) is not str:
+        raise SchemaError(f"{what} must be a str, got {type(v).__name__}", code="bad_meta")
+    if len(v) > most:
+        raise SchemaError(f"{what} is at most {most} characters, got {len(v)}", code="bad_meta")
+    if "\x00" in v:
+        raise SchemaError(f"{what} must not contain NUL", code="bad_meta")
+    check_text(v, what)
+    return v
+
+
+def check_run_meta(meta: Any) -> dict[str, Any]:
+    """Validate run metadata: ``group``, ``job_type`` and ``notes`` are str (or None: cleared), ``tags`` a list of
+    distinct str (order kept). Returns it with tags as a list; raises :class:`SchemaError` (``bad_meta``) naming
+    the field."""
+    if not isinstance(meta, dict):
+        raise SchemaError("run metadata must be a map", code="bad_meta")
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if k not in META_FIELDS:
+            raise SchemaError(f"unknown run metadata field {k!r:.40} (known: {', '.join(META_FIELDS)})",
+                              code="bad_meta")
+        if v is None:
+            out[k] = None
+        elif k == "tags":
+            if isinstance(v, str) or not isinstance(v, list | tuple):
+                raise SchemaError(f"tags must be a list of str, got {type(v).__name__}", code="bad_meta")
+            if len(v) > MAX_TAGS:
+                raise SchemaError(f"a run has at most {MAX_TAGS} tags, got {len(v)}", code="bad_meta")
+            out[k] = list(dict.fromkeys(_meta_text(t, "a tag", MAX_META_CHARS) for t in v))
+        else:
+            out[k] = _meta_text(v, k, MAX_NOTES_CHARS if k == "notes" else MAX_META_CHARS)
+    return out
 
 
 def _flag(m: dict[str, Any], name: str, default: bool) -> bool:
@@ -289,11 +348,13 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
         name = _opt(m, "name", str, "start")
         if name is not None:
             check_run_name(name)
+        meta = m.get("meta")
         return Start(
             ts=_num(m.get("ts"), "start ts"),
             name=name,
             resume=_opt(m, "resume", str, "start"),
             config=_check_config(cfg, "start config", limits),
+            meta={} if meta is None else check_run_meta(meta),
         )
     if k == "define_metric":
         name = _req(m, "name", str, "define_metric")
@@ -335,6 +396,8 @@ def decode_event(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyEvent:
         if type(code) is not int:
             raise SchemaError("finish exit_code must be an int", code="bad_event")
         return Finish(ts=_num(m.get("ts"), "finish ts"), exit_code=code)
+    if k == "meta":
+        return RunMeta(data=check_run_meta(m.get("data")))
     if k == "warning":
         message = _req(m, "message", str, "warning")
         if len(message) > MAX_WARNING_CHARS:
@@ -489,6 +552,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS, *, strict: bool =
 __all__ = [
     "FRAME_FIELD",
     "FRAME_VERSION",
+    "META_FIELDS",
     "AnyEvent",
     "BadEvent",
     "ClientWarning",
@@ -500,8 +564,10 @@ __all__ = [
     "Log",
     "LogBlock",
     "Media",
+    "RunMeta",
     "Start",
     "Summary",
+    "check_run_meta",
     "decode_event",
     "decode_frame",
     "encode_event",

@@ -7,7 +7,10 @@ neither imports the other.
 
 - ``partitions``: per partition its fencing ``epoch`` and committed stream ``offset``.
 - ``runs``: one row per run: state, counters, and ``info`` (msgpack: config, summary, columns, conflicts,
-  warnings, rejection counts, metric definitions) plus ``state`` (msgpack: the aligner's per-run state).
+  warnings, rejection counts, metric definitions, group, job_type, tags, notes) plus ``state`` (msgpack: the
+  aligner's per-run state). For finding runs in SQL (``history.filters``) the same commit also writes
+  ``group_name``, ``job_type``, ``notes``, and ``tags``, ``config``, ``summary`` as JSON (:func:`json_safe`:
+  PostgreSQL ``jsonb``, SQLite JSON text for its JSON1 functions); ``info`` stays authoritative.
 - ``segments``: immutable Parquet files of a run with their step range and level (0 fresh, 1+ compacted).
 - ``rejections``: every rejected call with its reason, tried step and cursor.
 - ``garbage``: files no longer referenced, removed after a grace period.
@@ -26,12 +29,15 @@ named ``"<key>:<kind>"``; field metadata (``key``, ``kind``) is authoritative. A
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     Engine,
@@ -46,18 +52,21 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from .settings import normalize_db_url
-from .values import NUMBER
+from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"
 SPECIAL_COLUMNS: Final = (STEP, TIMESTAMP, RUNTIME)
 
 metadata = MetaData()
+#: JSON in the metadata database: ``jsonb`` on PostgreSQL (indexable, compared as values), JSON text on SQLite.
+JSON_TYPE: Final = JSON().with_variant(JSONB(), "postgresql")
 
 partitions = Table(
     "sl_partitions",
@@ -84,7 +93,20 @@ runs = Table(
     Column("rejected", BigInteger, nullable=False),
     Column("info", LargeBinary, nullable=False),
     Column("state_blob", LargeBinary, nullable=False),
+    # Schema version 3: run metadata and JSON copies of config and summary, for filters (workers.migrations).
+    Column("group_name", String(256)),
+    Column("job_type", String(256)),
+    Column("tags", JSON_TYPE),
+    Column("notes", Text),
+    Column("config", JSON_TYPE),
+    Column("summary", JSON_TYPE),
+    Index("ix_sl_runs_created", "project", "created_at"),
+    Index("ix_sl_runs_group", "project", "group_name"),
 )
+
+#: The columns of ``runs`` a reader of one run needs (not the aligner's state or the JSON copies for filters).
+RUN_INFO_COLUMNS: Final = ("project", "run", "name", "state", "partition", "created_at", "updated_at", "last_step",
+                           "rows", "rejected", "info", "group_name", "job_type", "notes")
 
 segments = Table(
     "sl_segments",
@@ -155,6 +177,61 @@ commits = Table(
 )
 
 
+def json_safe(v: Any, depth: int = 0) -> Any:
+    """A stored value as JSON both databases accept, for filtering runs (``info`` keeps the exact value).
+
+    NaN is null, ±inf the strings ``"Infinity"``/``"-Infinity"``; ints past int64 become floats; NUL and lone
+    surrogates in text are escaped (PostgreSQL's jsonb refuses them); numpy values and arrays become numbers and
+    lists; media become ``{"_type": kind}`` (their payloads are not filtered on); bytes and anything else is null.
+    Nesting deeper than 32 levels is cut to null.
+    """
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        if "\x00" in v:
+            v = v.replace("\x00", "\\x00")
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            v = v.encode(errors="backslashreplace").decode()
+        return v
+    if isinstance(v, int):
+        return v if -(1 << 63) <= v < 1 << 63 else float(v)
+    if isinstance(v, float):
+        return None if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity") if math.isinf(v) else v
+    if depth >= 32:
+        return None
+    if isinstance(v, dict):
+        return {json_safe(str(k)): json_safe(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x, depth + 1) for x in v]
+    if isinstance(v, Media):
+        return {"_type": v.kind}
+    tolist = getattr(v, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist) and hasattr(v, "dtype") and getattr(v.dtype, "kind", "O") in "biuf":
+        return json_safe(tolist(), depth)
+    return None
+
+
+def _regexp(pattern: str | None, value: Any) -> bool | None:
+    """SQLite's ``REGEXP`` (Python's ``re.search``; a non-text value never matches): ``$regex`` filters."""
+    if pattern is None or not isinstance(value, str):
+        return None if value is None else False
+    return _compiled(pattern).search(value) is not None
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    p = _REGEX_CACHE.get(pattern)
+    if p is None:
+        if len(_REGEX_CACHE) > 256:
+            _REGEX_CACHE.clear()
+        p = _REGEX_CACHE[pattern] = re.compile(pattern)
+    return p
+
+
 def run_dir(project: str, run: str) -> str:
     """The directory of a run's segments, relative to the data directory (hashed: names may hold any text)."""
     h = hashlib.sha256(f"{project}/{run}".encode()).hexdigest()
@@ -218,6 +295,7 @@ def _sqlite_engine(url: str, pragmas: Callable[[Any], None], begin: str, **pool:
         cur.execute("PRAGMA busy_timeout=30000")
         pragmas(cur)
         cur.close()
+        dbapi_conn.create_function("REGEXP", 2, _regexp, deterministic=True)
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN
 
     @event.listens_for(engine, "begin")

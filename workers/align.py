@@ -36,7 +36,7 @@ from schemas import (
     key_ident,
     kind_of,
 )
-from schemas.frame import MAX_STEP
+from schemas.frame import MAX_STEP, RunMeta
 from schemas.values import NUMBER
 
 from . import fastpath
@@ -154,6 +154,8 @@ class RunAligner(RunState):
             self.exit_code = event.exit_code
         elif isinstance(event, ClientWarning):
             self.warn(f"client: {event.message}")
+        elif isinstance(event, RunMeta):
+            self.meta.update(event.data)
         else:  # pragma: no cover - decode_frame only yields the kinds above
             raise TypeError(f"unknown event {type(event).__name__}")
 
@@ -168,6 +170,7 @@ class RunAligner(RunState):
         if event.name:
             self.name = event.name
         self.config.update(event.config)
+        self.meta.update(event.meta)
 
     def apply_define_metric(self, event: DefineMetric) -> None:
         self.metrics[key_ident(event.name)] = {
@@ -423,5 +426,9 @@ class RunAligner(RunState):
             "metrics": list(self.metrics.values()),
             "start_ts": self.start_ts,
             "exit_code": self.exit_code,
+            "group": self.meta.get("group"),
+            "job_type": self.meta.get("job_type"),
+            "tags": list(self.meta.get("tags") or []),
+            "notes": self.meta.get("notes"),
             "cursor": self.cursor,
         }

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, packb
-from schemas.store import commits, garbage, partitions, rejections, runs, segments, writer_engine
+from schemas.store import commits, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
 
 from ._faults import poison_point
 from .migrations import migrate
@@ -47,6 +47,16 @@ def _int64(v: int | None) -> int | None:
     """A step or cursor for an int64 column: a run's cursor reaches 2**63 after a call at the last step
     (2**63 - 1, ``commit=True``); stored as 2**63 - 1 (the message and the run's info keep the exact value)."""
     return v if v is None or v < 1 << 63 else (1 << 63) - 1
+
+
+def run_columns(info: dict[str, Any]) -> dict[str, Any]:
+    """The columns of ``sl_runs`` that copy ``info`` for filtering runs in SQL (``history.filters``)."""
+    def text_or_none(v: Any) -> str | None:
+        return None if v is None else _text(str(v))
+
+    return {"group_name": text_or_none(info.get("group")), "job_type": text_or_none(info.get("job_type")),
+            "notes": text_or_none(info.get("notes")), "tags": json_safe(list(info.get("tags") or [])),
+            "config": json_safe(info.get("config") or {}), "summary": json_safe(info.get("summary") or {})}
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -202,6 +212,7 @@ class MetaStore:
                     "name": None if u.name is None else _text(u.name), "state": u.state, "partition": u.partition,
                     "created_at": u.created_at, "updated_at": u.updated_at, "last_step": u.last_step, "rows": u.rows,
                     "rejected": u.rejected, "info": packb(u.info), "state_blob": u.state_blob,
+                    **run_columns(u.info),
                 }
                 res = conn.execute(
                     update(runs).where(runs.c.project == u.project, runs.c.run == u.run).values(**values)

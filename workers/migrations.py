@@ -21,13 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, update
 
+from schemas import unpackb
 from schemas.store import (
     SCHEMA_VERSION,
     api_keys,
     commits,
     garbage,
+    json_safe,
     partitions,
     rejections,
     runs,
@@ -48,10 +50,38 @@ def _v2_commit_audit(conn: Connection) -> None:
     commits.create(conn, checkfirst=True)
 
 
+def _v3_run_metadata(conn: Connection) -> None:
+    """Run metadata (group, job type, tags, notes) and JSON copies of config and summary on ``sl_runs``, with
+    indexes for listing and filtering runs; existing runs get their config and summary from ``info``."""
+    have = {c["name"] for c in inspect(conn).get_columns(runs.name)}
+    prep = conn.dialect.identifier_preparer
+    for name in ("group_name", "job_type", "tags", "notes", "config", "summary"):
+        if name not in have:
+            col = runs.c[name]
+            conn.execute(text(f"ALTER TABLE {prep.quote(runs.name)} ADD COLUMN {prep.quote(name)} "
+                              f"{col.type.compile(dialect=conn.dialect)}"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes(runs.name)}
+    for ix in runs.indexes:
+        if ix.name not in indexes:
+            ix.create(conn)
+    if conn.dialect.name == "postgresql":
+        # Containment (``@>``, what an ``$eq`` on config or summary compiles to there) uses these.
+        for name in ("config", "summary", "tags"):
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_sl_runs_{name}_gin ON {runs.name} "
+                              f"USING gin ({name} jsonb_path_ops)"))
+    rows = conn.execute(select(runs.c.project, runs.c.run, runs.c.info).where(runs.c.config.is_(None))).all()
+    for r in rows:
+        info = unpackb(bytes(r.info))
+        conn.execute(update(runs).where(runs.c.project == r.project, runs.c.run == r.run).values(
+            config=json_safe(info.get("config") or {}), summary=json_safe(info.get("summary") or {}),
+            tags=[]))
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
     (2, "sl_commits: optional audit of commits (partition, epoch, offset)", _v2_commit_audit),
+    (3, "sl_runs: group, job type, tags, notes; config and summary as JSON for filters", _v3_run_metadata),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

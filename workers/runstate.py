@@ -54,6 +54,7 @@ class RunState:
     aggs: dict[str, Agg] = field(default_factory=dict)
     explicit_summary: dict[str, tuple[str, Any]] = field(default_factory=dict)  # identity -> (key, value)
     config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # group, job_type, tags, notes (schemas.frame.META_FIELDS)
     rows: int = 0
     last_step: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class RunState:
             "aggs": {i: [a.first, a.has_first, a.last, a.min, a.max, a.total, a.count] for i, a in self.aggs.items()},
             "explicit_summary": {i: [k, v] for i, (k, v) in self.explicit_summary.items()},
             "config": self.config,
+            "meta": self.meta,
             "rows": self.rows,
             "last_step": self.last_step,
             "rejected": self.rejected,
@@ -109,6 +111,7 @@ class RunState:
             aggs={i: Agg(*a) for i, a in d["aggs"].items()},
             explicit_summary={i: (kv[0], kv[1]) for i, kv in d["explicit_summary"].items()},
             config=d["config"],
+            meta=d.get("meta") or {},  # blobs committed before run metadata existed have none
             rows=d["rows"],
             last_step=d["last_step"],
             rejected=d["rejected"],
