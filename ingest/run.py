@@ -623,8 +623,9 @@ class Run:
         if res.committed or (done is None and res.ok):
             counts = ""
             if res.rows is not None:
-                counts = f": {res.rows} rows" + (f", {res.rejected} calls rejected (run.rejections() says why)"
-                                                 if res.rejected else "")
+                counts = f": {res.rows} row{'s' if res.rows != 1 else ''}" + (
+                    f", {res.rejected} call{'s' if res.rejected != 1 else ''} rejected (run.rejections() says why)"
+                    if res.rejected else "")
             page = f"; view it at {self.url}" if self.url else ""
             self._say(f"run {self.project}/{self.id} finished{counts}{page}")
         return res
