@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from history import Api
 from schemas import SettingsError
 from schemas.clients import async_redis
+from schemas.objects import open_store
 from schemas.store import reader_engine
 
 from . import live, page, read, write
@@ -157,7 +158,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         retry=Retry(NoBackoff(), 0), max_connections=256,
     )
     gw.engine = reader_engine(s.metadata_url)
-    gw.api_obj = Api(s.data_dir, s.metadata_url, engine=gw.engine)
+    gw.api_obj = Api(s.data_dir, s.metadata_url, engine=gw.engine, objects=open_store(s.storage))
     store = KeyStore(gw.engine)
     gw.auth_obj = KeyAuth(store, cache_s=s.key_cache_s, limiter=RateLimiter(s.rate_per_s, s.rate_burst),
                           failures=RateLimiter(s.auth_fail_per_s, s.auth_fail_burst),

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from schemas import SettingsError
-from schemas.settings import non_negative_float, port, positive_int
+from schemas.settings import add_storage_arguments, non_negative_float, port, positive_int, storage_overrides
 
 from .app import create_app
 from .keys import KeyStore, writer_engine
@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst", type=non_negative_float, dest="rate_burst",
                     help="requests a key may send at once (token bucket)")
     ap.add_argument("--access-log", action="store_true", help="log every request")
+    add_storage_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         s = GatewaySettings.from_env(
             host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir, db_url=args.db_url,
             namespace=args.namespace, partitions=args.partitions, backlog_high_water=args.backlog_high_water,
-            rate_per_s=args.rate_per_s, rate_burst=args.rate_burst,
+            rate_per_s=args.rate_per_s, rate_burst=args.rate_burst, **storage_overrides(args),
         )
         engine = writer_engine(s.metadata_url)
         try:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
+import pyarrow as pa
 from aiohttp import web
 from sqlalchemy import func, select
 
@@ -217,6 +218,8 @@ def _sniff(head: bytes) -> str:
 
 
 #: How many (project, run, sha256) grants of the blob route are remembered (a run's references never go away).
+#: Blobs are streamed in pieces of this size (the first one also decides the Content-Type).
+_BLOB_CHUNK = 1 << 20
 _GRANTS_MAX = 100_000
 
 
@@ -228,32 +231,44 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     gw = request.app[GW.KEY]
     sha, project, run = blob_target(request)
     await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
-    path = gw.settings.data_dir / blob_path(sha)
+    rel = blob_path(sha)
     grant = (project, run, sha)
     granted = grant in gw.blob_grants
 
-    def head() -> bytes | None:
+    def head() -> tuple[pa.NativeFile, bytes] | None:
         r = gw.api.run(f"{project}/{run}")  # the run must exist in the project the key opens (404 otherwise)
         if not granted and not r.references_blob(sha):
             raise RunNotFound(f"run {project}/{run} has no media blob {sha}")
-        try:
-            with path.open("rb") as f:
-                return f.read(512)
+        try:  # through the store (data directory or bucket): a random-access file knows its size
+            f = gw.api.objects.open(rel)
         except FileNotFoundError:
             return None
+        return f, bytes(f.read(_BLOB_CHUNK))
 
-    first = await _call(gw, head)
-    if first is None:
+    opened = await _call(gw, head)
+    if opened is None:
         raise Refused(404, "not_found", f"no stored blob {sha} (not committed yet, or never logged)")
+    f, first = opened
     gw.blob_grants[grant] = None
     gw.blob_grants.move_to_end(grant)
     if len(gw.blob_grants) > _GRANTS_MAX:
         gw.blob_grants.popitem(last=False)
     # Content-addressed: the bytes behind a name never change. The sandbox CSP gives HTML an opaque origin, so a
     # logged page cannot reach this origin's storage (the API key) or its API.
-    return web.FileResponse(path, headers={
-        "Content-Type": _sniff(first), "Cache-Control": "private, max-age=31536000, immutable",
+    resp = web.StreamResponse(headers={
+        "Content-Type": _sniff(first[:512]), "Cache-Control": "private, max-age=31536000, immutable",
         "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})
+    try:
+        resp.content_length = f.size()
+        await resp.prepare(request)
+        piece = first
+        while piece:  # one chunk in memory at a time; reads off the event loop
+            await resp.write(piece)
+            piece = bytes(await asyncio.to_thread(f.read, _BLOB_CHUNK))
+        await resp.write_eof()
+    finally:
+        f.close()
+    return resp
 
 
 async def list_runs(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ variable                      default                     meaning
 ``STEPLINE_PARTITIONS``       ``16``                      partition count, fixed per deployment
 ``STEPLINE_DATA_DIR``         ``./stepline-data``         history store (segments, SQLite metadata)
 ``STEPLINE_DB_URL``           SQLite in the data dir      metadata SQLAlchemy URL
+``STEPLINE_STORAGE_URL``      the data dir                segments and media: ``s3://bucket/prefix``
 ============================  ==========================  ==============================================
 
 The tuning fields (limits, rates, high-water mark, timeouts) have no variables: pass them to
@@ -25,7 +26,7 @@ from typing import Any
 
 from schemas import SettingsError
 from schemas import settings as _settings
-from schemas.settings import DB_ENV, DEPLOYMENT_ENV, EnvVar, StoreDeployment
+from schemas.settings import DB_ENV, DEPLOYMENT_ENV, STORAGE_ENV, EnvVar, StoreDeployment
 
 #: The variables the gateway reads.
 ENV: tuple[EnvVar, ...] = (
@@ -33,6 +34,7 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_GATEWAY_PORT", "port", int),
     *DEPLOYMENT_ENV,
     DB_ENV,
+    STORAGE_ENV,
 )
 
 

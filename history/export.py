@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-step", type=int, help="last step (exclusive)")
     ap.add_argument("--data-dir", help="default: STEPLINE_DATA_DIR or ./stepline-data")
     ap.add_argument("--db-url", help="default: STEPLINE_DB_URL or SQLite in the data directory")
+    ap.add_argument("--storage-url", help="segments and media: s3://bucket/prefix (default: STEPLINE_STORAGE_URL or "
+                    "the data directory; endpoint, region and credentials from the AWS variables)")
     return ap
 
 
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fmt = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl"}.get(
             suffix, "parquet")
     try:
-        with Api(data_dir=args.data_dir, db_url=args.db_url) as api:
+        with Api(data_dir=args.data_dir, db_url=args.db_url, storage_url=args.storage_url) as api:
             data = api.run(args.path).history(
                 keys=args.keys, samples=None, min_step=args.min_step, max_step=args.max_step, pandas=False,
             )

@@ -58,6 +58,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select
 from schemas import SteplineError, key_ident, section_of
 from schemas.local import READ_SIDE_ENV, local_stack
 from schemas.media import blob_shas
+from schemas.objects import ObjectStore, open_store, parse_storage_url
 from schemas.settings import normalize_db_url
 from schemas.store import (
     RUN_INFO_COLUMNS,
@@ -144,11 +145,18 @@ class Api:
 
     def __init__(
         self, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None, *,
-        engine: Engine | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+        engine: Engine | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, storage_url: str | None = None,
+        objects: ObjectStore | None = None,
     ) -> None:
-        """``cache_bytes`` bounds the decoded columns kept for repeated reads (0 disables the cache)."""
+        """``cache_bytes`` bounds the decoded columns kept for repeated reads (0 disables the cache).
+        ``storage_url`` (else ``STEPLINE_STORAGE_URL``, else the data directory) is where segments and media live
+        (:mod:`schemas.objects`: ``s3://bucket/prefix`` with the AWS variables); ``objects`` passes an open store."""
         self.settings = QuerySettings.from_env(data_dir, db_url)
         self.data_dir = self.settings.data_dir
+        #: Where segment and blob objects are read: files are opened lazily (footer, then only the column chunks
+        #: needed: range requests on a bucket) and decoded columns cached (``cache_bytes``).
+        self.objects = objects or open_store(
+            parse_storage_url(storage_url or os.environ.get("STEPLINE_STORAGE_URL"), self.data_dir))
         # An engine passed in belongs to the caller, who closes it; one we create is ours.
         self._engine = engine or reader_engine(self.settings.db_url)
         self._owns_engine = engine is None
@@ -338,12 +346,19 @@ class _ColumnCache:
         self.budget = budget
         self._cols: OrderedDict[tuple[str, str], pa.ChunkedArray] = OrderedDict()
         self._schemas: dict[str, pa.Schema] = {}
+        # Parquet footers: a file opened again for a column not cached skips fetching its footer (a round trip to
+        # the bucket); kept and dropped with the file's schema.
+        self._footers: dict[str, pq.FileMetaData] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
     def schema(self, file: str) -> pa.Schema | None:
         with self._lock:
             return self._schemas.get(file)
+
+    def footer(self, file: str) -> pq.FileMetaData | None:
+        with self._lock:
+            return self._footers.get(file)
 
     def get(self, file: str, field: str) -> pa.ChunkedArray | None:
         with self._lock:
@@ -352,11 +367,13 @@ class _ColumnCache:
                 self._cols.move_to_end((file, field))
             return arr
 
-    def put(self, file: str, schema: pa.Schema, table: pa.Table) -> None:
+    def put(self, file: str, schema: pa.Schema, table: pa.Table, footer: pq.FileMetaData | None = None) -> None:
         if self.budget <= 0:
             return
         with self._lock:
             self._schemas[file] = schema
+            if footer is not None:
+                self._footers[file] = footer
             for name in table.column_names:
                 arr = table.column(name)
                 if (file, name) in self._cols or arr.nbytes > self.budget:
@@ -368,17 +385,19 @@ class _ColumnCache:
                 self._bytes -= old.nbytes
                 if not any(k[0] == f for k in self._cols):
                     self._schemas.pop(f, None)
+                    self._footers.pop(f, None)
 
 
 class _SegmentGone(Exception):
     """A listed file was garbage-collected before we opened it."""
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def _open(objects: ObjectStore, rel: str, footer: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """A segment opened lazily through the store (the data directory or a bucket)."""
     try:
-        return pq.ParquetFile(path, memory_map=True)
+        return objects.parquet(rel, metadata=footer)
     except FileNotFoundError as e:
-        raise _SegmentGone(str(path)) from e
+        raise _SegmentGone(rel) from e
 
 
 def _slice_steps(t: pa.Table, lo: int | None, hi: int | None) -> pa.Table:
@@ -581,15 +600,15 @@ class RunView:
             schema = cache.schema(seg.file)
             pf = None
             if schema is None:
-                pf = _open(self._api.data_dir / seg.file)
+                pf = _open(self._api.objects, seg.file)
                 schema = pf.schema_arrow
             want = schema.names if fields is None else [f for f in fields if f in schema.names]
             got = {f: cache.get(seg.file, f) for f in want}
             missing = [f for f, arr in got.items() if arr is None]
             if missing:
-                pf = pf or _open(self._api.data_dir / seg.file)
+                pf = pf or _open(self._api.objects, seg.file, cache.footer(seg.file))
                 read = pf.read(columns=missing, use_threads=True)
-                cache.put(seg.file, schema, read)
+                cache.put(seg.file, schema, read, pf.metadata)
                 got.update({f: read.column(f) for f in missing})
             t = pa.Table.from_arrays([got[f] for f in want], schema=pa.schema([schema.field(f) for f in want]))
             # The range filter on the segment list is by step range; within a file, slice exactly.
@@ -728,14 +747,10 @@ class RunView:
         # Types across the whole scan, from the files' footers: a float64 anywhere makes the column float64
         # everywhere (as history's concatenation does), so a consumer never sees 3 then 2.5 then 4 as int/float.
         floats: set[str] = set()
-        for s in segs:
-            try:
-                schema = pq.read_schema(self._api.data_dir / s.file, memory_map=True)
-            except FileNotFoundError as e:
-                raise _SegmentGone(s.file) from e
-            floats.update(f.name for f in schema if f.type == pa.float64())
-        for seg in segs:
-            pf = _open(self._api.data_dir / seg.file)
+        files = [_open(self._api.objects, s.file, self._api._cache.footer(s.file)) for s in segs]  # footers only
+        for pf in files:
+            floats.update(f.name for f in pf.schema_arrow if f.type == pa.float64())
+        for pf in files:
             names = set(pf.schema_arrow.names)
             present = [f for f in fields if f in names]
             for batch in pf.iter_batches(batch_size=page_size, columns=present, use_threads=True):

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from .errors import SettingsError
 from .limits import DEFAULT_LIMITS, Limits
 from .names import DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, DEFAULT_REDIS_URL, Names
+from .objects import StorageTarget, parse_storage_url
 
 T = TypeVar("T")
 
@@ -67,10 +68,25 @@ class StoreDeployment(Deployment):
 
     #: SQLAlchemy URL of the metadata store; ``None`` = the SQLite file ``<data_dir>/meta.sqlite``.
     db_url: str | None = None
+    #: Where segments and media blobs live (:mod:`schemas.objects`): ``None`` = the data directory, else
+    #: ``s3://bucket/prefix`` or ``file:///path``. The S3 endpoint and region default to the AWS variables.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    def __post_init__(self) -> None:
+        Deployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
+        self.storage  # noqa: B018 - raises ValueError (a SettingsError from from_env) for a bad URL
 
     @property
     def metadata_url(self) -> str:
         return normalize_db_url(self.db_url or f"sqlite:///{self.data_dir / 'meta.sqlite'}")
+
+    @property
+    def storage(self) -> StorageTarget:
+        """The parsed storage location (no connection made); :func:`schemas.objects.open_store` connects."""
+        return parse_storage_url(self.storage_url, self.data_dir, endpoint=self.s3_endpoint_url,
+                                 region=self.s3_region)
 
 
 #: The variables of :class:`Deployment`'s fields (and ``STEPLINE_DB_URL`` of :class:`StoreDeployment`).
@@ -81,6 +97,9 @@ DEPLOYMENT_ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_DATA_DIR", "data_dir", Path),
 )
 DB_ENV = EnvVar("STEPLINE_DB_URL", "db_url")
+#: The storage location's variable (workers, the gateway); the S3 endpoint, region and credentials come from the
+#: usual AWS variables (:mod:`schemas.objects`), the endpoint and region also from flags.
+STORAGE_ENV = EnvVar("STEPLINE_STORAGE_URL", "storage_url")
 
 
 def normalize_db_url(url: str) -> str:
@@ -174,3 +193,17 @@ def port(text: str) -> int:
     if v > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535, or 0 for any free port)")
     return v
+
+
+def add_storage_arguments(ap: argparse.ArgumentParser) -> None:
+    """The storage location's flags (:class:`StoreDeployment`'s ``storage_url``, ``s3_endpoint_url``,
+    ``s3_region``), the same for every command that reads or writes history."""
+    ap.add_argument("--storage-url", help="where segments and media live: s3://bucket/prefix or file:///path "
+                    "(STEPLINE_STORAGE_URL; default the data directory)")
+    ap.add_argument("--s3-endpoint-url", help="S3 endpoint, e.g. http://minio:9000 (default AWS_ENDPOINT_URL)")
+    ap.add_argument("--s3-region", help="S3 region (default AWS_REGION, else us-east-1)")
+
+
+def storage_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The storage flags' values, for ``from_env(**overrides)`` (absent flags are None: not given)."""
+    return {k: getattr(args, k, None) for k in ("storage_url", "s3_endpoint_url", "s3_region")}

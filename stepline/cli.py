@@ -32,7 +32,7 @@ from pathlib import Path
 
 from schemas import SettingsError
 from schemas.local import LocalStack, local_stack
-from schemas.settings import port, positive_int
+from schemas.settings import add_storage_arguments, port, positive_int, storage_overrides
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import exit_now, settings_from_args
 from workers.service import serve as serve_worker
@@ -67,19 +67,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         emb = start_embedded_redis(data_dir, prefer_fake=args.fakeredis)
         redis_url = emb.url
     settings = WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=args.namespace,
-                                       partitions=args.partitions, db_url=args.db_url)
+                                       partitions=args.partitions, db_url=args.db_url, **storage_overrides(args))
     abs_data_dir = data_dir.resolve()
 
     async def main() -> None:
         ws = [Worker(WorkerSettings.from_env(redis_url=redis_url, data_dir=data_dir, namespace=settings.namespace,
                                              partitions=settings.partitions, db_url=settings.db_url,
-                                             worker_id=f"{settings.worker_id}-{i}"),
+                                             worker_id=f"{settings.worker_id}-{i}", **storage_overrides(args)),
                      handle_signals=False) for i in range(args.workers)]
         # The gateway binds loopback: `up` is the laptop mode (use `stepline gateway` with keys to serve others).
         gw = GatewaySettings.from_env(host="127.0.0.1", port=8080 if args.gateway_port is None else args.gateway_port,
                                       redis_url=redis_url,
                                       data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
-                                      partitions=settings.partitions)
+                                      partitions=settings.partitions, **storage_overrides(args))
         # Requests still open at shutdown get 2 s: the whole shutdown stays within the workers' drain timeout.
         runner = web.AppRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
@@ -208,7 +208,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from history import Api, format_history
 
-    with Api(data_dir=args.data_dir, db_url=args.db_url) as api:  # flags > variables > local `up` > default
+    with Api(data_dir=args.data_dir, db_url=args.db_url,  # flags > variables > local `up` > default
+             storage_url=args.storage_url) as api:
         run = api.run(args.path)
         keys = args.keys.split(",") if args.keys else None
         data = run.history(keys=keys, samples=args.samples, pandas=False)
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the web page's and HTTP gateway's port on 127.0.0.1 (default 8080, or any free one when "
                         "8080 is taken; 0: any free)")
     p.add_argument("--fakeredis", action="store_true", help="use fakeredis even when redis-server is on PATH")
+    add_storage_arguments(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded default")
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--db-url")
+    p.add_argument("--storage-url", help="segments and media: s3://bucket/prefix (STEPLINE_STORAGE_URL; default the "
+                   "data directory; endpoint, region and credentials from the AWS variables)")
     p.set_defaults(func=cmd_history)
 
     for name, (_module, _entry, help_) in _PASSTHROUGH.items():

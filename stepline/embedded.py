@@ -125,6 +125,10 @@ def worker_processes(settings: WorkerSettings, count: int) -> Iterator[list[subp
            "--commit-interval", str(settings.commit_interval_s)]
     if settings.db_url:
         cmd += ["--db-url", settings.db_url]
+    for flag, value in (("--storage-url", settings.storage_url), ("--s3-endpoint-url", settings.s3_endpoint_url),
+                        ("--s3-region", settings.s3_region)):
+        if value:
+            cmd += [flag, value]
     log_path = settings.data_dir / "workers.log"
     with open(log_path, "ab") as logf:
         try:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, packb
+from schemas.objects import ObjectStore, as_store
 from schemas.store import commits, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
 
 from ._faults import poison_point
@@ -247,13 +248,35 @@ class MetaStore:
             for f in old_files:
                 conn.execute(insert(garbage).values(file=f, deleted_at=now))
 
-    def collect_garbage(self, data_dir: Path, grace_s: float) -> int:
-        """Delete files dropped more than ``grace_s`` ago; return how many."""
+    def collect_garbage(self, where: ObjectStore | Path, grace_s: float) -> int:
+        """Delete objects dropped more than ``grace_s`` ago from the store (or local data directory); return how
+        many. A row leaves ``sl_garbage`` only after its object is deleted, so a failed delete is retried."""
+        objects = as_store(where)
         cutoff = time.time() - grace_s
         with self.engine.begin() as conn:
             files = [r.file for r in conn.execute(select(garbage.c.file).where(garbage.c.deleted_at < cutoff))]
             for f in files:
-                (data_dir / f).unlink(missing_ok=True)
+                objects.delete(f)
             if files:
                 conn.execute(delete(garbage).where(garbage.c.file.in_(files)))
         return len(files)
+
+    def collect_orphans(self, where: ObjectStore | Path, grace_s: float) -> int:
+        """Delete segment objects that no metadata references (``sl_segments`` or ``sl_garbage``) and that are older
+        than ``grace_s``: objects of commits that never happened (a worker killed between the object write and the
+        SQL commit, a fenced zombie, a failed transaction). Sound because a commit never references an object older
+        than half the grace (``PartitionProcessor.max_object_age_s``), so an object this old that nothing
+        references now never will be. Returns how many were deleted."""
+        objects = as_store(where)
+        listed = [(rel, mtime) for rel, _size, mtime in objects.list("segments")]
+        cutoff = time.time() - grace_s
+        old = [rel for rel, mtime in listed if mtime < cutoff]
+        if not old:
+            return 0
+        with self.engine.connect() as conn:
+            known = {r.file for r in conn.execute(select(segments.c.file))}
+            known.update(r.file for r in conn.execute(select(garbage.c.file)))
+        orphans = [rel for rel in old if rel not in known]
+        for rel in orphans:
+            objects.delete(rel)
+        return len(orphans)

@@ -39,6 +39,7 @@ from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Log, LogBlock,
 from schemas.clients import AsyncRedis
 from schemas.frame import MAX_STEP
 from schemas.media import blob_shas
+from schemas.objects import ObjectStore, as_store
 from schemas.store import blob_path
 from schemas.values import MEDIA_KINDS
 
@@ -62,6 +63,11 @@ SEQ_WINDOW = 1 << 32
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: Entries kept in a partition's commit announcements (a waiting client reads the last few at most).
 ANNOUNCE_KEEP = 64
+
+
+class StaleObjects(OSError):
+    """A commit took so long that its segment objects could be collected as orphans; it is redone (an outage-like
+    error: the partition restarts from the committed offset)."""
 
 
 def id_tuple(entry_id: str) -> tuple[int, int]:
@@ -96,6 +102,12 @@ class PartitionProcessor:
     skip: frozenset[str] = frozenset()
     #: The owner's attempt record (:mod:`workers.attempts`); None outside a worker (replay, tests).
     attempt: Attempt | None = None
+    #: Where segments and blobs go (:mod:`schemas.objects`); None: the local ``data_dir``.
+    objects: ObjectStore | None = None
+    #: A commit whose segment objects were written longer ago than this (seconds) is refused and redone from the
+    #: committed offset: orphan collection deletes unreferenced objects older than twice this
+    #: (``WorkerSettings.orphan_grace_s``), so a commit stalled that long must not reference its objects any more.
+    max_object_age_s: float = 1800.0
     #: Announce each commit on ``<ns>:{pNN}:committed`` (the live worker; replay and tests do not).
     announce: bool = False
     #: Run state kept in memory (None: every run seen, as replay wants). Past ``run_cache_max`` runs, or for a
@@ -124,6 +136,8 @@ class PartitionProcessor:
             self.read_id = self.offset
         if not self.prepared_id:
             self.prepared_id = self.offset
+        if self.objects is None:
+            self.objects = as_store(self.data_dir)
 
     @property
     def uncommitted(self) -> bool:
@@ -382,6 +396,7 @@ class PartitionProcessor:
 
     async def write(self, prep: PreparedCommit) -> None:
         """Segments first, then dead letters, then the one fenced metadata transaction (raises FencedError)."""
+        t_written = time.monotonic()  # before the first object: the oldest object's age is at most the elapsed time
         await self._copy_blobs([row for _, _, rows in prep.work for row in rows])
         segments = await asyncio.to_thread(self._write_segments, prep.work)
         crash_point("segments")
@@ -398,6 +413,10 @@ class PartitionProcessor:
                 if isinstance(res, ResponseError) and fields.get(b"reason") == b"poison":
                     await self._late_letter(dlq_id, fields)
         c = Commit(self.p, self.epoch, prep.read_id, prep.updates, segments, prep.rejections)
+        if segments and time.monotonic() - t_written > self.max_object_age_s:
+            raise StaleObjects(f"partition {self.p}: segment objects written {time.monotonic() - t_written:.0f} s "
+                               f"ago (past {self.max_object_age_s:.0f} s) may be collected as orphans; redoing the "
+                               "commit from the committed offset")
         await asyncio.to_thread(self.store.commit, c)
         crash_point("committed")
         moved = prep.read_id != self.offset
@@ -467,20 +486,23 @@ class PartitionProcessor:
         return True
 
     def _write_segments(self, work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]]) -> list[SegmentRef]:
+        objects = self.objects
+        assert objects is not None
         out = []
         for (project, run), r, rows in work:
             if not rows:
                 continue
             poison_point("segments", run)
             table = rows_to_table(rows, r.displays)
-            rel, size = write_table(self.data_dir, project, run, table, level=0)
+            rel, size = write_table(objects, project, run, table, level=0)
             steps = table.column("_step")
             out.append(SegmentRef(project, run, 0, int(steps[0].as_py()), int(steps[-1].as_py()), table.num_rows,
                                   size, rel))
         return out
 
     async def _copy_blobs(self, rows: list[Row | RowBatch]) -> None:
-        """Move media blobs referenced by new rows from Redis into the data directory (content-addressed)."""
+        """Copy media blobs referenced by new rows from Redis into the storage location (content-addressed: a blob
+        stored already, by any run, is not copied again)."""
         shas: set[str] = set()
         for row in rows:
             if isinstance(row, RowBatch):
@@ -488,7 +510,9 @@ class PartitionProcessor:
             for (_ident, kind), v in row.values.items():
                 if kind in MEDIA_KINDS:
                     shas.update(blob_shas(v))
-        todo = [s for s in sorted(shas) if not (self.data_dir / blob_path(s)).exists()]
+        objects = self.objects
+        assert objects is not None
+        todo = [s for s in sorted(shas) if not await asyncio.to_thread(objects.exists, blob_path(s))]
         for sha in todo:
             data = cast("bytes | None", await self.redis.get(self.names.blob(self.p, sha)))
             if data is None:
@@ -498,7 +522,7 @@ class PartitionProcessor:
             if hashlib.sha256(data).hexdigest() != sha:
                 log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
                 continue
-            await asyncio.to_thread(_write_blob, self.data_dir / blob_path(sha), data)
+            await asyncio.to_thread(objects.put, blob_path(sha), data)
 
 
 def _has_wide_int(ev: Log | LogBlock) -> bool:
@@ -522,10 +546,3 @@ def _past_last_step(cursor: int, ev: Log | LogBlock) -> bool:
 
 def _sid(v: Any) -> str | None:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _write_blob(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

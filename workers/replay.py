@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from schemas.clients import AsyncRedis, async_redis
+from schemas.objects import open_store
 
 from .metastore import MetaStore
 from .partition import Entry, PartitionProcessor, id_tuple
@@ -35,8 +36,10 @@ async def replay(
     *,
     chunk: int = 1000,
 ) -> ReplayReport:
-    """Replay every partition stream into ``settings.data_dir`` / ``settings.db_url`` (which must be fresh)."""
+    """Replay every partition stream into ``settings.db_url`` and the storage location (the data directory or
+    ``settings.storage_url``); the metadata must be fresh."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    objects = open_store(settings.storage)
     names = settings.names
     report = ReplayReport()
     redis = async_redis(settings.redis_url, socket_timeout=30)
@@ -53,7 +56,7 @@ async def replay(
             end = id_tuple(last.decode() if isinstance(last, bytes) else str(last))
             proc = PartitionProcessor(
                 p=p, epoch=epoch, offset=offset, names=names, store=store, data_dir=settings.data_dir,
-                redis=redis, limits=settings.limits, dead_letters=False, run_filter=run_filter,
+                redis=redis, limits=settings.limits, dead_letters=False, run_filter=run_filter, objects=objects,
                 skip=await _poisoned(redis, names.dlq(p)),
             )
             start = "-"

@@ -1,13 +1,13 @@
 """Segment files: rows of one run as an immutable Parquet file (format in :mod:`schemas.store`).
 
-A segment is written to a temporary name, fsync'd and renamed, so a file that exists under its final name is
-complete; the metadata commit that references it comes after. Files are never modified: compaction writes a new
+A segment is encoded in memory and stored through :class:`schemas.objects.ObjectStore` (the data directory or a
+bucket), so an object that exists under its final name is complete; the metadata commit that references it comes
+after. Files are never modified: compaction writes a new
 file and swaps the references in one transaction.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from itertools import accumulate
 from pathlib import Path
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import packb
+from schemas.objects import ObjectStore, as_store
 from schemas.store import RUNTIME, STEP, TIMESTAMP, concat_segments, field_name, run_dir
 from schemas.values import BOOL, NUMBER, STRING
 
@@ -100,20 +101,13 @@ def _column(kind: str, pieces: list[tuple[int, Any]], n: int) -> pa.Array:
     return pa.array([None if v is None else packb(v) for v in values], type=pa.binary())
 
 
-def write_table(data_dir: Path, project: str, run: str, table: pa.Table, level: int) -> tuple[str, int]:
-    """Write a segment file durably; return its path relative to ``data_dir`` and its size."""
+def write_table(where: ObjectStore | Path, project: str, run: str, table: pa.Table, level: int) -> tuple[str, int]:
+    """Write a segment object durably (complete under its final name before this returns: :mod:`schemas.objects`);
+    return its name relative to the storage location and its size. ``where`` is the store, or a local data
+    directory."""
     rel = f"{run_dir(project, run)}/L{level}-{uuid.uuid4().hex}.parquet"
-    path = data_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, **_write_options(table))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return rel, path.stat().st_size
+    size = as_store(where).put_parquet(rel, table, **_write_options(table))
+    return rel, size
 
 
 def _write_options(table: pa.Table) -> dict[str, Any]:
@@ -148,8 +142,9 @@ def warm_up() -> None:
     pq.write_table(table, pa.BufferOutputStream(), **_write_options(table))
 
 
-def read_table(data_dir: Path, rel: str) -> pa.Table:
-    return pq.read_table(data_dir / rel)
+def read_table(where: ObjectStore | Path, rel: str) -> pa.Table:
+    """A whole segment (compaction reads every column of the files it merges)."""
+    return as_store(where).parquet(rel).read(use_threads=True)
 
 
 def merge_tables(tables: list[pa.Table]) -> pa.Table:

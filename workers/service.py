@@ -18,7 +18,14 @@ import time
 import traceback
 from pathlib import Path
 
-from schemas.settings import non_negative_float, port, positive_float, positive_int
+from schemas.settings import (
+    add_storage_arguments,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    storage_overrides,
+)
 
 from .settings import WorkerSettings
 from .worker import Worker
@@ -30,6 +37,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--partitions", type=positive_int, help="partition count (STEPLINE_PARTITIONS, default 16)")
     ap.add_argument("--data-dir", type=Path, help="data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
     ap.add_argument("--db-url", help="metadata SQLAlchemy URL (STEPLINE_DB_URL; default SQLite in the data dir)")
+    add_storage_arguments(ap)
     ap.add_argument("--worker-id", help="worker id (default host-pid-random)")
     ap.add_argument("--lease-ttl-ms", type=positive_int,
                     help="lease time to live in ms (STEPLINE_LEASE_TTL_MS, default 10000)")
@@ -45,7 +53,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         db_url=args.db_url, worker_id=args.worker_id,
         lease_ttl_s=None if args.lease_ttl_ms is None else args.lease_ttl_ms / 1000,
         commit_interval_s=args.commit_interval_s, retention_s=args.retention_s,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, **storage_overrides(args),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import settings as _settings
-from schemas.settings import DB_ENV, DEPLOYMENT_ENV, EnvVar, StoreDeployment, flag, ms_to_s
+from schemas.settings import DB_ENV, DEPLOYMENT_ENV, STORAGE_ENV, EnvVar, StoreDeployment, flag, ms_to_s
 
 
 def _default_worker_id() -> str:
@@ -23,6 +23,7 @@ def _default_worker_id() -> str:
 ENV: tuple[EnvVar, ...] = (
     *DEPLOYMENT_ENV,
     DB_ENV,
+    STORAGE_ENV,
     EnvVar("STEPLINE_WORKER_ID", "worker_id"),
     EnvVar("STEPLINE_LEASE_TTL_MS", "lease_ttl_s", ms_to_s),
     EnvVar("STEPLINE_RETENTION_S", "retention_s", float),
@@ -36,6 +37,7 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_COMMIT_AUDIT", "commit_audit", flag),
     EnvVar("STEPLINE_RUN_CACHE_MAX", "run_cache_max", int),
     EnvVar("STEPLINE_RUN_CACHE_IDLE_S", "run_cache_idle_s", float),
+    EnvVar("STEPLINE_ORPHAN_GRACE_S", "orphan_grace_s", float),
 )
 
 
@@ -67,6 +69,9 @@ class WorkerSettings(StoreDeployment):
     compaction_interval_s: float = 5.0
     #: Files dropped by compaction are deleted after this grace period, so readers can finish.
     gc_grace_s: float = 300.0
+    #: Segment objects that no metadata references (commits that never happened) are deleted once this old; a
+    #: commit whose objects are older than half of it is redone instead (:meth:`MetaStore.collect_orphans`).
+    orphan_grace_s: float = 3600.0
     #: Record every commit (partition, epoch, offset) in ``sl_commits``: for tests and audits, it grows forever.
     commit_audit: bool = False
     #: Touched by the membership loop every ``lease_ttl/3`` s: the liveness probe (``python -m workers.health``).
@@ -83,7 +88,7 @@ class WorkerSettings(StoreDeployment):
     def __post_init__(self) -> None:
         StoreDeployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
         for name in ("lease_ttl_s", "commit_interval_s", "drain_timeout_s", "trim_interval_s",
-                     "compaction_interval_s", "gc_grace_s"):
+                     "compaction_interval_s", "gc_grace_s", "orphan_grace_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.retention_s < 0 or self.commit_idle_s < 0:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from schemas import FencedError
 from schemas.clients import AsyncRedis, async_redis
+from schemas.objects import open_store
 
 from ._faults import crash_point
 from .attempts import AttemptGuard, transient
@@ -133,6 +134,8 @@ class Worker:
         self._retry_at: dict[int, float] = {}
         #: Held by housekeeping steps and by an isolated entry's window (:meth:`_alone`): they never overlap.
         self._quiet = asyncio.Lock()
+        #: Where segments and blobs go: the data directory or a bucket (no request made until used).
+        self.objects = open_store(settings.storage)
 
     @property
     def redis(self) -> AsyncRedis:
@@ -321,7 +324,8 @@ class Worker:
         self.owned[p] = PartitionProcessor(
             p=p, epoch=epoch, offset=offset, names=self.names, store=self.store,
             data_dir=self.settings.data_dir, redis=self.redis, limits=self.settings.limits,
-            attempt=self.guard.new_attempt(), announce=True,
+            attempt=self.guard.new_attempt(), announce=True, objects=self.objects,
+            max_object_age_s=self.settings.orphan_grace_s / 2,
             run_cache_max=max(64, self.settings.run_cache_max // self.settings.partitions),
             run_cache_idle_s=self.settings.run_cache_idle_s,
         )
@@ -589,7 +593,7 @@ class Worker:
 
     async def _housekeeping_loop(self) -> None:
         s = self.settings
-        last_trim = last_gc = time.monotonic()
+        last_trim = last_gc = last_orphans = time.monotonic()
         while True:
             await asyncio.sleep(s.compaction_interval_s)
             try:
@@ -605,7 +609,16 @@ class Worker:
                 if time.monotonic() - last_gc >= s.gc_grace_s / 4:
                     last_gc = time.monotonic()
                     async with self._quiet:
-                        await asyncio.to_thread(self.store.collect_garbage, s.data_dir, s.gc_grace_s)
+                        await asyncio.to_thread(self.store.collect_garbage, self.objects, s.gc_grace_s)
+                # One sweeper for the whole deployment (the owner of partition 0): orphans are rare and a listing of
+                # every segment object is the costly part.
+                if 0 in self.owned and time.monotonic() - last_orphans >= s.orphan_grace_s / 4:
+                    last_orphans = time.monotonic()
+                    async with self._quiet:
+                        n = await asyncio.to_thread(self.store.collect_orphans, self.objects, s.orphan_grace_s)
+                    if n:
+                        log.info("worker %s: deleted %d orphan segment object(s) of commits that never happened",
+                                 self.id, n)
             except FencedError:
                 continue
             except (RedisError, OSError) as e:
@@ -641,15 +654,17 @@ class Worker:
             group = by_level[level]
             if len(group) < fanin:
                 continue
-            data_dir = self.settings.data_dir
-            table = merge_tables([read_table(data_dir, g["file"]) for g in group])
-            rel, size = write_table(data_dir, project, run, table, level=level + 1)
+            t_written = time.monotonic()
+            table = merge_tables([read_table(self.objects, g["file"]) for g in group])
+            rel, size = write_table(self.objects, project, run, table, level=level + 1)
             steps = table.column("_step")
             new = SegmentRef(project, run, level + 1, int(steps[0].as_py()), int(steps[-1].as_py()),
                              table.num_rows, size, rel)
             try:
+                if time.monotonic() - t_written > self.settings.orphan_grace_s / 2:
+                    raise FencedError(f"partition {p}: compaction of {project}/{run} took too long; not swapped")
                 self.store.swap_segments(p, epoch, [int(g["id"]) for g in group], new)
             except FencedError:
-                (data_dir / rel).unlink(missing_ok=True)
+                self.objects.delete(rel)
                 raise
             return

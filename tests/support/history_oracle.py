@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from schemas.objects import ObjectStore, as_store
 from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name
 from schemas.values import kind_of
 
@@ -101,11 +100,13 @@ def rows_same(got: list[OracleRow], want: list[OracleRow]) -> bool:
     return True
 
 
-def segment_rows(data_dir: Path, store: Any, project: str, run: str) -> list[OracleRow]:
-    """Every row of a run as stored: segments in ``sl_segments`` order (``min_step``), rows in file order."""
+def segment_rows(data_dir: Path | ObjectStore, store: Any, project: str, run: str) -> list[OracleRow]:
+    """Every row of a run as stored: segments in ``sl_segments`` order (``min_step``), rows in file order.
+    ``data_dir`` is the local data directory or the object store (a bucket) the workers write to."""
     out: list[OracleRow] = []
+    objects = as_store(data_dir)
     for seg in store.segments_of(project, run):
-        table = pq.read_table(data_dir / seg["file"])
+        table = objects.parquet(seg["file"]).read()
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
         for i in range(table.num_rows):
             values = {name: col[i] for name, col in cols.items()
@@ -114,7 +115,7 @@ def segment_rows(data_dir: Path, store: Any, project: str, run: str) -> list[Ora
     return out
 
 
-def read_history(data_dir: Path, store: Any, project: str, run: str) -> list[OracleRow]:
+def read_history(data_dir: Path | ObjectStore, store: Any, project: str, run: str) -> list[OracleRow]:
     """Every row of a run as the workers committed it, in storage order (:func:`segment_rows`), never re-sorted:
     the product promises rows in ascending step order, so a comparison with the oracle's rows (written in call
     order, which is ascending step order) catches rows reordered inside a segment. Segments come in ``min_step``
