@@ -277,7 +277,10 @@ def test_resent_frames_and_a_restarted_producer(redis_url: str, namespace: str, 
         return [encode_frame_raw("dup", "run", producer, s, raws[s:s + size]) for s in range(0, len(raws), size)]
 
     a = frames("producer-a", first, 20)
-    overlap = frames("producer-a", first, 40)  # a resend that batched differently: overlaps two earlier frames
+    # A resend that batched differently: 30-event frames. After a[:8] (events 0..159), overlap[2:5] are whole
+    # duplicates and overlap[5] (events 150..179) overlaps: its first 10 events are skipped, the rest applied, and
+    # a[8] (160..179) is then a whole duplicate. (Re-applying the overlap would reject steps 149..158.)
+    overlap = frames("producer-a", first, 30)
     b = frames("producer-b", second, 25)
     p = names.partition("dup", "run")
     items = [*a[:8], *a[5:8], *overlap[2:6], *a[8:], *a[-3:], *b[:4], *b[:4], *b[4:], *b[-1:]]
