@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from schemas import SettingsError
@@ -96,6 +97,17 @@ def cmd_up(args: argparse.Namespace) -> int:
                 await site.start()
             host, port = runner.addresses[0][:2]
             page = f"http://{host}:{port}"
+            loop = asyncio.get_running_loop()
+
+            def stop_all() -> None:
+                for w in ws:
+                    w.stop()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_all)
+            tasks = [asyncio.ensure_future(w.async_run()) for w in ws]
+            # The record goes out once the workers beat: a script started at once then finds a live worker.
+            await _workers_beating(redis_url, settings.names.workers, len(ws), tasks)
             record = write_stack_record(LocalStack(
                 pid=os.getpid(), redis_url=redis_url, data_dir=str(abs_data_dir), db_url=settings.db_url,
                 gateway_url=page, namespace=settings.namespace, partitions=settings.partitions,
@@ -113,15 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("(STEPLINE_URL sends over HTTP; without it the SDK XADDs to Redis directly.)")
             print("Try: python examples/quickstart.py   Ctrl-C stops.")
             sys.stdout.flush()
-            loop = asyncio.get_running_loop()
-
-            def stop_all() -> None:
-                for w in ws:
-                    w.stop()
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop_all)
-            await asyncio.gather(*(w.async_run() for w in ws))
+            await asyncio.gather(*tasks)
         finally:
             if record is not None:
                 remove_stack_record(record, os.getpid())
@@ -137,6 +141,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     if any(t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
         exit_now(0)  # abandoned executor threads: a normal interpreter exit would join them
     return 0
+
+
+async def _workers_beating(redis_url: str, key: str, count: int, tasks: Sequence[asyncio.Future[None]],
+                           timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    """Return once ``count`` workers have a heartbeat in ``key``, or a worker task ended, or ``timeout`` passed."""
+    from schemas.clients import async_redis
+
+    client = async_redis(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(t.done() for t in tasks):
+            if await client.hlen(key) >= count:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
 # --- status / history / replay -------------------------------------------------------------------------------------

@@ -3,12 +3,19 @@
 On a terminal, tables get a header rule and progress bars redraw in place; when output is piped or redirected,
 tables are plain aligned columns with no box characters or colours, progress bars are not drawn at all (a log
 file would fill with redraws), and nothing wraps. Errors go to stderr as one line ``stepline: error: ...``.
+
+While a long command draws progress, warnings logged by the SDK and the workers are gathered instead of printed
+between redraws (:func:`gathered_warnings`), then summarised once: a count per kind of warning and its first
+examples.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich import box
@@ -53,3 +60,63 @@ def progress(enabled: bool = True) -> Progress:
 def error(message: str) -> None:
     """One line on stderr: ``stepline: error: <message>``."""
     _console(True).print(f"stepline: error: {message}", markup=False, highlight=False)
+
+
+class WarningSummary(logging.Handler):
+    """Counts warnings by kind (their message template) and keeps the first ``examples`` of each, in order."""
+
+    def __init__(self, examples: int = 2) -> None:
+        super().__init__(logging.WARNING)
+        self.examples = examples
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = str(record.msg)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        shown = self.first.setdefault(kind, [])
+        if len(shown) < self.examples:
+            try:
+                shown.append(record.getMessage())
+            except (TypeError, ValueError):  # a malformed call: its template is still worth showing
+                shown.append(kind)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        """``N x <kind>`` per kind, most frequent first, each followed by its first examples."""
+        out = []
+        for kind, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            label = re.sub(r"%[-+ #0-9.]*[sdifrx]", "…", kind).removeprefix("stepline: ")
+            out.append(f"{n} x {label}")
+            out += [f"    e.g. {ex.removeprefix('stepline: ')}" for ex in self.first[kind]]
+        return out
+
+
+@contextlib.contextmanager
+def gathered_warnings(*loggers: str, examples: int = 2) -> Iterator[WarningSummary]:
+    """Gather the warnings of ``loggers`` (e.g. ``"ingest"``) instead of printing them while the block runs."""
+    summary = WarningSummary(examples)
+    saved = []
+    for name in loggers:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.propagate))
+        lg.addHandler(summary)
+        lg.propagate = False  # (nor through the root's handlers, nor Python's last-resort stderr printer)
+    try:
+        yield summary
+    finally:
+        for lg, propagate in saved:
+            lg.removeHandler(summary)
+            lg.propagate = propagate
+
+
+def print_warnings(summary: WarningSummary, what: str = "warnings") -> None:
+    """The summary on stderr, when there is anything to say."""
+    if summary.total:
+        err = _console(True)
+        err.print(f"{summary.total} {what}:", markup=False, highlight=False)
+        for line in summary.lines():
+            err.print(f"  {line}", markup=False, highlight=False)

@@ -4,7 +4,8 @@ Starts the stack (embedded Redis + worker processes + SQLite), logs ``--runs`` s
 concurrently through the SDK (train/val metrics, ``lr``, an ``epoch`` x-axis via ``define_metric``, a histogram
 every 100 steps, strings and bools, and a few deliberate non-monotonic steps), waits until everything is
 committed, prints a per-run table and the throughput, and exits non-zero if the history read back differs from
-what was logged (an oracle built here from the calls made).
+what was logged (an oracle built here from the calls made). The SDK's warnings (the deliberate steps below the
+cursor) are gathered while the progress bars draw and summarised after them; the last lines say what to do next.
 """
 
 from __future__ import annotations
@@ -118,6 +119,25 @@ def verify(api: Any, project: str, exp: Expected) -> list[str]:
     return problems
 
 
+def _wait_for_workers(settings: WorkerSettings, count: int, timeout: float = 60.0) -> None:
+    """Until the worker processes beat (each run's finish() then waits for a live worker's commit)."""
+    from schemas.clients import sync_redis
+
+    with sync_redis(settings.redis_url, socket_connect_timeout=2.0) as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and int(client.hlen(settings.names.workers)) < count:
+            time.sleep(0.05)
+
+
+def _next_steps(project: str, run_id: str, data_dir: Path) -> None:
+    here = data_dir.resolve() == Path("stepline-data").resolve()
+    flag = "" if here else f" --data-dir {data_dir}"
+    print("\nNext:")
+    print(f"  stepline history {project}/{run_id} --samples 10{flag}   a run's history in this terminal")
+    print(f"  stepline up{flag}   the web page over this history (it prints its URL), and a stack for your scripts")
+    print("  python examples/quickstart.py   (with stepline up running) log a run of your own")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """The demo: an embedded stack, simulated runs logged through the SDK, history read back and verified."""
     import ingest
@@ -139,18 +159,20 @@ def run_demo(args: argparse.Namespace) -> int:
           f"Redis: {emb.kind if emb else redis_url}, data: {data_dir.resolve()}")
     try:
         with worker_processes(settings, args.workers):
+            _wait_for_workers(settings, args.workers)
             exps = [Expected(run_id=f"{stamp}-run{i}", steps=args.steps) for i in range(args.runs)]
             progress = [[0] for _ in exps]
             runs = [
                 ingest.init(project=project, id=e.run_id, name=f"demo run {i}", redis_url=redis_url,
                             namespace=namespace, data_dir=str(data_dir),
-                            config={"lr": 1e-3, "batch_size": 64, "seed": i})
+                            config={"lr": 1e-3, "batch_size": 64, "seed": i},
+                            settings={"silent": True})  # (the table below says it all, not 2 lines per run)
                 for i, e in enumerate(exps)
             ]
             threads = [threading.Thread(target=simulate, args=(r, e, i, progress[i]))
                        for i, (r, e) in enumerate(zip(runs, exps, strict=True))]
             total = args.runs * args.steps
-            with console.progress(show) as bars:
+            with console.gathered_warnings("ingest", "stepline") as warned, console.progress(show) as bars:
                 logging_bar = bars.add_task("logging", total=total)
                 t0 = time.perf_counter()
                 for t in threads:
@@ -182,6 +204,8 @@ def run_demo(args: argparse.Namespace) -> int:
                             return 2
                         time.sleep(0.2)
             t_all = time.perf_counter() - t0
+            console.print_warnings(warned, "SDK warnings while logging (the demo logs some steps below the cursor "
+                                           "on purpose: the workers reject them, see 'rejected' below)")
             problems: list[str] = []
             rows = []
             with Api(data_dir=data_dir) as api:
@@ -202,14 +226,14 @@ def run_demo(args: argparse.Namespace) -> int:
             points = sum(e.points for e in exps)
             print(f"\n{points:,} points in {t_logged:.2f} s of logging ({points / t_logged:,.0f} points/s); "
                   f"all committed and queryable after {t_all:.2f} s ({points / t_all:,.0f} points/s end to end)")
-            print(f"history: {data_dir.resolve()} (segments/ Parquet, meta.sqlite); "
-                  f"try: stepline history {project}/{exps[0].run_id} --samples 10 --data-dir {data_dir}")
+            print(f"history: {data_dir.resolve()} (segments/ Parquet, meta.sqlite)")
             if problems:
                 print("\nHISTORY DIFFERS FROM WHAT WAS LOGGED:")
                 for p in problems[:50]:
                     print("  " + p)
                 return 1
             print("verified: history read back equals what was logged (rows, values, rejections, summaries)")
+            _next_steps(project, exps[0].run_id, data_dir)
             return 0
     finally:
         if emb:
