@@ -410,13 +410,17 @@ class RunsView extends View {
   }
 
   header() {
+    // Rebuilt only when it changes: a poll must not replace a header being clicked or a filter being typed in.
+    const sig = JSON.stringify([this.extra.map((c) => c.id), this.sort, [...this.filters]]);
+    if (sig === this.headerSig) return;
+    this.headerSig = sig;
     const cols = [...BASE_COLUMNS, ...this.extra];
     const sortMark = (id) => (this.sort.id === id ? (this.sort.desc ? " ▼" : " ▲") : "");
     const th = (c) => el("th", { class: c.num ? "num sortable" : "sortable", "data-col": c.id, title: "click to sort",
       onclick: () => {
         this.sort = this.sort.id === c.id ? { id: c.id, desc: !this.sort.desc } : { id: c.id, desc: false };
         this.render();
-      } }, c.label, sortMark(c.id),
+      } }, el("span", { class: "th-label" }, c.label, sortMark(c.id)),
       this.extra.includes(c) ? el("button", { class: "x", title: "remove column", onclick: (ev) => {
         ev.stopPropagation();
         this.extra = this.extra.filter((x) => x !== c);

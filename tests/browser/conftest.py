@@ -51,6 +51,17 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+@pytest.fixture(autouse=True)
+def _web_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STEPLINE_TEST_WEB_DIR`` serves another copy of the page (e.g. an older commit's ``gateway/web``), to show
+    that a test fails without a fix."""
+    other = os.environ.get("STEPLINE_TEST_WEB_DIR")
+    if other:
+        import gateway.page
+
+        monkeypatch.setattr(gateway.page, "WEB_DIR", Path(other).resolve())
+
+
 @pytest.fixture
 def stack(redis_url: str, namespace: str, data_dir: Path) -> Iterator[Stack]:
     s = Stack(redis_url, namespace, data_dir).start()
