@@ -43,6 +43,7 @@ const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => res
 
 function fmt(v) {
   if (v === null || v === undefined) return "–";
+  if (v && typeof v === "object" && typeof v._type === "string") return `[${v._type}]`; // media: shown in its panel
   if (v === "Infinity" || v === "-Infinity") return exact(v);
   if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : exact(v);
   if (typeof v === "boolean") return v ? "true" : "false";
@@ -344,6 +345,7 @@ class RunsView extends View {
   async refresh() {
     const { runs } = await get(`projects/${enc(this.route.project)}/runs`);
     this.runs = runs;
+    if (runs.some((r) => r.config !== undefined)) this.fillPickers();
     if (this.detailsWanted) await this.loadDetails();
     this.render();
   }
@@ -351,7 +353,9 @@ class RunsView extends View {
   /** Config, summary, tags and group of every listed run (at most 200), fetched once per run update. */
   async loadDetails() {
     this.detailsWanted = true;
-    const todo = this.runs.slice(0, 200).filter((r) => this.details.get(r.id)?.updated_at !== r.updated_at);
+    // A gateway whose listing carries config and summary (#16) needs no per-run reads.
+    const todo = this.runs.slice(0, 200).filter((r) => r.config === undefined
+      && this.details.get(r.id)?.updated_at !== r.updated_at);
     if (!todo.length) return this.fillPickers();
     if (this.detailsLoading) return this.detailsLoading;
     this.detailsLoading = (async () => {
@@ -378,7 +382,7 @@ class RunsView extends View {
   fillPickers() {
     const keys = new Set();
     const configKeys = new Set();
-    for (const d of this.details.values()) {
+    for (const d of [...this.details.values(), ...this.runs.filter((r) => r.config !== undefined)]) {
       for (const [k] of flatten(d.config)) { keys.add(`config.${k}`); configKeys.add(`config.${k}`); }
       for (const [k] of flatten(d.summary)) keys.add(`summary.${k}`);
     }
@@ -400,8 +404,9 @@ class RunsView extends View {
   value(r, id) {
     const base = BASE_COLUMNS.find((c) => c.id === id);
     if (base) return base.get(r);
-    const d = this.details.get(r.id);
-    if (id === "group") return d?.group ?? r.group ?? null;
+    const d = r.config !== undefined ? r : this.details.get(r.id);
+    if (id === "group") return r.group ?? d?.group ?? null;
+    if (id === "tags") return (r.tags ?? d?.tags ?? []).join(", ") || null;
     if (!d) return null;
     const [where, ...rest] = id.split(".");
     const name = rest.join(".");
@@ -409,12 +414,20 @@ class RunsView extends View {
     return flat[name] ?? null;
   }
 
+  /** The base columns, `group` and `tags` when any run has them, then the added ones. */
+  columns() {
+    const meta = [];
+    if (this.runs.some((r) => r.group)) meta.push({ id: "group", label: "group" });
+    if (this.runs.some((r) => r.tags?.length)) meta.push({ id: "tags", label: "tags" });
+    return [...BASE_COLUMNS.slice(0, 2), ...meta, ...BASE_COLUMNS.slice(2), ...this.extra];
+  }
+
   header() {
     // Rebuilt only when it changes: a poll must not replace a header being clicked or a filter being typed in.
-    const sig = JSON.stringify([this.extra.map((c) => c.id), this.sort, [...this.filters]]);
+    const sig = JSON.stringify([this.columns().map((c) => c.id), this.sort, [...this.filters]]);
     if (sig === this.headerSig) return;
     this.headerSig = sig;
-    const cols = [...BASE_COLUMNS, ...this.extra];
+    const cols = this.columns();
     const sortMark = (id) => (this.sort.id === id ? (this.sort.desc ? " ▼" : " ▲") : "");
     const th = (c) => el("th", { class: c.num ? "num sortable" : "sortable", "data-col": c.id, title: "click to sort",
       onclick: () => {
@@ -427,7 +440,8 @@ class RunsView extends View {
         this.filters.delete(c.id);
         this.render();
       } }, "×") : null);
-    const filterRow = this.extra.length ? el("tr", { class: "filters" }, el("th"), BASE_COLUMNS.map(() => el("th")),
+    const filterRow = this.extra.length ? el("tr", { class: "filters" }, el("th"),
+      cols.filter((c) => !this.extra.includes(c)).map(() => el("th")),
       this.extra.map((c) => el("th", {}, el("input", { type: "search", class: "col-filter", "data-col": c.id,
         placeholder: "filter: >0.1, =adam", value: this.filters.get(c.id) || "",
         onchange: (ev) => { this.filters.set(c.id, ev.target.value); this.render(); } })))) : null;
@@ -448,7 +462,7 @@ class RunsView extends View {
         || this.value(b, id) === null || this.value(b, id) === undefined;
       return (missing ? c : desc ? -c : c) || i - j;
     }).map(([r]) => r);
-    const cols = [...BASE_COLUMNS, ...this.extra];
+    const cols = this.columns();
     const row = (r) => el("tr", { "data-run": r.id },
       el("td", {}, el("input", { type: "checkbox", checked: this.selected.has(r.id), onchange: (ev) => {
         if (ev.target.checked) this.selected.add(r.id); else this.selected.delete(r.id);
@@ -461,7 +475,7 @@ class RunsView extends View {
         }
         if (c.id === "state") return el("td", {}, badge(shownState(r)));
         const v = this.value(r, c.id);
-        const isNum = c.num || typeof v === "number";
+        const isNum = c.num || (!c.show && typeof v === "number");
         return el("td", { class: isNum ? "num" : null, "data-col": c.id }, c.show ? c.show(r) : fmt(v));
       }));
     const groupBy = this.groupSel.value;
@@ -1464,7 +1478,7 @@ class ComparePage extends PanelsView {
     const missing = this.runs.filter((r) => !this.infos.some((i) => i.id === r));
     this.body.replaceChildren(el("div", { class: "counters" }, this.infos.map((i) => el("span", {},
       el("a", { href: `#/p/${enc(this.project)}/r/${enc(i.id)}` }, i.name), " ", badge(shownState(i))))),
-    missing.length ? el("div", { class: "err", id: "missing-runs" }, `No such run in ${this.project}: ${missing.join(", ")}`) : null);
+    ...(missing.length ? [el("div", { class: "err", id: "missing-runs" }, `No such run in ${this.project}: ${missing.join(", ")}`)] : []));
     if (!keys.length && !media.length) this.body.append(el("div", { class: "empty", id: "no-data" }, "No data logged yet"));
     const sections = new Map();
     const put = (k, make) => {

@@ -337,7 +337,8 @@ def test_chart_tools_and_url(stack: Stack, page: Any) -> None:
 
 def log_sweep(stack: Stack) -> None:
     for i, (opt, lr) in enumerate([("adam", 1e-3), ("sgd", 1e-2), ("adam", 3e-4)]):
-        run = stack.init("sw", f"s{i}", config={"opt": {"name": opt, "lr": lr}, "batch": 32 * (i + 1)})
+        run = stack.init("sw", f"s{i}", config={"opt": {"name": opt, "lr": lr}, "batch": 32 * (i + 1)},
+                         group=f"sweep-{opt}", tags=["base", opt], notes=f"try {opt} at lr={lr}")
         for s in range(0, 60):
             d: dict[str, Any] = {"loss": (i + 1) / (s + 1)}
             if s % 20 == 0:
@@ -357,6 +358,9 @@ def test_overview_runs_table_and_compare(stack: Stack, page: Any) -> None:
     assert ov.locator('[data-fact="exit code"]').inner_text() == "0"
     assert ov.locator('[data-config-key="opt.name"]').inner_text().endswith("sgd")
     assert ov.locator('[data-summary-key="loss"]').count() == 1
+    assert ov.locator('[data-fact="group"]').inner_text() == "sweep-sgd"
+    assert ov.locator('[data-fact="tags"] .tag').all_inner_texts() == ["base", "sgd"]
+    assert ov.locator("#notes").inner_text() == "try sgd at lr=0.01"
     page.fill("#config-search", "lr")
     page.wait_for_function("document.querySelectorAll('#config [data-config-key]').length === 1")
     assert page.locator("#problems").count() == 0  # no room taken when nothing was rejected
@@ -364,6 +368,7 @@ def test_overview_runs_table_and_compare(stack: Stack, page: Any) -> None:
 
     page.goto(stack.url + "#/p/sw")
     page.wait_for_selector('#runs tr[data-run="s2"]')
+    assert page.locator('#runs tr[data-run="s1"] td[data-col="group"]').inner_text() == "sweep-sgd"
     page.locator("#add-column").focus()
     page.wait_for_function("[...document.querySelectorAll('#add-column option')]"
                            ".some(o => o.value === 'config.opt.lr')")
