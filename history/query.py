@@ -400,6 +400,30 @@ def _open(objects: ObjectStore, rel: str, footer: pq.FileMetaData | None = None)
         raise _SegmentGone(rel) from e
 
 
+def _gone_or(objects: ObjectStore, rel: str, e: OSError) -> Exception:
+    """A read of an opened segment failed: the file was collected under us (retry from a new listing), or the
+    store failed (raise that)."""
+    try:
+        gone = not objects.exists(rel)
+    except OSError:
+        gone = False
+    return _SegmentGone(rel) if gone else e
+
+
+def _batches(
+    objects: ObjectStore, rel: str, pf: pq.ParquetFile, size: int, columns: list[str],
+) -> Iterator[pa.RecordBatch]:
+    it = pf.iter_batches(batch_size=size, columns=columns, use_threads=True)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except OSError as e:
+            raise _gone_or(objects, rel, e) from e
+        yield batch
+
+
 def _slice_steps(t: pa.Table, lo: int | None, hi: int | None) -> pa.Table:
     """Rows with ``lo <= _step < hi`` of a table sorted by step: two binary searches and a zero-copy slice."""
     if lo is None and hi is None:
@@ -607,7 +631,10 @@ class RunView:
             missing = [f for f, arr in got.items() if arr is None]
             if missing:
                 pf = pf or _open(self._api.objects, seg.file, cache.footer(seg.file))
-                read = pf.read(columns=missing, use_threads=True)
+                try:
+                    read = pf.read(columns=missing, use_threads=True)
+                except OSError as e:
+                    raise _gone_or(self._api.objects, seg.file, e) from e
                 cache.put(seg.file, schema, read, pf.metadata)
                 got.update({f: read.column(f) for f in missing})
             t = pa.Table.from_arrays([got[f] for f in want], schema=pa.schema([schema.field(f) for f in want]))
@@ -747,13 +774,16 @@ class RunView:
         # Types across the whole scan, from the files' footers: a float64 anywhere makes the column float64
         # everywhere (as history's concatenation does), so a consumer never sees 3 then 2.5 then 4 as int/float.
         floats: set[str] = set()
-        files = [_open(self._api.objects, s.file, self._api._cache.footer(s.file)) for s in segs]  # footers only
-        for pf in files:
-            floats.update(f.name for f in pf.schema_arrow if f.type == pa.float64())
-        for pf in files:
+        objects, cache = self._api.objects, self._api._cache
+        footers = {s.file: _open(objects, s.file, cache.footer(s.file)).metadata for s in segs}  # footers only
+        for footer in footers.values():
+            floats.update(f.name for f in footer.schema.to_arrow_schema() if f.type == pa.float64())
+        for seg in segs:
+            # Opened again when its turn comes (the footer is known): a file collected since is found missing here.
+            pf = _open(objects, seg.file, footers[seg.file])
             names = set(pf.schema_arrow.names)
             present = [f for f in fields if f in names]
-            for batch in pf.iter_batches(batch_size=page_size, columns=present, use_threads=True):
+            for batch in _batches(objects, seg.file, pf, page_size, present):
                 t = _slice_steps(pa.Table.from_batches([batch]), lo, hi)
                 mask = _rows_holding(t, groups)
                 if mask is not None:

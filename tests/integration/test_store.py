@@ -1,6 +1,7 @@
 """The history store end to end: workers write (aligner → Parquet segments → fenced SQL commit), ``history.query``
 reads back. Every test runs against SQLite (in the test's data directory) and PostgreSQL (a fresh database per
-test, dropped after; skipped without a server).
+test, dropped after; skipped without a server), each with segments in the data directory and in a bucket of the
+moto S3 server (``storage``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 from support.pg import fresh_database
+from support.s3 import Storage
 
 from history import Api, QueryError, RunNotFound, format_history
 from schemas import Config, DefineMetric, FencedError, Finish, Histogram, Media, Start, SteplineError
+from schemas.objects import ObjectStore
 from schemas.store import segments as segments_table
 from workers.align import RunAligner
 from workers.metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
@@ -37,8 +40,8 @@ def db_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
 class RunWriter:
     """What a worker does for one run, driven by hand: apply events, then commit segments + state (fenced)."""
 
-    def __init__(self, store: MetaStore, data_dir: Path, run: str, partition: int = 0) -> None:
-        self.store, self.data_dir, self.run, self.partition = store, data_dir, run, partition
+    def __init__(self, store: MetaStore, objects: ObjectStore, run: str, partition: int = 0) -> None:
+        self.store, self.objects, self.run, self.partition = store, objects, run, partition
         self.epoch, _ = store.take_partition(partition, f"test-{run}")
         self.aligner = RunAligner()
         self.offset = 0
@@ -65,7 +68,7 @@ class RunWriter:
         c = Commit(partition=self.partition, epoch=self.epoch, offset=f"{self.offset}-0")
         if rows:
             table = rows_to_table(rows, self.aligner.displays)
-            rel, size = write_table(self.data_dir, PROJECT, self.run, table, level)
+            rel, size = write_table(self.objects, PROJECT, self.run, table, level)
             c.segments.append(SegmentRef(PROJECT, self.run, level, rows[0].step, rows[-1].step, len(rows), size, rel))
         c.rejections.extend(
             RejectionRow(PROJECT, self.run, f"{self.offset}-{i}", r.reason, r.step, r.cursor, r.message, r.ts)
@@ -92,19 +95,25 @@ def store(db_url: str) -> Iterator[MetaStore]:
 
 
 @pytest.fixture
-def api(db_url: str, data_dir: Path) -> Iterator[Api]:
-    with Api(data_dir=data_dir, db_url=db_url) as a:
+def objects(storage: Storage) -> ObjectStore:
+    """Segments go to the data directory or to a bucket on the moto server (the ``storage`` parameter)."""
+    return storage.objects
+
+
+@pytest.fixture
+def api(db_url: str, data_dir: Path, objects: ObjectStore) -> Iterator[Api]:
+    with Api(data_dir=data_dir, db_url=db_url, objects=objects) as a:
         yield a
 
 
-def writer(store: MetaStore, data_dir: Path, run: str = "r1", partition: int = 0) -> RunWriter:
-    return RunWriter(store, data_dir, run, partition)
+def writer(store: MetaStore, objects: ObjectStore, run: str = "r1", partition: int = 0) -> RunWriter:
+    return RunWriter(store, objects, run, partition)
 
 
 # --- runs, metadata ---------------------------------------------------------------------------------------------
 
 
-def test_unknown_run_and_bad_paths(api: Api, store: MetaStore, data_dir: Path) -> None:
+def test_unknown_run_and_bad_paths(api: Api, store: MetaStore, objects: ObjectStore) -> None:
     with pytest.raises(RunNotFound) as e:
         api.run("proj/nope")
     assert isinstance(e.value, LookupError)
@@ -136,15 +145,15 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert QuerySettings.from_env().db_url == f"sqlite:///{tmp_path / 'meta.sqlite'}"
 
 
-def test_metadata_read_back(api: Api, store: MetaStore, data_dir: Path) -> None:
-    w = writer(store, data_dir).start(lr=0.1, arch={"depth": 4})
+def test_metadata_read_back(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    w = writer(store, objects).start(lr=0.1, arch={"depth": 4})
     w.aligner.apply(Config(data={"seed": 7}))
     w.aligner.apply(DefineMetric(name="val/*", summary="min,max"))
     w.log({"val/loss": 3.0, "train/loss": 1.0}).log({"val/loss": 1.0, "train/loss": 0.5})
     w.log({"x": 1}, step=10).log({"x": 2}, step=5)  # step 5 < cursor 10: rejected whole
     w.log({"Loss": 1.0}).log({"loss": 2.0})  # case-only collision: one column, a warning
     w.commit()
-    w2 = writer(store, data_dir, "r2", partition=1)
+    w2 = writer(store, objects, "r2", partition=1)
     w2.ts = 5000.0  # created later than r1
     w2.start().log({"a": 1}).finish(exit_code=1).commit()
 
@@ -177,8 +186,8 @@ def test_metadata_read_back(api: Api, store: MetaStore, data_dir: Path) -> None:
 # --- fencing and compaction -------------------------------------------------------------------------------------
 
 
-def test_stale_epoch_commit_writes_nothing(api: Api, store: MetaStore, data_dir: Path) -> None:
-    zombie = writer(store, data_dir).start().log({"a": 1}).commit()
+def test_stale_epoch_commit_writes_nothing(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    zombie = writer(store, objects).start().log({"a": 1}).commit()
     taker_epoch, offset = store.take_partition(0, "taker")
     assert taker_epoch == zombie.epoch + 1
     assert offset == "1-0"
@@ -194,15 +203,15 @@ def test_stale_epoch_commit_writes_nothing(api: Api, store: MetaStore, data_dir:
     assert store.partitions()[0]["offset"] == "1-0"
 
 
-def test_compaction_keeps_history_and_old_files_until_gc(api: Api, store: MetaStore, data_dir: Path) -> None:
-    w = writer(store, data_dir).start()
+def test_compaction_keeps_history_and_old_files_until_gc(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    w = writer(store, objects).start()
     for i in range(5):
         w.log({"a": i, "b": f"s{i}"}).log({"a": i + 0.5}).commit()
     before = api.run("proj/r1").history(samples=None, pandas=False)
     old = store.segments_of(PROJECT, "r1")
     assert len(old) == 5
-    merged = merge_tables([read_table(data_dir, s["file"]) for s in old])
-    rel, size = write_table(data_dir, PROJECT, "r1", merged, level=1)
+    merged = merge_tables([read_table(objects, s["file"]) for s in old])
+    rel, size = write_table(objects, PROJECT, "r1", merged, level=1)
     store.swap_segments(0, w.epoch, [s["id"] for s in old],
                         SegmentRef(PROJECT, "r1", 1, old[0]["min_step"], old[-1]["max_step"], merged.num_rows,
                                    size, rel))
@@ -213,20 +222,20 @@ def test_compaction_keeps_history_and_old_files_until_gc(api: Api, store: MetaSt
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
     # A reader that listed the old segments still finds their files within the grace period.
-    assert all((data_dir / s["file"]).exists() for s in old)
-    assert store.collect_garbage(data_dir, grace_s=3600) == 0
-    assert store.collect_garbage(data_dir, grace_s=-1) == 5
-    assert not any((data_dir / s["file"]).exists() for s in old)
-    assert (data_dir / rel).exists()
+    assert all(objects.exists(s["file"]) for s in old)
+    assert store.collect_garbage(objects, grace_s=3600) == 0
+    assert store.collect_garbage(objects, grace_s=-1) == 5
+    assert not any(objects.exists(s["file"]) for s in old)
+    assert objects.exists(rel)
     # A compaction by a fenced worker is refused.
     store.take_partition(0, "other")
     with pytest.raises(FencedError):
         store.swap_segments(0, w.epoch, [new["id"]], SegmentRef(PROJECT, "r1", 2, 0, 9, 10, size, "x.parquet"))
 
 
-def test_scan_survives_compaction_and_gc_midway(api: Api, store: MetaStore, data_dir: Path) -> None:
+def test_scan_survives_compaction_and_gc_midway(api: Api, store: MetaStore, objects: ObjectStore) -> None:
     """A scan paused past the grace period lists the segments again and resumes after the last row it gave."""
-    w = writer(store, data_dir).start()
+    w = writer(store, objects).start()
     for i in range(4):
         for j in range(5):
             w.log({"a": i * 5 + j})
@@ -234,10 +243,10 @@ def test_scan_survives_compaction_and_gc_midway(api: Api, store: MetaStore, data
     it = api.run("proj/r1").scan_history(page_size=2)
     first = [next(it) for _ in range(3)]
     old = store.segments_of(PROJECT, "r1")
-    merged = merge_tables([read_table(data_dir, s["file"]) for s in old])
-    rel, size = write_table(data_dir, PROJECT, "r1", merged, level=1)
+    merged = merge_tables([read_table(objects, s["file"]) for s in old])
+    rel, size = write_table(objects, PROJECT, "r1", merged, level=1)
     store.swap_segments(0, w.epoch, [s["id"] for s in old], SegmentRef(PROJECT, "r1", 1, 0, 19, 20, size, rel))
-    store.collect_garbage(data_dir, grace_s=-1)
+    store.collect_garbage(objects, grace_s=-1)
     rest = list(it)
     assert [r["a"] for r in first + rest] == list(range(20))
 
@@ -245,8 +254,8 @@ def test_scan_survives_compaction_and_gc_midway(api: Api, store: MetaStore, data
 # --- history and scan semantics ---------------------------------------------------------------------------------
 
 
-def _three_segment_run(store: MetaStore, data_dir: Path) -> RunWriter:
-    w = writer(store, data_dir).start()
+def _three_segment_run(store: MetaStore, objects: ObjectStore) -> RunWriter:
+    w = writer(store, objects).start()
     for s in range(0, 30):
         d: dict[str, Any] = {"loss": float(s)}
         if s % 3 == 0:
@@ -259,8 +268,8 @@ def _three_segment_run(store: MetaStore, data_dir: Path) -> RunWriter:
     return w.finish().commit()
 
 
-def test_history_and_scan_filters(api: Api, store: MetaStore, data_dir: Path) -> None:
-    _three_segment_run(store, data_dir)
+def test_history_and_scan_filters(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    _three_segment_run(store, objects)
     run = api.run("proj/r1")
     assert len(store.segments_of(PROJECT, "r1")) == 3
     full = run.history(samples=None, pandas=False)
@@ -299,8 +308,8 @@ def test_history_and_scan_filters(api: Api, store: MetaStore, data_dir: Path) ->
     assert len(df) == 30
 
 
-def test_history_samples_deterministic(api: Api, store: MetaStore, data_dir: Path) -> None:
-    w = writer(store, data_dir).start()
+def test_history_samples_deterministic(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    w = writer(store, objects).start()
     for s in range(1000):
         w.log({"y": math.sin(s / 10)})
     w.commit()
@@ -317,8 +326,8 @@ def test_history_samples_deterministic(api: Api, store: MetaStore, data_dir: Pat
     assert len(run.history(samples=5000, pandas=False)["_step"]) == 1000
 
 
-def test_int_and_float_segments_promote(api: Api, store: MetaStore, data_dir: Path) -> None:
-    w = writer(store, data_dir).start()
+def test_int_and_float_segments_promote(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    w = writer(store, objects).start()
     w.log({"m": 1}).log({"m": 2}).commit()  # int64 segment
     w.log({"m": 2.5}).commit()  # float64 segment
     w.log({"m": 4}).commit()  # int64 again
@@ -329,9 +338,9 @@ def test_int_and_float_segments_promote(api: Api, store: MetaStore, data_dir: Pa
     assert [type(r["m"]) for r in run.scan_history()] == [float] * 4
 
 
-def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, data_dir: Path) -> None:
+def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, objects: ObjectStore) -> None:
     hist = Histogram([1, 2, 2, 3], num_bins=3).to_media()
-    w = writer(store, data_dir).start()
+    w = writer(store, objects).start()
     w.log({"Acc": 0.5, "h": hist, "arr": [1, 2, 3], "flag": True})
     w.log({"acc": "high", "ARR": np.arange(3, dtype=np.int32)})
     w.log({"ACC": 0.75})
@@ -371,8 +380,8 @@ def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, data_d
     assert "high" in format_history(full, "table")
 
 
-def test_sampled_reads(api: Api, store: MetaStore, data_dir: Path) -> None:
-    w = writer(store, data_dir).start()
+def test_sampled_reads(api: Api, store: MetaStore, objects: ObjectStore) -> None:
+    w = writer(store, objects).start()
     for s in range(5000):
         y = 100.0 if s == 2345 else (math.nan if s == 17 else math.sin(s / 50))
         w.log({"y": y, "epoch": s // 1000, "t": s * 0.5})
@@ -405,9 +414,9 @@ def test_sampled_reads(api: Api, store: MetaStore, data_dir: Path) -> None:
         run.sampled("y", x_axis="nope")
 
 
-def test_reads_use_one_snapshot_of_segments(api: Api, store: MetaStore, data_dir: Path) -> None:
+def test_reads_use_one_snapshot_of_segments(api: Api, store: MetaStore, objects: ObjectStore) -> None:
     """Segments referenced in SQL are exactly the files read; stray files under the run's directory are ignored."""
-    w = writer(store, data_dir).start().log({"a": 1}).commit()
+    w = writer(store, objects).start().log({"a": 1}).commit()
     c = w.log({"a": 2}).prepare()  # written but never committed (a worker that died before its commit)
     assert c.segments
     run = api.run("proj/r1")

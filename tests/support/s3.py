@@ -1,0 +1,170 @@
+"""A real S3-compatible server for tests: moto's standalone server (``moto[server]``, the ``test`` extra) started as
+its own process on a free loopback port, so faults are real (``kill -9``, ``SIGSTOP``), plus the storage fixture
+that runs history tests on both backends.
+
+- :class:`MotoServer`: start/stop/pause/resume one server process; :func:`make_bucket` / :func:`drop_bucket`.
+- ``s3_server`` (session): one shared server; each test uses a bucket of its own, dropped after.
+- ``storage`` (parametrized ``local`` / ``s3``): a :class:`Storage` with the :class:`~schemas.objects.ObjectStore`,
+  the ``STEPLINE_STORAGE_URL`` value and the environment worker processes need to reach it.
+
+Without moto the S3 cases skip with the reason, except under ``CI=true`` where they fail (:func:`need`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from schemas.objects import ObjectStore, open_store, parse_storage_url
+from support.servers import free_port, need
+
+#: moto accepts any credentials; workers and readers get these through the usual AWS variables.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+@dataclass
+class MotoServer:
+    """moto's S3 server in a child process on ``127.0.0.1:port``."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child keeps its own copy
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", "127.0.0.1"],
+                stdout=out or subprocess.DEVNULL, stderr=out or subprocess.DEVNULL, env={**os.environ, **CREDENTIALS},
+            )
+        finally:
+            if out is not None:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server on port {self.port} did not answer in {timeout:.0f} s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open but nothing answers (a bucket that hangs)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGCONT)
+
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
+        """The AWS variables a process needs to reach this server (or ``endpoint``, e.g. a proxy in front)."""
+        return {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint or self.endpoint}
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(
+            access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region="us-east-1", endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+            allow_bucket_creation=True, allow_bucket_deletion=True,
+        )
+
+
+def start_moto(log: Path | None = None) -> MotoServer:
+    """A started server, or skip (fail under CI) with the reason it cannot start."""
+    try:
+        import moto.server  # noqa: F401 - only to say why when it is missing
+    except ImportError as e:
+        need(f"moto[server] is not installed (the test extra): {e}")
+    srv = MotoServer(log=log)
+    try:
+        srv.start()
+    except (RuntimeError, OSError) as e:
+        need(f"the moto S3 server cannot start: {e}")
+    return srv
+
+
+def make_bucket(srv: MotoServer) -> str:
+    name = "t-" + uuid.uuid4().hex[:12]
+    srv.filesystem().create_dir(name)
+    return name
+
+
+def drop_bucket(srv: MotoServer, name: str) -> None:
+    with contextlib.suppress(OSError):
+        srv.filesystem().delete_dir(name)
+
+
+@dataclass
+class Storage:
+    """Where a test's workers and readers keep segments and blobs."""
+
+    kind: str  # "local" or "s3"
+    objects: ObjectStore
+    url: str | None  # STEPLINE_STORAGE_URL (None: the data directory)
+    env: dict[str, str]  # for worker and gateway processes (empty for local)
+    server: MotoServer | None = None
+
+    def settings(self) -> dict[str, str | None]:
+        """Settings overrides (``WorkerSettings.from_env(**storage.settings(), ...)``)."""
+        return {"storage_url": self.url, "s3_endpoint_url": self.server.endpoint if self.server else None}
+
+
+def s3_storage(srv: MotoServer, bucket: str, prefix: str = "hist", endpoint: str | None = None) -> Storage:
+    url = f"s3://{bucket}/{prefix}"
+    env = srv.env(endpoint)
+    target = parse_storage_url(url, Path("."), environ=env)
+    # Short timeouts: a test that stops the server should see the outage in seconds, not the SDK's defaults.
+    objects = open_store(target, environ=env, connect_timeout_s=2.0, request_timeout_s=5.0)
+    return Storage("s3", objects, url, {**env, "STEPLINE_STORAGE_URL": url}, srv)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    srv = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> Iterator[str]:
+    name = make_bucket(s3_server)
+    yield name
+    drop_bucket(s3_server, name)
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, data_dir: Path) -> Storage:
+    """History storage on both backends: the data directory, and a bucket of its own on the moto server."""
+    if request.param == "local":
+        return Storage("local", open_store(parse_storage_url(None, data_dir)), None, {})
+    srv: MotoServer = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return s3_storage(srv, bucket)
