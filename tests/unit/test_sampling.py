@@ -101,6 +101,21 @@ def test_m4_keeps_a_single_spike_among_a_million_points() -> None:
     assert len(r.keep) <= 4002
 
 
+def test_m4_keeps_each_buckets_first_and_last_point() -> None:
+    """The first and last point of every bucket are kept even where neither is the bucket's min or max (a line
+    drawn through the kept points starts and ends each bucket where the data does); only the inner point that is
+    no extreme goes. Fails at once, where the property test above may only fail after a long shrink."""
+    x = np.arange(15, dtype=np.float64)  # 3 buckets: 0..4, 5..9, 10..14
+    y = np.tile([5.0, 0.0, 7.0, 9.0, 6.0], 3)  # first, min, (dropped), max, last
+    r = m4(x, y, 3)
+    assert r.sampled
+    assert r.keep.tolist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11, 13, 14]
+    assert r.bucket_first.tolist() == [0, 5, 10]
+    assert r.bucket_last.tolist() == [4, 9, 14]
+    assert r.bucket_min.tolist() == [0.0, 0.0, 0.0]
+    assert r.bucket_max.tolist() == [9.0, 9.0, 9.0]
+
+
 def test_m4_all_nan_and_constant() -> None:
     x = np.arange(100, dtype=np.float64)
     r = m4(x, np.full(100, np.nan), 10)
