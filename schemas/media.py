@@ -11,6 +11,8 @@ Every constructor takes tensors where it takes arrays (:func:`~schemas.values.ho
 - :class:`Table` — ``Table(columns, data)`` plus ``add_data(*row)``; cells are scalars or media.
 - :class:`Html` — from a string or a path; the HTML is a blob, the reference holds its sha256 and size.
 - :func:`line_series` (exposed as ``plot.line_series``) — several named lines on one chart.
+- ``plot.line``, ``scatter``, ``bar``, ``histogram``, ``confusion_matrix``, ``pr_curve``, ``roc_curve`` — W&B's
+  charts over a table, stored as a ``plot`` value holding the table and the chart kind (see ``TABLE_CHARTS``).
 
 :func:`iter_media` is the one walker over the media a value holds (the SDK gathers their blobs, the gateway checks
 that the blobs a frame references are stored, the worker moves them into the data directory).
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -319,10 +321,203 @@ def line_series(
     return Media("plot", payload)
 
 
-class _Plot:
-    """The ``plot`` namespace (``wandb.plot.line_series``)."""
+# --- wandb.plot charts over a table -----------------------------------------------------------------------------
+#
+# Each is stored as a ``plot`` media value: ``{"kind": <chart>, "columns": [...], "data": [[...], ...], "fields":
+# {<role>: <column>}, "title": str}`` (plus ``x_title``/``y_title`` for the curves): the chart's table (as a Table's
+# columns and rows) and what W&B's Vega spec would draw from which column. W&B logs the same table under
+# ``<key>_table`` next to a chart panel; here the table travels inside the chart value, under the key itself.
 
+#: The chart kinds of ``plot`` values (``line_series`` stores xs/ys instead of a table, as before).
+TABLE_CHARTS = ("line", "scatter", "bar", "histogram", "confusion_matrix", "pr_curve", "roc_curve")
+
+
+def _chart(kind: str, table: Any, fields: Mapping[str, str | None], title: str | None,
+           extra: dict[str, str] | None = None) -> Media:
+    if not isinstance(table, Table):
+        raise SchemaError(f"plot.{kind} takes a Table, got {type(table).__name__}", code="bad_media")
+    used = {role: col for role, col in fields.items() if col is not None}
+    for role, col in used.items():
+        if not isinstance(col, str) or col not in table.columns:
+            raise SchemaError(f"plot.{kind}: {role}={col!r} is not a column of the table {table.columns}",
+                              code="bad_media")
+    media = table.to_media()
+    payload: dict[str, Any] = {"kind": kind, "columns": media.payload["columns"], "data": media.payload["data"],
+                               "fields": used, "title": "" if title is None else str(title)}
+    payload.update(extra or {})
+    return Media("plot", payload, media.blobs)
+
+
+def line(table: Table, x: str, y: str, stroke: str | None = None, title: str = "",
+         split_table: bool = False) -> Media:
+    """``wandb.plot.line``: y against x from a table's columns, one line per value of ``stroke`` when given."""
+    return _chart("line", table, {"x": x, "y": y, "stroke": stroke}, title)
+
+
+def scatter(table: Table, x: str, y: str, title: str = "", split_table: bool = False) -> Media:
+    """``wandb.plot.scatter``: the points (x, y) of a table's rows."""
+    return _chart("scatter", table, {"x": x, "y": y}, title)
+
+
+def bar(table: Table, label: str, value: str, title: str = "", split_table: bool = False) -> Media:
+    """``wandb.plot.bar``: one bar per row, ``label`` column as its name, ``value`` as its height."""
+    return _chart("bar", table, {"label": label, "value": value}, title)
+
+
+def histogram(table: Table, value: str, title: str = "", split_table: bool = False) -> Media:
+    """``wandb.plot.histogram``: the distribution of a table's ``value`` column (binned when drawn, as W&B)."""
+    return _chart("histogram", table, {"value": value}, title)
+
+
+def _labels_of(values: Any, what: str) -> list[Any]:
+    arr = np.asarray(host_value(values, what))
+    if arr.ndim != 1:
+        raise SchemaError(f"{what} must be one-dimensional, got shape {arr.shape}", code="bad_media")
+    return [capture(v, what) for v in arr.tolist()]
+
+
+def confusion_matrix(probs: Any = None, y_true: Any = None, preds: Any = None, class_names: Any = None,
+                     title: str = "Confusion Matrix Curve", split_table: bool = False) -> Media:
+    """``wandb.plot.confusion_matrix``: W&B's rows (Actual, Predicted, nPredictions) for every pair of classes.
+
+    ``preds`` (predicted labels) or ``probs`` (an N x classes array: its argmax per row); class indices map to
+    ``class_names`` (sorted classes otherwise, named ``Class_1``, ...) exactly as W&B does."""
+    if probs is not None and preds is not None:
+        raise SchemaError("Only one of `probs` or `preds` should be provided, not both.", code="bad_media")
+    if y_true is None or (probs is None and preds is None):
+        raise SchemaError("confusion_matrix needs y_true and preds (or probs)", code="bad_media")
+    if probs is not None:
+        p = np.asarray(host_value(probs, "probs"))
+        if p.ndim != 2:
+            raise SchemaError(f"probs must be N x classes, got shape {p.shape}", code="bad_media")
+        preds = np.argmax(p, axis=1)
+    pred_l, true_l = _labels_of(preds, "preds"), _labels_of(y_true, "y_true")
+    if len(pred_l) != len(true_l):
+        raise SchemaError("The number of predictions and true labels must be equal.", code="bad_media")
+    idx: Any
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+        n = len(names)
+        idx = list(range(n))
+        if len(set(pred_l)) > n:
+            raise SchemaError("The number of unique predicted classes exceeds the number of class names.",
+                              code="bad_media")
+        if len(set(true_l)) > n:
+            raise SchemaError("The number of unique true labels exceeds the number of class names.", code="bad_media")
+    else:
+        idx = set(pred_l) | set(true_l)
+        n = len(idx)
+        names = [f"Class_{i + 1}" for i in range(n)]
+    try:
+        mapping = {v: i for i, v in enumerate(sorted(idx))}
+        counts = np.zeros((n, n))
+        for t, p_ in zip(true_l, pred_l, strict=True):
+            counts[mapping[t], mapping[p_]] += 1
+    except (KeyError, TypeError) as err:
+        raise SchemaError(f"confusion_matrix: label {err} is not a class index of class_names", code="bad_media") \
+            from err
+    data = [[names[i], names[j], float(counts[i, j])] for i in range(n) for j in range(n)]
+    fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
+    return _chart("confusion_matrix", Table(columns=["Actual", "Predicted", "nPredictions"], data=data), fields,
+                  title)
+
+
+def _binary_curve(truth: np.ndarray[Any, Any], score: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+    """False and true positives at each distinct score, highest first (sklearn's ``_binary_clf_curve``)."""
+    order = np.argsort(score, kind="mergesort")[::-1]
+    score, truth = score[order], truth[order]
+    distinct = np.where(np.diff(score))[0]
+    thresholds = np.r_[distinct, truth.size - 1]
+    tps = np.cumsum(truth)[thresholds]
+    fps = 1 + thresholds - tps
+    return fps, tps
+
+
+def _class_curves(y_true: Any, y_probas: Any, labels: Any, classes_to_plot: Any,
+                  what: str) -> Iterator[tuple[Any, np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """(class label, truth as 0/1 floats, that class's scores) per class to plot, W&B's one-vs-rest choice: the
+    sorted unique labels of ``y_true`` are the columns of ``y_probas``."""
+    if y_true is None or y_probas is None:
+        raise SchemaError(f"{what} needs y_true and y_probas", code="bad_media")
+    truth = np.asarray(host_value(y_true, "y_true"))
+    probas = np.asarray(host_value(y_probas, "y_probas"), dtype=np.float64)
+    if truth.ndim != 1 or probas.ndim != 2 or len(truth) != len(probas):
+        raise SchemaError(f"{what}: y_true must be N labels and y_probas N x classes, got shapes {truth.shape} and "
+                          f"{probas.shape}", code="bad_media")
+    classes = np.unique(truth)
+    if len(classes) > probas.shape[1]:
+        raise SchemaError(f"{what}: y_true has {len(classes)} classes, y_probas {probas.shape[1]} columns",
+                          code="bad_media")
+    wanted = classes if classes_to_plot is None else np.asarray(host_value(classes_to_plot, "classes_to_plot"))
+    for i in np.where(np.isin(classes, wanted))[0]:
+        c = classes[i]
+        if labels is not None and isinstance(c, int | np.integer):
+            label = labels[int(c)]
+        else:
+            label = c.item() if isinstance(c, np.generic) else c
+        yield label, (truth == c).astype(np.float64), probas[:, i]
+
+
+def pr_curve(y_true: Any = None, y_probas: Any = None, labels: Any = None, classes_to_plot: Any = None,
+             interp_size: int = 21, title: str = "Precision-Recall Curve", split_table: bool = False) -> Media:
+    """``wandb.plot.pr_curve``: per class (one vs rest), precision at ``interp_size`` recall levels from 1 to 0,
+    the precision made monotone as W&B does; columns class, precision, recall, rounded to 3 decimals.
+
+    Computed with numpy (W&B calls scikit-learn's ``precision_recall_curve``; the same numbers)."""
+    interp_recall = np.linspace(0, 1, interp_size)[::-1]
+    data: list[list[Any]] = []
+    for label, truth, score in _class_curves(y_true, y_probas, labels, classes_to_plot, "pr_curve"):
+        fps, tps = _binary_curve(truth, score)
+        ps = tps + fps
+        precision = np.divide(tps, ps, out=np.zeros_like(tps, dtype=np.float64), where=ps != 0)
+        recall = np.ones_like(tps, dtype=np.float64) if tps[-1] == 0 else tps / tps[-1]
+        precision = np.hstack((precision[::-1], 1.0))  # sklearn's order: recall falling to 0
+        recall = np.hstack((recall[::-1], 0.0))
+        precision = np.maximum.accumulate(precision)  # W&B's _step: each precision the max of those before it
+        cur_p, cur_r = precision[::-1], recall[::-1]
+        at = np.searchsorted(cur_r, interp_recall, side="left")
+        # np.round, as pandas' DataFrame.round in W&B (it can differ from Python's round() in the last digit)
+        for p, r in zip(np.round(cur_p[at], 3), np.round(interp_recall, 3), strict=True):
+            data.append([label, float(p), float(r)])
+    table = Table(columns=["class", "precision", "recall"], data=data)
+    return _chart("pr_curve", table, {"x": "recall", "y": "precision", "class": "class"}, title,
+                  {"x_title": "Recall", "y_title": "Precision"})
+
+
+def roc_curve(y_true: Any = None, y_probas: Any = None, labels: Any = None, classes_to_plot: Any = None,
+              title: str = "ROC Curve", split_table: bool = False) -> Media:
+    """``wandb.plot.roc_curve``: per class (one vs rest), the ROC curve's points (scikit-learn's ``roc_curve``
+    with ``drop_intermediate``, computed with numpy); columns class, fpr, tpr, rounded to 3 decimals."""
+    data: list[list[Any]] = []
+    for label, truth, score in _class_curves(y_true, y_probas, labels, classes_to_plot, "roc_curve"):
+        fps, tps = _binary_curve(truth, score)
+        if len(fps) > 2:  # drop the points on a straight line (sklearn's drop_intermediate=True)
+            keep = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
+            fps, tps = fps[keep], tps[keep]
+        fps, tps = np.r_[0, fps], np.r_[0, tps]
+        with np.errstate(invalid="ignore", divide="ignore"):  # one class only: NaN, as sklearn (with a warning)
+            fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+            tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+        for f, t in zip(np.round(fpr, 3), np.round(tpr, 3), strict=True):
+            data.append([label, float(f), float(t)])
+    table = Table(columns=["class", "fpr", "tpr"], data=data)
+    return _chart("roc_curve", table, {"x": "fpr", "y": "tpr", "class": "class"}, title,
+                  {"x_title": "False positive rate", "y_title": "True positive rate"})
+
+
+class _Plot:
+    """The ``plot`` namespace: ``wandb.plot.line``, ``scatter``, ``bar``, ``histogram``, ``line_series``,
+    ``confusion_matrix``, ``pr_curve``, ``roc_curve`` (W&B's signatures; ``split_table`` is accepted and has no
+    effect: the table is stored inside the chart's value)."""
+
+    line = staticmethod(line)
+    scatter = staticmethod(scatter)
+    bar = staticmethod(bar)
+    histogram = staticmethod(histogram)
     line_series = staticmethod(line_series)
+    confusion_matrix = staticmethod(confusion_matrix)
+    pr_curve = staticmethod(pr_curve)
+    roc_curve = staticmethod(roc_curve)
 
 
 plot = _Plot()
