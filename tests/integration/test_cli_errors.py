@@ -63,19 +63,21 @@ def cases(port: int) -> list[list[str]]:
     ]
 
 
-def test_every_mistake_gets_one_error_line_and_no_traceback(tmp_path: Path, busy_port: int) -> None:
+@pytest.mark.parametrize("case", range(len(cases(0))), ids=lambda i: " ".join(cases(0)[i]))
+def test_every_mistake_gets_one_error_line_and_no_traceback(tmp_path: Path, busy_port: int, case: int) -> None:
+    # One test per command: each runs a fresh interpreter, which a loaded machine can make slow, and the suite's
+    # timeout is per test.
+    args = cases(busy_port)[case]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_")}
     env["STEPLINE_DATA_DIR"] = str(tmp_path / "data")
-    failures = []
-    for args in cases(busy_port):
-        try:
-            p = subprocess.run([sys.executable, "-m", "stepline", *args], cwd=tmp_path, env=env, capture_output=True,
-                               text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:  # run() killed it: a mistake must end the command, not hang it
-            failures.append(f"stepline {' '.join(args)} did not end within 60 s: {e.stderr!r:.500}")
-            continue
-        err = p.stderr.strip()
-        last = err.splitlines()[-1] if err else ""
-        if p.returncode == 0 or "Traceback" in err or not last.startswith("stepline") or "error" not in last:
-            failures.append(f"stepline {' '.join(args)} -> rc={p.returncode}\n{err[-1500:]}")
-    assert not failures, "\n\n".join(failures)
+    env["STEPLINE_HOME"] = str(tmp_path / "home")  # no running `stepline up` of the developer's is found
+    try:
+        p = subprocess.run([sys.executable, "-m", "stepline", *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=90, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:  # run() killed it: a mistake must end the command, not hang it
+        pytest.fail(f"stepline {' '.join(args)} did not end within 90 s: {e.stderr!r:.500}")
+    err = p.stderr.strip()
+    last = err.splitlines()[-1] if err else ""
+    assert p.returncode != 0, f"stepline {' '.join(args)} exited 0\n{err[-1500:]}"
+    assert "Traceback" not in err, err[-1500:]
+    assert last.startswith("stepline") and "error" in last, err[-1500:]

@@ -67,7 +67,8 @@ def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: s
     rng = random.Random(7)
     scripts = [make_run(rng, names, "handover", f"run-{i:02d}", 1_500, 6, frame_events=20) for i in range(16)]
     w0, _w1 = fleet.start(), fleet.start()
-    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=8)
+    # Held: the last fifth trickles in until both changes are done, however long a loaded machine takes.
+    feeder = Feeder(redis_url, names, interleave(scripts, rng), seconds=8, hold=True)
     store = open_store(data_dir)
     try:
         feeder.start()
@@ -80,12 +81,14 @@ def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: s
         fleet.start()  # joins: takes its share of partitions from the others
         wait_until(lambda: {"w0", "w2"} <= {p["owner"] for p in store.partitions()}, 20,
                    "the new worker to own partitions (w0 keeping some)")
-        assert not feeder.done.is_set(), "the feeder finished before the handover: make it slower"
+        assert not feeder.done.is_set(), "the held feeder ended before the handover"
         w0.proc.send_signal(signal.SIGTERM)  # leaves: commits, releases and exits cleanly
         assert w0.proc.wait(25) == 0, fleet.logs()
         assert "released partition" in w0.log.read_text()
-        assert not feeder.done.is_set(), "the feeder finished before the leave: make it slower"
-        feeder.join(30)
+        assert not feeder.done.is_set(), "the held feeder ended before the leave"
+        feeder.release()
+        feeder.join(60)
+        assert feeder.done.is_set(), "the feeder did not finish"
         assert feeder.error is None
         with redis.Redis.from_url(redis_url) as r:
             wait_caught_up(r, names, store, fleet, timeout=60)
