@@ -404,3 +404,42 @@ def test_overview_runs_table_and_compare(stack: Stack, page: Any) -> None:
     page.wait_for_function("[...document.querySelectorAll('.panel[data-key=\"samples\"] .media-cell')]"
                            ".every(c => c.dataset.step === '20')")
     shot(page, "compare")
+
+
+def test_live_page_memory_stays_bounded(stack: Stack, page: Any) -> None:
+    """A page left open on a live run: an accelerated hour (36,000 rows of 10 keys, pushed every 0.2 s) keeps every
+    drawn line under the live bound (re-sampled with one read when it grows past it) and the JS heap under 100 MB."""
+    page.add_init_script("try { localStorage.setItem('stepline.liveIntervalS', '0.2') } catch {}")
+    keys = [f"m/k{i}" for i in range(10)]
+    run = stack.init("mem", "m1")
+    run.log(dict.fromkeys(keys, 0.0), step=0)
+    run.log({}, commit=True)
+    stack.wait("mem/m1", lambda v: v.rows >= 1)
+    page.goto(stack.url + "#/p/mem/r/m1")
+    for k in keys:
+        panel(page, k)
+        wait_drawn(page, k)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Performance.enable")
+
+    def heap_mb() -> float:
+        cdp.send("HeapProfiler.collectGarbage")
+        m = {x["name"]: x["value"] for x in cdp.send("Performance.getMetrics")["metrics"]}
+        return float(m["JSHeapUsedSize"]) / 1e6
+
+    start = heap_mb()
+    n = 36_000
+    for s in range(1, n + 1):
+        run.log({k: float(np.sin(s / 100 + i)) for i, k in enumerate(keys)}, step=s)
+        if s % 1000 == 0:  # paced by the page: each chunk arrives as appended rows, not as one re-read
+            run.log({}, commit=True)
+            page.wait_for_function(f"window.__stepline.charts['m/k0']?.count === {s + 1}", timeout=60_000)
+    biggest = page.evaluate("Math.max(...Object.values(window.__stepline.charts).map(c => c.x.length))")
+    end = heap_mb()
+    events = page.evaluate("window.__stepline.live")
+    print(f"\nlive page: heap {start:.1f} MB -> {end:.1f} MB after {n} rows x {len(keys)} keys; "
+          f"{events['events']} events, {events['rows']} rows pushed; largest drawn line {biggest} points")
+    assert biggest <= 4000
+    assert events["rows"] >= n * 0.9  # most rows came appended over the stream
+    assert end < 100
+    run.finish()
