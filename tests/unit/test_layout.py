@@ -110,3 +110,19 @@ def test_the_lazy_api_reexport_works() -> None:
     import ingest
 
     assert ingest.Api is history.Api
+
+
+def test_importing_the_sdk_imports_no_training_framework() -> None:
+    """``import ingest`` (and its integrations package) must not pull in torch, Lightning, Transformers or Keras:
+    the integrations import their framework in their own submodule only (a fresh interpreter, so nothing else
+    of the test session counts)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ingest, ingest.integrations\n"
+        "heavy = ('torch', 'lightning', 'pytorch_lightning', 'transformers', 'keras', 'tensorflow', 'jax')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
