@@ -10,7 +10,11 @@ mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{
 media blob that run references, 404 otherwise: images with their type, HTML as ``text/html`` under a ``sandbox``
 CSP so it can never run as the page's origin; immutable, so cacheable for good).
 
-``format=json`` (default) | ``msgpack`` | ``csv``; every stored value is served in each (README, "HTTP gateway").
+``format=json`` (default) | ``msgpack`` | ``csv`` | ``exact``, or by ``Accept`` (``application/msgpack``,
+``text/csv``, ``application/x-stepline-msgpack`` for ``exact``) when ``format`` is absent; every stored value is
+served in each (README, "HTTP gateway"). ``exact`` is msgpack in the store's own codec (numpy arrays with their
+dtype, media as media), what the remote ``history.Api`` reads; its ``scan`` is a stream of pages, each a 4-byte
+big-endian length and a msgpack array of rows.
 JSON has no NaN: missing and NaN are omitted from rows (as :func:`history.formatting.format_history`) or ``null``
 elsewhere (inside lists, arrays, config, summary, sampled arrays); ±inf are ``"Infinity"``/``"-Infinity"``
 (:func:`history.formatting.plain`, all the way down). msgpack keeps floats bit for bit (NaN, ±inf, -0.0) and
@@ -42,7 +46,7 @@ from sqlalchemy import func, select
 
 from history.formatting import format_history, plain
 from history.query import QueryError, RunNotFound, RunView, columns_of
-from schemas import Media, key_ident
+from schemas import Media, key_ident, packb
 from schemas.store import STEP, blob_path, runs
 
 from .errors import Refused
@@ -50,7 +54,10 @@ from .state import GW
 from .write import blob_target, path_ids
 
 log = logging.getLogger("stepline.gateway")
-FORMATS = ("json", "msgpack", "csv")
+FORMATS = ("json", "msgpack", "csv", "exact")
+#: The ``exact`` format's media type: msgpack in the store's codec (``schemas.packb``), which the remote
+#: ``history.Api`` decodes into the very values the local one returns (numpy arrays with their dtype, media).
+EXACT_TYPE = "application/x-stepline-msgpack"
 T = TypeVar("T")
 
 
@@ -71,11 +78,36 @@ def _wire(v: Any) -> Any:
     return v
 
 
+#: Accept header media types -> format (``format=`` wins over Accept).
+_ACCEPT = {EXACT_TYPE: "exact", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack",
+           "text/csv": "csv", "application/json": "json"}
+
+
 def _fmt(request: web.Request) -> str:
-    f = request.query.get("format", "json")
+    f = request.query.get("format")
+    if f is None:
+        accept = [t.split(";")[0].strip().lower() for t in request.headers.get("Accept", "").split(",")]
+        return next((_ACCEPT[t] for t in accept if t in _ACCEPT), "json")
     if f not in FORMATS:
         raise Refused(400, "bad_param", f"format must be one of {list(FORMATS)}, got {f!r:.40}")
     return f
+
+
+def _exact(v: Any) -> Any:
+    """A value for the ``exact`` format (:func:`schemas.packb`, the store's own codec): numeric arrays and media
+    travel as they are (dtype and shape kept), object arrays as lists of their values, complex numbers (only in
+    data stored before they were refused) in their map form."""
+    if isinstance(v, np.ndarray):
+        return [_exact(x) for x in v.tolist()] if v.dtype.kind in "OcUS" else v
+    if isinstance(v, dict):
+        return {str(k): _exact(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_exact(x) for x in v]
+    if isinstance(v, complex):
+        return {"_type": "complex", "real": v.real, "imag": v.imag}
+    if isinstance(v, Media):
+        return Media(v.kind, _exact(v.payload))
+    return v
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -127,6 +159,8 @@ def _keys(request: web.Request) -> list[str] | None:
 
 
 def _encode(obj: Any, fmt: str, table: Callable[[], tuple[list[str], list[list[Any]]]] | None = None) -> web.Response:
+    if fmt == "exact":
+        return web.Response(body=packb(_exact(obj)), content_type=EXACT_TYPE)
     if fmt == "msgpack":
         return web.Response(body=msgpack.packb(_wire(obj), use_bin_type=True), content_type="application/msgpack")
     if fmt == "csv":
@@ -309,7 +343,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     gw, project, run = await _authorized(request)
     fmt = _fmt(request)
-    limit = _int(request, "rejections", 100, lo=0)
+    limit = None if request.query.get("rejections") == "all" else _int(request, "rejections", 100, lo=0)
 
     def load() -> dict[str, Any]:
         r = gw.api.run(f"{project}/{run}")
@@ -345,6 +379,8 @@ async def history(request: web.Request) -> web.Response:
                                                       max_step=hi, pandas=False, split_kinds=split)
         if fmt == "json":
             return format_history(data, "json")
+        if fmt == "exact":
+            return packb({"columns": list(data), "data": {k: _exact(v) for k, v in data.items()}})
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
@@ -359,7 +395,7 @@ async def history(request: web.Request) -> web.Response:
         return web.Response(text=out, content_type="application/json")
     if fmt == "csv":
         return web.Response(text=out, content_type="text/csv")
-    return web.Response(body=out, content_type="application/msgpack")
+    return web.Response(body=out, content_type=EXACT_TYPE if fmt == "exact" else "application/msgpack")
 
 
 async def sampled(request: web.Request) -> web.Response:
@@ -413,7 +449,8 @@ async def scan(request: web.Request) -> web.StreamResponse:
                                                        split_kinds=split)
 
     header, rows = await _call(gw, open_scan)
-    ctype = {"json": "application/x-ndjson", "msgpack": "application/msgpack", "csv": "text/csv"}[fmt]
+    ctype = {"json": "application/x-ndjson", "msgpack": "application/msgpack", "csv": "text/csv",
+             "exact": EXACT_TYPE}[fmt]
     resp = web.StreamResponse(headers={"Content-Type": ctype})
     await resp.prepare(request)
     if fmt == "csv":
@@ -443,6 +480,9 @@ def _encode_rows(batch: list[dict[str, Any]], fmt: str, header: list[str]) -> by
                                   allow_nan=False) + "\n" for row in batch).encode()
     if fmt == "msgpack":
         return b"".join(msgpack.packb(_wire(row), use_bin_type=True) for row in batch)
+    if fmt == "exact":  # one page: its length (4 bytes, big-endian), then the rows as one msgpack array
+        page = packb([_exact(row) for row in batch])
+        return len(page).to_bytes(4, "big") + page
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for row in batch:

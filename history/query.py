@@ -122,7 +122,7 @@ class QuerySettings:
         return cls(data_dir=d, db_url=normalize_db_url(url))
 
 
-def _split_project(path: str) -> str:
+def split_project_path(path: str) -> str:
     parts = path.strip("/").split("/")
     if len(parts) == 2:  # W&B's entity/project: stepline has no entities
         parts = parts[1:]
@@ -131,7 +131,7 @@ def _split_project(path: str) -> str:
     return parts[0]
 
 
-def _split_path(path: str) -> tuple[str, str]:
+def split_run_path(path: str) -> tuple[str, str]:
     parts = path.strip("/").split("/")
     if len(parts) == 3:  # W&B's entity/project/run: stepline has no entities
         parts = parts[1:]
@@ -141,7 +141,20 @@ def _split_path(path: str) -> tuple[str, str]:
 
 
 class Api:
-    """Entry point of the query library: lists runs and opens them. Synchronous; safe to share among threads."""
+    """Entry point of the query library: lists runs and opens them. Synchronous; safe to share among threads.
+
+    ``Api(url="http://host:8080", api_key=...)`` (or ``STEPLINE_URL`` / ``STEPLINE_API_KEY`` set, with no data
+    directory or database given) reads through a gateway instead, with the same surface and results
+    (:class:`history.remote.RemoteApi`).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Api:
+        if cls is Api:
+            from .remote import RemoteApi, wants_remote
+
+            if wants_remote(args, kwargs):
+                return super().__new__(RemoteApi)
+        return super().__new__(cls)
 
     def __init__(
         self, data_dir: str | os.PathLike[str] | None = None, db_url: str | None = None, *,
@@ -200,7 +213,7 @@ class Api:
         or field."""
         if per_page < 1:
             raise QueryError(f"per_page must be >= 1, got {per_page}")
-        project = _split_project(path)
+        project = split_project_path(path)
         dialect = self._engine.url.get_backend_name()
         try:
             where = [runs.c.project == project, compile_filters(filters, dialect)]
@@ -213,7 +226,7 @@ class Api:
 
     def run(self, path: str) -> RunView:
         """Open ``"project/run"`` (or W&B's ``"entity/project/run"``); raises :class:`RunNotFound`."""
-        project, run_id = _split_path(path)
+        project, run_id = split_run_path(path)
         if self._ready():
             with self._connect() as conn, conn.begin():
                 row = conn.execute(select(*_RUN_COLUMNS).where(runs.c.project == project,
