@@ -21,11 +21,10 @@ from typing import Any, cast
 import redis
 
 from schemas.clients import AsyncRedis, SyncRedis
+from schemas.commits import id_tuple, live_workers, reached
 
 from .settings import ClientSettings
 
-#: A worker whose heartbeat is older than this is not counted as live (the default lease TTL is 10 s).
-LIVE_WORKER_S = 15.0
 #: One blocking read lasts at most this long, so worker liveness is looked at again now and then.
 _BLOCK_S = 2.0
 
@@ -40,21 +39,6 @@ class Committed:
     rejected: int | None = None
 
 
-def id_tuple(entry_id: str | bytes) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _counts(entries: Sequence[Any], field: bytes) -> tuple[int | None, int | None]:
-    for _id, fields in entries:
-        raw = fields.get(field)
-        if raw is not None:
-            rows, _, rejected = raw.decode().partition(" ")
-            return int(rows), int(rejected or 0)
-    return None, None
-
-
 class _Wait:
     """What both the sync and the async wait share: keys, the target id, and reading the replies."""
 
@@ -62,22 +46,18 @@ class _Wait:
         names = settings.names
         self.key = names.committed(partition)
         self.workers = names.workers
-        self.field = f"{project}/{run}".encode()
+        self.project, self.run = project, run
         self.target = id_tuple(last_id)
         self.last_id = last_id
         self.settings = settings
 
     def reached(self, entries: Sequence[Any]) -> Committed | None:
-        if entries and id_tuple(entries[-1][0]) >= self.target:
-            rows, rejected = _counts([e for e in entries if id_tuple(e[0]) >= self.target], self.field)
-            return Committed(True, rows=rows, rejected=rejected)
-        return None
+        done = reached(entries, self.last_id, self.project, self.run)
+        return None if done is None else Committed(True, rows=done.rows, rejected=done.rejected)
 
     def no_worker(self, beats: dict[bytes, bytes]) -> Committed | None:
         # Heartbeats are the workers' wall clocks in ms (as the workers compare them among themselves).
-        now_ms = time.time() * 1000
-        live = [w for w, hb in beats.items() if now_ms - int(hb) <= LIVE_WORKER_S * 1000]
-        if live:
+        if live_workers(beats, time.time() * 1000):
             return None
         return Committed(False, f"no worker is running for namespace {self.settings.namespace!r} on "
                                 f"{self.settings.redis_url}")

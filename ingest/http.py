@@ -15,13 +15,19 @@ request whole or refuses it whole, so:
 - 400/413/415/422 (the gateway will never accept this request) → the frames are sent one by one, so only a frame
   the gateway itself refuses is dropped, with an error in the log (``refused_frames`` counts them). The SDK
   validates with the same schemas and default limits, so this only happens when a gateway runs smaller limits.
+
+Read-your-writes: the 202 names the stream ids of the frames (``last_id`` keeps the last); :meth:`wait_committed`
+asks ``GET .../committed?id=`` (:mod:`gateway.commits`) until a worker's commit reaches it, the time is up, or the
+gateway says no worker runs.
 """
 
 from __future__ import annotations
 
 import gzip
 import http.client
+import json
 import logging
+import time
 from collections import Counter
 from urllib.parse import quote, urlsplit
 
@@ -81,6 +87,40 @@ class HttpTransport:
         #: Replies by HTTP status, and 429/503 replies that came without ``Retry-After`` (for tests and benches).
         self.statuses: Counter[int] = Counter()
         self.missing_retry_after = 0
+        #: The stream id of the last frame the gateway appended (its 202 names them), for read-your-writes.
+        self.last_id: str | None = None
+
+    def _note_ids(self, data: bytes) -> None:
+        try:
+            ids = json.loads(data).get("ids")
+        except (ValueError, AttributeError):
+            return  # an older gateway: no ids, no read-your-writes over HTTP
+        if isinstance(ids, list) and ids and isinstance(ids[-1], str):
+            self.last_id = ids[-1]
+
+    def wait_committed(self, last_id: str, timeout: float) -> tuple[bool, str, int | None, int | None]:
+        """``(committed, reason, rows, rejected)``: asks the gateway until a worker's commit reaches ``last_id``
+        or ``timeout`` seconds pass. Never raises: an unreachable or older gateway is a reason."""
+        path = f"{self._base}/api/v1/projects/{quote(self.project, safe='')}/runs/{quote(self.run, safe='')}/committed"
+        deadline = time.monotonic() + timeout
+        per_request = max(0.5, self.settings.socket_timeout_s - 1.0)  # the gateway answers before the socket gives up
+        while True:
+            left = deadline - time.monotonic()
+            query = f"?id={quote(last_id, safe='')}&timeout={max(0.0, min(left, per_request)):.3f}"
+            try:
+                status, _ra, data = self._request("GET", path + query, b"", {})
+            except GatewayUnavailable as e:
+                return False, str(e), None, None
+            if status != 200:
+                return False, f"the gateway answered {status}: {data[:200]!r}", None, None
+            try:
+                reply = json.loads(data)
+            except ValueError:
+                return False, f"the gateway answered {data[:200]!r}", None, None
+            if reply.get("committed"):
+                return True, "", reply.get("rows"), reply.get("rejected")
+            if "no worker" in str(reply.get("reason")) or time.monotonic() >= deadline:
+                return False, str(reply.get("reason")), None, None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -161,13 +201,16 @@ class HttpTransport:
             self._put_blobs(batch)
             status, ra, data = self._post([e.frame for e in batch])
         if self._check(status, ra, data, f"{len(batch)} frames"):
+            self._note_ids(data)
             return len(batch)
         # Refused for good: find the frames the gateway refuses, one request each, and keep the rest.
         done = 0
         for e in batch:
             try:
                 status, ra, data = self._post([e.frame])
-                if not self._check(status, ra, data, "1 frame"):
+                if self._check(status, ra, data, "1 frame"):
+                    self._note_ids(data)
+                else:
                     self.refused_frames += 1
                     logger.error("stepline: the gateway refused a frame of run %s for good (%d): %r; dropped",
                                  self.run, status, data[:300])

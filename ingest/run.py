@@ -69,6 +69,7 @@ from schemas.values import check_text, text_ok
 
 from . import commits
 from .batch import Batcher, Sig
+from .http import HttpTransport
 from .sender import AsyncSender, Core, ThreadSender, async_client, sync_client
 from .settings import ClientSettings, SettingsError
 from .spill import Outbox, spill_path
@@ -107,7 +108,7 @@ class FinishResult:
     dropped_calls: int = 0
     refused_frames: int = 0
     #: True once a worker committed everything sent (read-your-writes), False when the wait gave up (a warning
-    #: said why), None when not waited for (``wait=False``, frames left unsent, or the HTTP transport).
+    #: said why), None when not waited for (``wait=False``, frames left unsent, or none acknowledged with a stream id).
     committed: bool | None = None
     #: The run's rows and rejected calls as committed, when a worker announced them.
     rows: int | None = None
@@ -581,15 +582,23 @@ class Run:
         self._sender = None
         res = self._result(sender.refused_frames if sender is not None else 0)
         target = self._wait_target(res) if wait else None
-        done = None
-        if target is not None:
-            client = sync_client(self.settings)
+        return self._committed(res, None if target is None else self._wait_committed(target))
+
+    def _wait_committed(self, target: str) -> commits.Committed:
+        """Block until a worker's commit reaches stream id ``target`` (over Redis, or asking the gateway)."""
+        timeout = self.settings.commit_timeout_s
+        if self.settings.url is not None:
+            http = HttpTransport(self.settings, self.project, self.id)
             try:
-                done = commits.wait_sync(client, self.settings, self.partition, self.project, self.id, target,
-                                         self.settings.commit_timeout_s)
+                ok, reason, rows, rejected = http.wait_committed(target, timeout)
             finally:
-                client.close()
-        return self._committed(res, done)
+                http.close()
+            return commits.Committed(ok, reason, rows, rejected)
+        client = sync_client(self.settings)
+        try:
+            return commits.wait_sync(client, self.settings, self.partition, self.project, self.id, target, timeout)
+        finally:
+            client.close()
 
     @property
     def url(self) -> str | None:
@@ -609,7 +618,7 @@ class Run:
 
     def _wait_target(self, res: FinishResult) -> str | None:
         """The stream id to wait for, or None when there is nothing to wait for (or no way to)."""
-        if res.unsent_frames or self.settings.url is not None:
+        if res.unsent_frames:
             return None
         return self._core.last_id
 
@@ -674,7 +683,9 @@ class AsyncRun(Run):
         res = await asyncio.to_thread(self._result, refused)
         target = self._wait_target(res) if wait else None
         done = None
-        if target is not None:
+        if target is not None and self.settings.url is not None:
+            done = await asyncio.to_thread(self._wait_committed, target)  # (http.client: off the loop)
+        elif target is not None:
             client = async_client(self.settings)
             try:
                 done = await commits.wait_async(client, self.settings, self.partition, self.project, self.id,

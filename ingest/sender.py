@@ -103,8 +103,8 @@ class Core:
         self.down_since: float | None = None
         self.next_attempt = 0.0
         self._delay = settings.backoff_initial_s
-        #: The stream id of the last frame Redis acknowledged (``run.finish()`` waits until a worker's commit
-        #: reaches it); None over HTTP or before the first acknowledgement.
+        #: The stream id of the last frame Redis (or the gateway) acknowledged (``run.finish()`` waits until a
+        #: worker's commit reaches it); None before the first acknowledgement, or from a gateway that names none.
         self.last_id: str | None = None
 
     def pump(self) -> int:
@@ -160,6 +160,7 @@ class Core:
             return 0
         if isinstance(client, HttpTransport):
             n = client.send(batch)
+            self.last_id = client.last_id or self.last_id
             self.on_success(batch[:n])
             return n
         pipe = client.pipeline(transaction=needs_transaction(batch))
@@ -305,6 +306,7 @@ class AsyncSender:
                 try:
                     if self._http is not None:
                         n = await asyncio.to_thread(self._http.send, batch)
+                        core.last_id = self._http.last_id or core.last_id
                         batch = batch[:n]
                     else:
                         pipe = self._client.pipeline(transaction=needs_transaction(batch))

@@ -37,6 +37,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Log, LogBlock, Names, SchemaError, decode_frame
 from schemas.clients import AsyncRedis
+from schemas.commits import KEEP as ANNOUNCE_KEEP
+from schemas.commits import announcement
 from schemas.frame import MAX_STEP
 from schemas.media import blob_shas
 from schemas.objects import ObjectStore, as_store
@@ -61,8 +63,6 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 #: Redis; 2**32 events of one producer is far more than any retention window holds.
 SEQ_WINDOW = 1 << 32
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-#: Entries kept in a partition's commit announcements (a waiting client reads the last few at most).
-ANNOUNCE_KEEP = 64
 
 
 class StaleObjects(OSError):
@@ -452,10 +452,8 @@ class PartitionProcessor:
         return len(victims)
 
     async def _announce(self, prep: PreparedCommit) -> None:
-        fields: dict[bytes, bytes] = {b"o": prep.read_id.encode()}
-        for u in prep.updates:
-            if u.state != "running":
-                fields[f"{u.project}/{u.run}".encode()] = f"{u.rows} {u.rejected}".encode()
+        fields = announcement(prep.read_id, [(u.project, u.run, u.rows, u.rejected) for u in prep.updates
+                                             if u.state != "running"])
         try:
             await self.redis.xadd(self.names.committed(self.p), fields,  # type: ignore[arg-type]
                                   id=prep.read_id, maxlen=ANNOUNCE_KEEP, approximate=True)

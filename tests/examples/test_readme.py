@@ -100,3 +100,35 @@ def test_a_second_up_is_refused_while_one_runs(up: UpStack, tmp_path: Path) -> N
     res = up.run(["stepline", "up"], cwd=tmp_path, timeout=120)
     assert res.returncode == 1
     assert res.stderr.startswith("stepline: error: a stepline up is already running"), res.stderr
+
+
+def test_finish_over_http_waits_for_the_commit(up: UpStack, tmp_path: Path) -> None:
+    """With the HTTP transport too, finish() returns once the run is committed (the gateway's committed route)."""
+    script = tmp_path / "over_http.py"
+    script.write_text(
+        "import ingest\n"
+        f"run = ingest.init(project='http', url={up.record.gateway_url!r})\n"
+        "for s in range(300):\n"
+        "    run.log({'loss': 1 / (s + 1)}, step=s)\n"
+        "run.log({'loss': 0.0}, step=2)\n"
+        "res = run.finish()\n"
+        "print('finished', res.committed, res.rows, res.rejected)\n"
+        "print('read', ingest.Api().run(f'http/{run.id}').rows)\n"
+    )
+    res = up.run(["python", str(script)], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "finished True 300 1" in res.stdout.splitlines(), res.stdout + res.stderr
+    assert "read 300" in res.stdout.splitlines()
+    assert f"logging to the gateway {up.record.gateway_url}" in res.stderr
+
+
+def test_the_committed_route_refuses_a_bad_id(up: UpStack) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{up.record.gateway_url}/api/v1/projects/p/runs/r/committed?id=abc", timeout=30)
+    assert e.value.code == 400
+    assert json.loads(e.value.read())["error"] == "bad_param"
+    e.value.close()
