@@ -7,6 +7,7 @@
 // State for tests and debugging lives on window.__stepline (charts' drawn data, render timings, requests).
 
 import { HistogramChart, LineChart, MultiLineChart, exact, num } from "./charts.js";
+import { TableChart } from "./plots.js"; // wandb.plot charts over a table (#20)
 
 const KEY_STORE = "stepline.apiKey";
 const POLL_MS = Number(localStorage.getItem("stepline.pollMs")) || 2000;
@@ -661,7 +662,7 @@ class LinePanel extends Panel {
       : `${s.count.toLocaleString("en-US")} points${s.sampled ? `, ${s.x.length} drawn (M4, ${BUCKETS} buckets; band = bucket min–max)` : ""}` +
         `${badText ? ` · not drawn: ${badText}` : ""}${this.zoom ? " · zoomed (double-click to reset)" : ""}`;
     Object.assign(this.el.dataset, { points: String(s.x.length), count: String(s.count), xAxis,
-      renderMs: (t2 - (this.t0 ?? t1)).toFixed(1), zoomed: this.zoom ? "1" : "0", drawn: "1" });
+      renderMs: (t2 - (this.t0 ?? t1)).toFixed(1), zoomed: this.zoom ? "1" : "0", drawn: "1", drawnAt: t2.toFixed(1) });
     state.charts[this.key] = { key: this.key, xAxis, x: s.x, y: s.y, step: s.step, count: s.count,
       sampled: s.sampled, zoom: this.zoom, fetchMs: this.fetchMs ?? 0, drawMs: t2 - t1,
       totalMs: t2 - (this.t0 ?? t1), loads: this.loads + 1, drawn: this.chart.data, nonFinite: bad };
@@ -815,9 +816,9 @@ class SteppedPanel extends Panel {
       if (!this.chart) this.chart = new HistogramChart(this.view, { label: this.key });
       this.chart.set(v);
     } else if (this.kind === "plot") {
-      if (v.kind !== "line_series") {
-        this.view.replaceChildren(el("pre", {}, JSON.stringify(v).slice(0, 2000)));
-        return;
+      if (v.kind !== "line_series" || this.chart instanceof TableChart) {
+        this.renderTableChart(v, step);
+        if (v.kind !== "line_series") return;
       }
       if (!this.chart) this.chart = new MultiLineChart(this.view, { xAxis: v.xname || "x", title: v.title });
       this.chart.set(v.keys.map((k, j) => ({ label: k, x: v.xs[j], y: v.ys[j] })));
@@ -835,6 +836,24 @@ class SteppedPanel extends Panel {
         el("tbody", {}, (v.data || []).slice(0, 500).map((row) => el("tr", {}, row.map((c) => el("td", {},
           c && typeof c === "object" && c._type ? `[${c._type}]` : fmt(c)))))))));
     }
+  }
+
+  /** wandb.plot charts over a table (plots.js); leaving one for a line_series value frees it first. */
+  renderTableChart(v, step) {
+    if (v.kind === "line_series") {
+      this.chart.destroy();
+      this.chart = null;
+      this.view.replaceChildren();
+      return;
+    }
+    if (!(this.chart instanceof TableChart)) {
+      this.chart?.destroy();
+      this.view.replaceChildren();
+      this.chart = new TableChart(this.view);
+    }
+    this.chart.set(v);
+    this.badge.textContent = v.title || "";
+    state.charts[this.key] = { key: this.key, step, kind: v.kind, series: this.chart.series, drawn: this.chart.data };
   }
 
   free() {
@@ -1359,6 +1378,7 @@ class ComparePanel extends Panel {
     this.note.textContent = `${have.length} run${have.length === 1 ? "" : "s"} against ${xAxis}`;
     this.el.dataset.runs = String(have.length);
     this.el.dataset.drawn = "1";
+    this.el.dataset.drawnAt = performance.now().toFixed(1);
     state.charts[this.key] = { key: this.key, xAxis, runs: Object.fromEntries(have.map((l) => [l.run, { x: l.x, y: l.y }])),
       totalMs: performance.now() - (this.t0 ?? performance.now()) };
   }
