@@ -98,7 +98,7 @@ def sync_path(
     A connection error stops at the failing file, which is kept whole (its already-sent frames will be sent again
     next time: duplicates are skipped by the workers).
     """
-    s = settings or ClientSettings.from_env(redis_url=redis_url)
+    s = settings or ClientSettings.discover(redis_url=redis_url)[0]  # (a running local `stepline up` too)
     if redis_url is not None:
         s = s.replace(redis_url=redis_url)
     own = client is None

@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stepline import-wandb: error: the wandb package is needed: pip install 'stepline[wandb]'",
               file=sys.stderr)
         return 2
-    settings = ClientSettings.from_env(
+    settings, _stack = ClientSettings.discover(  # flags > variables > a running local `stepline up` > defaults
         redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
     )
     files = find_run_files(args.paths)

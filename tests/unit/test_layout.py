@@ -87,6 +87,15 @@ def test_no_module_imports_private_names_of_another() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_examples_use_only_the_sdk() -> None:
+    """examples/ are what a W&B user writes: of our packages they import only ``ingest`` (``ingest.Api`` reads)."""
+    scripts = sorted((ROOT / "examples").glob("*.py"))
+    assert scripts, "examples/ has no scripts"
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}" for p in scripts for mod, _n, _f, line in imports(p)
+           if mod.split(".")[0] in OURS and mod.split(".")[0] != "ingest"]
+    assert not bad, "\n".join(bad)
+
+
 def test_main_modules_hold_no_library_code() -> None:
     for package in OURS:
         for path in (ROOT / package).rglob("__main__.py"):
