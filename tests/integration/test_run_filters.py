@@ -254,3 +254,30 @@ def test_migration_adds_the_columns_and_fills_config_and_summary(db_url: str, da
     finally:
         engine.dispose()
     _ = LargeBinary
+
+
+def test_stepline_runs_command(api: Api, db_url: str, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    from stepline.cli import main
+
+    where = ["--data-dir", str(data_dir), "--db-url", db_url]
+    assert main(["runs", P, *where, "--filter", '{"config.lr": {"$gte": 0.01}}', "--order", "-summary_metrics.loss",
+                 "--columns", "config.lr,summary_metrics.loss"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "name", "state", "group", "job_type", "tags", "rows", "last_step", "created",
+                                "config.lr", "summary_metrics.loss"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["r3", "r1", "r2"]
+    assert "a,b" in lines[2] and "g1" in lines[2] and "0.5" in lines[2]
+    assert main(["runs", P, *where, "--format", "json", "--limit", "1", "--state", "finished"]) == 0
+    (one,) = capsys.readouterr().out.splitlines()
+    assert '"id": "r5"' in one and '"config": {}' in one
+    # A malformed filter: one line naming the operator, exit status 1, no traceback (a real process).
+    bad = '{"config.lr": {"$gtt": 1}}'
+    proc = subprocess.run([sys.executable, "-m", "stepline", "runs", P, *where, "--filter", bad],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "stepline runs: error: unknown operator '$gtt' on field 'config.lr' (known: $eq, $exists, $gt, $gte, $in, "
+        "$lt, $lte, $ne, $nin, $regex)"]
