@@ -49,6 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ingest.batch import Batcher
 from ingest.sender import Core, sync_client
@@ -528,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stepline import-wandb: error: the wandb package is needed: pip install 'stepline[wandb]'",
               file=sys.stderr)
         return 2
-    settings, _stack = ClientSettings.discover(  # flags > variables > a running local `stepline up` > defaults
+    settings, stack = ClientSettings.discover(  # flags > variables > a running local `stepline up` > defaults
         redis_url=args.redis_url, namespace=args.namespace, partitions=args.partitions, data_dir=args.data_dir,
     )
     files = find_run_files(args.paths)
@@ -537,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     failed = 0
+    last: tuple[str, str] | None = None
     for f in files:
         try:
             if args.dry_run:
@@ -554,8 +556,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{f}: {res.unsent_frames} frames not sent (Redis unreachable); kept in {res.spill_path}, "
                   f"resend with `stepline sync {res.spill_path}`", file=sys.stderr)
             continue
+        last = (res.project, res.run)
         print(f"{f}: {res.project}/{res.run} {res.rows} rows, {res.events} events, {res.sent_frames} frames"
               f"{' (truncated file: imported up to the cut)' if res.truncated else ''}{_skipped(res.skipped)}")
+    if last is not None:  # what to do next with what was imported
+        page = settings.page_url or (stack.gateway_url if stack else None)
+        print(f"next: stepline history {last[0]}/{last[1]} --samples 10"
+              + (f"; the run's page: {page}/#/p/{quote(last[0], safe='')}/r/{quote(last[1], safe='')}"
+                 if page else ""))
     if failed:
         print(f"stepline import-wandb: error: {failed} of {len(files)} files were not imported (see above)",
               file=sys.stderr)
