@@ -58,6 +58,8 @@ def test_readme_example_against_stepline_up(up: UpStack, tmp_path: Path) -> None
         assert r.history(keys=["train/loss"], samples=None, pandas=False)["_step"].tolist() == list(range(1000))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # 20 processes on a loaded 2-core CI machine; only a hang should hit this
 def test_readme_example_20_times_never_misses_a_row(up: UpStack, tmp_path: Path) -> None:
     """Reading right after finish() is not a race: 20 runs in a row, each prints its complete sample."""
     script = tmp_path / "example.py"
