@@ -175,3 +175,57 @@ def test_a_run_started_by_the_script_is_used_and_left_open(stack: Stack, tmp_pat
     assert view.config == {"seed": 1, "lr": 0.1, "hidden": 4, "fail_at": None}
     assert [r["trainer/global_step"] for r in user_rows(view)[:-1]] == [0, 1, 2, 3]
     assert user_rows(view)[-1] == {"after": 1.0}
+
+
+def test_the_older_pytorch_lightning_names_work_too(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``lightning`` hidden, the module builds the logger on ``pytorch_lightning``'s ``Logger``, and that
+    distribution's Trainer runs it. (The module is loaded again under another name, with every ``lightning``
+    module of this process masked for the time of the test.)"""
+    import importlib.util
+    import sys
+
+    import pytorch_lightning as pl
+
+    import ingest.integrations.lightning as ours
+
+    for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    spec = importlib.util.spec_from_file_location("ingest.integrations.lightning_old_names", ours.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    assert issubclass(module.SteplineLogger, pl.loggers.Logger)
+    assert not issubclass(module.SteplineLogger, Logger)
+
+    class M(pl.LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logger = module.SteplineLogger(project="pl", version="old")
+    pl.Trainer(
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        limit_train_batches=2,
+    ).fit(M(), loader())
+    view = stack.finished("pl/old")
+    assert view.state == "finished"
+    rows = user_rows(view)
+    assert [r["trainer/global_step"] for r in rows] == [0, 1]
+    assert all(set(r) == {"loss", "epoch", "trainer/global_step"} for r in rows)
