@@ -33,6 +33,7 @@ from pathlib import Path
 
 from schemas import SettingsError
 from schemas.local import LocalStack, local_stack
+from schemas.names import Names
 from schemas.settings import add_storage_arguments, port, positive_int, storage_overrides
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import exit_now, settings_from_args
@@ -53,6 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway import GatewaySettings, create_app
+    from gateway.serve import GatewayRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
@@ -82,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                       data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
                                       partitions=settings.partitions, **storage_overrides(args))
         # Requests still open at shutdown get 2 s: the whole shutdown stays within the workers' drain timeout.
-        runner = web.AppRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
+        runner = GatewayRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         record: Path | None = None
         try:
@@ -106,8 +108,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_all)
             tasks = [asyncio.ensure_future(w.async_run()) for w in ws]
-            # The record goes out once the workers beat: a script started at once then finds a live worker.
-            await _workers_beating(redis_url, settings.names.workers, len(ws), tasks)
+            # The record goes out once the workers beat and own the partitions: a script started at once then finds
+            # a live worker, and the banner below comes after the workers' start-up lines.
+            await _workers_ready(redis_url, settings.names, len(ws), tasks)
             record = write_stack_record(LocalStack(
                 pid=os.getpid(), redis_url=redis_url, data_dir=str(abs_data_dir), db_url=settings.db_url,
                 gateway_url=page, namespace=settings.namespace, partitions=settings.partitions,
@@ -143,16 +146,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _workers_beating(redis_url: str, key: str, count: int, tasks: Sequence[asyncio.Future[None]],
-                           timeout: float = 60.0) -> None:  # noqa: ASYNC109
-    """Return once ``count`` workers have a heartbeat in ``key``, or a worker task ended, or ``timeout`` passed."""
+async def _workers_ready(redis_url: str, names: Names, count: int, tasks: Sequence[asyncio.Future[None]],
+                         timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    """Return once ``count`` workers beat and every partition has an owner, or a worker task ended, or ``timeout``
+    passed (then ``up`` goes on: the workers keep trying, and a script waits for them)."""
     from schemas.clients import async_redis
 
     client = async_redis(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
     try:
         deadline = time.monotonic() + timeout
+        leases = [names.lease(p) for p in range(names.partitions)]
         while time.monotonic() < deadline and not any(t.done() for t in tasks):
-            if await client.hlen(key) >= count:
+            if await client.hlen(names.workers) >= count and all([await client.exists(k) for k in leases]):
                 return
             await asyncio.sleep(0.05)
     finally:
