@@ -21,6 +21,8 @@ What it writes, as ``WandbLogger`` does:
   both carry that ``trainer/global_step`` (read them with ``history(x_axis="trainer/global_step")``).
 - ``log_hyperparams(params)`` updates the config: a ``Namespace`` becomes a dict, nested dicts stay nested,
   callables become their names and values without a stored form their ``str()``.
+- ``log_table``, ``log_text`` and ``log_image`` as in ``WandbLogger``: one row holding a :class:`~schemas.Table`
+  or a list of :class:`~schemas.Image` (with per-image keywords such as ``caption``), at the trainer's step.
 - Checkpoint-free: no checkpoint or artifact is uploaded (``after_save_checkpoint`` does nothing).
 - ``finalize(status)`` finishes the run this logger started: exit code 0 for ``"success"`` (and ``"finished"``,
   what Lightning says when a job is stopped to be requeued), 1 for ``"failed"`` (the run is then ``crashed``).
@@ -38,6 +40,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning_utilities.core.rank_zero import rank_zero_only  # the one both distributions set the rank on
+
+from schemas import Image, Table
 
 from ..run import Run, current_run, init
 from ._values import config_tree, params_dict, plain
@@ -141,6 +145,42 @@ class SteplineLogger(Logger):
         if step is not None:
             data[STEP_KEY] = int(step)
         self.experiment.log(data)
+
+    @rank_zero_only
+    def log_table(
+        self,
+        key: str,
+        columns: list[str] | None = None,
+        data: list[list[Any]] | None = None,
+        dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """A table under ``key`` (W&B's ``log_table``: ``columns`` and ``data``, or a pandas ``dataframe``)."""
+        self.log_metrics({key: Table(columns=columns, data=data, dataframe=dataframe)}, step)
+
+    @rank_zero_only
+    def log_text(
+        self,
+        key: str,
+        columns: list[str] | None = None,
+        data: list[list[str]] | None = None,
+        dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """Text as a table, as W&B's ``log_text`` does."""
+        self.log_table(key, columns, data, dataframe, step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: list[Any]) -> None:
+        """A list of images under ``key``; each keyword (``caption=[...]``) gives one value per image."""
+        if not isinstance(images, list):
+            raise TypeError(f'expected a list as "images", found {type(images).__name__}')
+        n = len(images)
+        for k, v in kwargs.items():
+            if len(v) != n:
+                raise ValueError(f"expected {n} items but found {len(v)} for {k}")
+        per_image = [{k: kwargs[k][i] for k in kwargs} for i in range(n)]
+        self.log_metrics({key: [Image(img, **kw) for img, kw in zip(images, per_image, strict=True)]}, step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -229,3 +229,29 @@ def test_the_older_pytorch_lightning_names_work_too(
     rows = user_rows(view)
     assert [r["trainer/global_step"] for r in rows] == [0, 1]
     assert all(set(r) == {"loss", "epoch", "trainer/global_step"} for r in rows)
+
+
+def test_tables_text_and_images_from_the_logger(stack: Stack) -> None:
+    """``log_table`` / ``log_text`` / ``log_image`` as WandbLogger has them (what a callback calls on
+    ``trainer.logger``): one row each at the given trainer step."""
+    import numpy as np
+
+    from schemas import Media
+
+    ours = SteplineLogger(project="pl", version="media")
+    ours.log_table("preds", columns=["x", "y"], data=[[1, 0.5], [2, 0.25]], step=3)
+    ours.log_text("notes", columns=["text"], data=[["hello"]], step=4)
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    ours.log_image("samples", [pixels, pixels[::-1]], step=5, caption=["first", "second"])
+    with pytest.raises(ValueError, match="expected 2 items but found 1 for caption"):
+        ours.log_image("bad", [pixels, pixels], caption=["one"])
+    ours.finalize("success")
+
+    rows = list(stack.finished("pl/media").scan_history())
+    assert [r["trainer/global_step"] for r in rows] == [3, 4, 5]
+    table, text, images = rows[0]["preds"], rows[1]["notes"], rows[2]["samples"]
+    assert isinstance(table, Media) and table.kind == "table"
+    assert table.payload["columns"] == ["x", "y"] and table.payload["data"] == [[1, 0.5], [2, 0.25]]
+    assert text.kind == "table" and text.payload["data"] == [["hello"]]
+    assert [m.kind for m in images] == ["image", "image"]
+    assert [m.payload.get("caption") for m in images] == ["first", "second"]
