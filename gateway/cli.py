@@ -1,4 +1,5 @@
-"""``stepline gateway``: serve :func:`~gateway.app.create_app` until SIGINT/SIGTERM (``main(argv)``)."""
+"""``stepline gateway``: serve :func:`~gateway.app.create_app` until SIGINT/SIGTERM (``main(argv)``), through
+:func:`gateway.serve.run_app` (protocol-level refusals answered in JSON too)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from schemas import SettingsError
 from schemas.settings import add_storage_arguments, non_negative_float, port, positive_int, storage_overrides
 
 from .app import create_app
 from .keys import KeyStore, writer_engine
+from .serve import run_app
 from .settings import GatewaySettings
 
 
@@ -59,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
               "requests need no key", file=sys.stderr)
     else:
         print(f"stepline gateway: {keys} active API keys; listening on {s.host}:{s.port}", file=sys.stderr)
-    web.run_app(create_app(s), host=s.host, port=s.port, print=None, shutdown_timeout=10.0,
-                access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
+    run_app(create_app(s), host=s.host, port=s.port, shutdown_timeout=10.0,
+            access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
     return 0

@@ -54,6 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway import GatewaySettings, create_app
+    from gateway.serve import GatewayRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data_dir: Path = args.data_dir or Path(os.environ.get("STEPLINE_DATA_DIR", DEFAULT_DATA_DIR))
@@ -83,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                       data_dir=data_dir, db_url=settings.db_url, namespace=settings.namespace,
                                       partitions=settings.partitions, **storage_overrides(args))
         # Requests still open at shutdown get 2 s: the whole shutdown stays within the workers' drain timeout.
-        runner = web.AppRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
+        runner = GatewayRunner(create_app(gw), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         record: Path | None = None
         try:

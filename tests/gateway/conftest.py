@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from support.gateway_server import GatewayTestServer
 from support.worker_harness import WorkerFleet
 
 from gateway import GatewaySettings, create_app
 from gateway.keys import KeyStore, writer_engine
+from gateway.serve import GatewayRunner
 
 PARTITIONS = 4
 
@@ -69,11 +71,12 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[Callable[[GatewaySettings], Awaitable[Client]]]:
-    """``await make_client(settings)`` → a started aiohttp TestClient of ``create_app(settings)``."""
+    """``await make_client(settings)`` → a started aiohttp TestClient of ``create_app(settings)``, served as
+    ``stepline gateway`` serves it (:class:`gateway.serve.GatewayRunner`)."""
     clients: list[Client] = []
 
     async def make(settings: GatewaySettings) -> Client:
-        c: Client = TestClient(TestServer(create_app(settings)))
+        c: Client = TestClient(GatewayTestServer(create_app(settings)))
         await c.start_server()
         clients.append(c)
         return c
@@ -89,7 +92,7 @@ async def make_client() -> AsyncIterator[Callable[[GatewaySettings], Awaitable[C
 
 
 class ThreadGateway:
-    """The app served by an AppRunner on a free port in a thread with its own loop (for sync clients)."""
+    """The app served by the gateway's runner on a free port in a thread with its own loop (for sync clients)."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.port = free_port()
@@ -106,7 +109,7 @@ class ThreadGateway:
         self._loop.run_until_complete(self._serve())
 
     async def _serve(self) -> None:
-        runner = web.AppRunner(create_app(self.settings), access_log=None)
+        runner = GatewayRunner(create_app(self.settings), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
         self._stop = asyncio.Event()

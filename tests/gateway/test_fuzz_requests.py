@@ -38,7 +38,8 @@ def test_fuzzed_requests(redis_url: str, namespace: str, tmp_path: Path) -> None
     assert res.by_status[200] > 250 and res.seeded_scans_checked >= 5 and res.blobs_stored > 10, res.line()
     codes = {k.split()[-1] for k in res.refusals}
     assert {"bad_body", "bad_encoding", "decoded_too_large", "unsupported_media_type", "run_mismatch", "malformed",
-            "invalid_key", "forbidden", "bad_param", "not_found", "bad_host", "missing_blob"} <= codes, codes
+            "invalid_key", "forbidden", "bad_param", "not_found", "bad_host", "missing_blob",
+            "line_too_long", "bad_http"} <= codes, codes  # the last two: raw requests aiohttp's parser refuses
 
 
 async def _run_with_data(s: GatewaySettings, c: Any) -> str:

@@ -65,6 +65,7 @@ from schemas import (
 )
 from support.frame_fuzz import FLOATS, GenContext, clean_value, enc, hostile_frame, mutate, same
 from support.fuzz_report import Findings
+from support.gateway_server import GatewayTestServer
 from workers.metastore import MetaStore
 from workers.partition import PartitionProcessor
 
@@ -197,7 +198,7 @@ async def _start_gateway(name: str, base: Path, redis_url: str, namespace: str, 
                 store.revoke(key.id)
         engine.dispose()
         tokens["wrong"] = tokens["admin"][:-4] + ("AAAA" if not tokens["admin"].endswith("AAAA") else "BBBB")
-    server = TestServer(create_app(s), host="127.0.0.1")
+    server = GatewayTestServer(create_app(s), host="127.0.0.1")  # served as `stepline gateway` serves it
     await server.start_server()
     return Gateway(name, s, server, tokens, committer)
 
@@ -572,9 +573,9 @@ class RequestResult:
         self.crashes.merge(other.crashes)
 
 
-async def _send_raw(port: int, data: bytes, half_close: bool) -> int | None:
-    """Send bytes (then close the write side, with ``half_close``: a client that gives up), return the status of
-    the reply (None: the server closed the connection without one)."""
+async def _send_raw(port: int, data: bytes, half_close: bool) -> tuple[int | None, str, bytes]:
+    """Send bytes (then close the write side, with ``half_close``: a client that gives up), return the status,
+    Content-Type and body of the reply (None, "", b"": the server closed the connection without one)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     try:
         writer.write(data)
@@ -584,9 +585,15 @@ async def _send_raw(port: int, data: bytes, half_close: bool) -> int | None:
                 writer.write_eof()
         line = await asyncio.wait_for(reader.readline(), 10)
         if not line:
-            return None
+            return None, "", b""
         parts = line.split()
-        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else -1
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else -1
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head.split("\r\n"))}
+        length = headers.get("content-length", "")
+        # A reply without a length ends with the connection (an error reply closes it).
+        body = await asyncio.wait_for(reader.readexactly(int(length)) if length.isdigit() else reader.read(), 10)
+        return status, headers.get("content-type", ""), body
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -620,10 +627,17 @@ async def _check(req: Req, g: Gateway, session: ClientSession, r: aioredis.Redis
     res.requests += 1
     res.by_route[req.route] += 1
     if req.raw is not None:
-        status = await _send_raw(g.port, req.raw, req.half_close)
+        status, ctype, body = await _send_raw(g.port, req.raw, req.half_close)
         res.by_status[status or 0] += 1
         assert status is None or status < 500, f"[raw_5xx:{status}] {where}: {req.raw[:200]!r}"
         assert status is not None or req.half_close, f"[raw_no_reply] {where}: {req.raw[:200]!r}"
+        if status is not None and status >= 400:  # refused by aiohttp's parser or by a handler: JSON alike
+            assert ctype.startswith("application/json"), (
+                f"[raw_error_not_json:{status}] {where}: {ctype} {body[:100]!r}")
+            err = _strict_json(body.decode())
+            assert isinstance(err.get("error"), str) and isinstance(err.get("message"), str), (
+                f"[raw_error_body] {where}: {err!r:.300}")
+            res.refusals[f"raw {status} {err['error']}"] += 1
         return
     names = g.settings.names
     before = sum(await asyncio.gather(*(r.xlen(names.stream(p)) for p in range(PARTITIONS))))
