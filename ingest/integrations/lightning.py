@@ -21,8 +21,11 @@ What it writes, as ``WandbLogger`` does:
   both carry that ``trainer/global_step`` (read them with ``history(x_axis="trainer/global_step")``).
 - ``log_hyperparams(params)`` updates the config: a ``Namespace`` becomes a dict, nested dicts stay nested,
   callables become their names and values without a stored form their ``str()``.
-- ``log_table``, ``log_text`` and ``log_image`` as in ``WandbLogger``: one row holding a :class:`~schemas.Table`
-  or a list of :class:`~schemas.Image` (with per-image keywords such as ``caption``), at the trainer's step.
+- ``watch(model, log="gradients", log_freq=100)`` as in ``WandbLogger`` (:meth:`ingest.Run.watch`; the
+  histograms join the next metrics row).
+- ``log_table``, ``log_text`` and ``log_image`` as in ``WandbLogger``: one row holding a
+  :class:`~schemas.Table` or a list of :class:`~schemas.Image` (with per-image keywords such as ``caption``), at
+  the trainer's step.
 - Checkpoint-free: no checkpoint or artifact is uploaded (``after_save_checkpoint`` does nothing).
 - ``finalize(status)`` finishes the run this logger started: exit code 0 for ``"success"`` (and ``"finished"``,
   what Lightning says when a job is stopped to be requeued), 1 for ``"failed"`` (the run is then ``crashed``).
@@ -133,6 +136,10 @@ class SteplineLogger(Logger):
         self._config = {}  # stored with the first start; a resumed start adds nothing to it
         self._owned = True
         return run
+
+    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True) -> None:
+        """Gradient/parameter histograms of ``model`` (``WandbLogger.watch``; :meth:`ingest.Run.watch`)."""
+        self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:

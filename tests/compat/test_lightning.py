@@ -62,11 +62,14 @@ class Tiny(L.LightningModule):  # type: ignore[misc, name-defined]
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
 
+    def forward(self, x: Any) -> Any:
+        return self.net(x)
+
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         if self.hparams.fail_at is not None and self.global_step == self.hparams.fail_at:
             raise RuntimeError("boom")
         x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        loss = torch.nn.functional.mse_loss(self(x), y)
         self.log("train/loss", loss)  # a tensor with grad: the logger must store its number
         return loss
 
@@ -255,3 +258,30 @@ def test_tables_text_and_images_from_the_logger(stack: Stack) -> None:
     assert text.kind == "table" and text.payload["data"] == [["hello"]]
     assert [m.kind for m in images] == ["image", "image"]
     assert [m.payload.get("caption") for m in images] == ["first", "second"]
+
+
+def test_watch_through_the_logger(stack: Stack, tmp_path: Path) -> None:
+    """``logger.watch(model, log="all", log_freq=2)`` as with WandbLogger: gradient and parameter histograms on
+    every second backward/forward, joining the metrics rows."""
+    from schemas import Media
+
+    ours = SteplineLogger(project="pl", version="watched")
+    model = Tiny()
+    ours.watch(model, log="all", log_freq=2, log_graph=False)
+    trainer(tmp_path, ours, epochs=1).fit(model, loader())  # 4 batches
+    rows = user_rows(stack.finished("pl/watched"))
+    assert [r["trainer/global_step"] for r in rows] == [0, 1, 2, 3]
+    names = {n for n, _ in model.named_parameters()}
+    for kind in ("gradients", "parameters"):
+        with_hist = [i for i, r in enumerate(rows) if any(k.startswith(f"{kind}/") for k in r)]
+        assert len(with_hist) == 2, (kind, with_hist)
+        keys = {k for r in rows for k in r if k.startswith(f"{kind}/")}
+        # gradients/<name>, or gradients/graph_<n><name> when this process watched a model before (W&B's names)
+        assert all(any(k.endswith(n) for n in names) for k in keys), keys
+        assert len(keys) == len(names)
+        assert all(
+            isinstance(rows[i][k], Media) and rows[i][k].kind == "histogram"
+            for i in with_hist
+            for k in keys
+            if k in rows[i]
+        )
