@@ -58,6 +58,8 @@ FORMATS = ("json", "msgpack", "csv", "exact")
 #: The ``exact`` format's media type: msgpack in the store's codec (``schemas.packb``), which the remote
 #: ``history.Api`` decodes into the very values the local one returns (numpy arrays with their dtype, media).
 EXACT_TYPE = "application/x-stepline-msgpack"
+#: ``history`` in the ``exact`` format: columns as raw array bytes after a msgpack head (:func:`_columns_body`).
+COLUMNS_TYPE = "application/x-stepline-columns"
 T = TypeVar("T")
 
 
@@ -93,10 +95,23 @@ def _fmt(request: web.Request) -> str:
     return f
 
 
+_PLAIN = frozenset({float, int, str, bool, type(None), bytes})
+
+
+def _exact_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A scan row for the ``exact`` format; most rows hold only plain values and go as they are."""
+    for v in row.values():
+        if type(v) not in _PLAIN:
+            return {k: x if type(x) in _PLAIN else _exact(x) for k, x in row.items()}
+    return row
+
+
 def _exact(v: Any) -> Any:
     """A value for the ``exact`` format (:func:`schemas.packb`, the store's own codec): numeric arrays and media
     travel as they are (dtype and shape kept), object arrays as lists of their values, complex numbers (only in
     data stored before they were refused) in their map form."""
+    if type(v) in _PLAIN:
+        return v
     if isinstance(v, np.ndarray):
         return [_exact(x) for x in v.tolist()] if v.dtype.kind in "OcUS" else v
     if isinstance(v, dict):
@@ -364,7 +379,7 @@ async def sections(request: web.Request) -> web.Response:
                    lambda: (["section", "key"], [[s, k] for s, ks in secs.items() for k in ks]))
 
 
-async def history(request: web.Request) -> web.Response:
+async def history(request: web.Request) -> web.StreamResponse:
     gw, project, run = await _authorized(request)
     fmt = _fmt(request)
     keys = _keys(request)
@@ -380,7 +395,7 @@ async def history(request: web.Request) -> web.Response:
         if fmt == "json":
             return format_history(data, "json")
         if fmt == "exact":
-            return packb({"columns": list(data), "data": {k: _exact(v) for k, v in data.items()}})
+            return _columns_body(data)
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
@@ -395,8 +410,43 @@ async def history(request: web.Request) -> web.Response:
         return web.Response(text=out, content_type="application/json")
     if fmt == "csv":
         return web.Response(text=out, content_type="text/csv")
-    return web.Response(body=out, content_type=EXACT_TYPE if fmt == "exact" else "application/msgpack")
+    if fmt == "exact":
+        head, buffers = out
+        resp = web.StreamResponse(headers={"Content-Type": COLUMNS_TYPE})
+        resp.content_length = len(head) + sum(b.nbytes + _pad(b.nbytes) for b in buffers)
+        await resp.prepare(request)
+        await resp.write(head)
+        for b in buffers:  # the arrays' own memory: no copy on the way out
+            await resp.write(b)
+            if _pad(b.nbytes):
+                await resp.write(bytes(_pad(b.nbytes)))
+        await resp.write_eof()
+        return resp
+    return web.Response(body=out, content_type="application/msgpack")
 
+
+def _columns_body(data: dict[str, Any]) -> tuple[bytes, list[memoryview]]:
+    """History columns in the ``exact`` format's columnar form (``COLUMNS_TYPE``): a 4-byte big-endian length, a
+    msgpack map ``{"columns": [names], "arrays": {name: [dtype, shape, nbytes]}, "data": {name: [values]}}``
+    (numeric arrays are listed under ``arrays``, object columns under ``data``), then each numeric array's raw bytes
+    in ``arrays`` order, each starting at a multiple of 8 bytes from the start (zero padding), so the client's views
+    are aligned."""
+    arrays: dict[str, list[Any]] = {}
+    values: dict[str, Any] = {}
+    buffers: list[memoryview] = []
+    for name, arr in data.items():
+        if isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf":
+            c = np.ascontiguousarray(arr)
+            arrays[name] = [c.dtype.str, list(c.shape), c.nbytes]
+            buffers.append(c.data.cast("B"))
+        else:
+            values[name] = _exact(arr)
+    head = packb({"columns": list(data), "arrays": arrays, "data": values})
+    return len(head).to_bytes(4, "big") + head + bytes(_pad(4 + len(head))), buffers
+
+
+def _pad(n: int) -> int:
+    return -n % 8
 
 async def sampled(request: web.Request) -> web.Response:
     gw, project, run = await _authorized(request)
@@ -481,7 +531,7 @@ def _encode_rows(batch: list[dict[str, Any]], fmt: str, header: list[str]) -> by
     if fmt == "msgpack":
         return b"".join(msgpack.packb(_wire(row), use_bin_type=True) for row in batch)
     if fmt == "exact":  # one page: its length (4 bytes, big-endian), then the rows as one msgpack array
-        page = packb([_exact(row) for row in batch])
+        page = packb([_exact_row(row) for row in batch])
         return len(page).to_bytes(4, "big") + page
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -47,6 +47,7 @@ from .stored import unpack_stored
 __all__ = ["AccessDenied", "GatewayError", "RemoteApi", "RemoteRunView"]
 
 EXACT_TYPE = "application/x-stepline-msgpack"
+COLUMNS_TYPE = "application/x-stepline-columns"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 5
 
@@ -96,7 +97,7 @@ class RemoteApi(Api):
         timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES, **_local: Any,
     ) -> None:
         self.url, self.api_key = remote_settings(url, api_key)
-        headers = {"Accept": EXACT_TYPE, "User-Agent": "stepline-history"}
+        headers = {"Accept": f"{EXACT_TYPE}, {COLUMNS_TYPE}", "User-Agent": "stepline-history"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=0.1,
@@ -136,6 +137,28 @@ class RemoteApi(Api):
             raise GatewayError(f"gateway {self.url} answered {ctype!r} to a request for {EXACT_TYPE} "
                                "(an older gateway?)")
         return unpack_stored(resp.data)
+
+    def _columns(self, path: str, params: Mapping[str, Any]) -> dict[str, Array]:
+        """A ``history`` reply in the columnar form (gateway.read._columns_body): each numeric column is an aligned,
+        writable view of one buffer holding the body (no copy per column)."""
+        resp = self._request(path, params)
+        ctype = resp.headers.get("Content-Type", "")
+        if not ctype.startswith(COLUMNS_TYPE):
+            raise GatewayError(f"gateway {self.url} answered {ctype!r} to a request for {COLUMNS_TYPE}")
+        buf = bytearray(resp.data)  # one copy: the columns are writable views of it, as the local ones are arrays
+        size = len(buf)
+        n = int.from_bytes(buf[:4], "big")
+        head = unpack_stored(bytes(buf[4:4 + n]))
+        offset = 4 + n + (-(4 + n) % 8)
+        arrays: dict[str, Any] = head["arrays"]
+        data: dict[str, Array] = {}
+        for name, (dtype, shape, nbytes) in arrays.items():
+            if offset + nbytes > size:
+                raise GatewayError(f"gateway {self.url}: column {name!r} runs past the end of the reply")
+            count = nbytes // np.dtype(dtype).itemsize
+            data[name] = np.frombuffer(buf, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+            offset += nbytes + (-nbytes % 8)
+        return {name: data[name] if name in data else _array(head["data"][name]) for name in head["columns"]}
 
     # --- the Api surface -------------------------------------------------------------------------------------
 
@@ -285,8 +308,7 @@ class RemoteRunView(RunView):
                   "split_kinds": 1 if split_kinds else None}
         if keys is not None and any("," in k for k in keys):
             raise QueryError("a key with a comma cannot be asked for over HTTP (the keys parameter is a,b,c)")
-        body = self._remote._get(self._base + "/history", params)
-        data = {name: _array(body["data"][name]) for name in body["columns"]}
+        data = self._remote._columns(self._base + "/history", params)
         if pandas:
             try:
                 import pandas as pd
