@@ -37,7 +37,7 @@ from schemas.clients import async_redis
 from schemas.objects import open_store
 from schemas.store import reader_engine
 
-from . import commits, live, page, read, write
+from . import commits, live, page, panels, read, write
 from .auth import KeyAuth, RateLimiter
 from .backlog import Backlog
 from .errors import Refused
@@ -228,6 +228,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     r.add_get(API + "/projects/{project}/runs/{run}/sections", read.sections)
     r.add_get(API + "/projects/{project}/runs/{run}/committed", commits.get_committed)
     live.setup(app, API)
+    panels.setup(app, API)
     r.add_get("/", page.index)
     r.add_get("/static/{path:.+}", page.static)
     return app

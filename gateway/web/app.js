@@ -20,6 +20,15 @@ const SCALAR_KINDS = new Set(["string", "bool", "other"]);
 // A live line grows by appended rows up to this many points; past it, one re-read samples it down again.
 const MAX_LIVE_POINTS = 4000;
 const BUCKETS = 1000;
+// Reads in flight at once from one page (the browser's own limit per host is 6; one is left for the live stream).
+const FETCH_SLOTS = 4;
+// Keys per sampled_batch read: a screenful of panels in one or two reads, without one slow reply holding up all.
+const BATCH_KEYS = 6;
+
+function inViewport(e) {
+  const r = e.getBoundingClientRect();
+  return r.bottom > 0 && r.top < innerHeight && r.height > 0;
+}
 
 const state = (window.__stepline = { charts: {}, view: null, requests: 0, live: { events: 0, rows: 0 } });
 Object.defineProperty(state, "polling", { get: () => Boolean(current?.timer) });
@@ -132,7 +141,10 @@ function showAuthError(e) {
 
 function apiUrl(path, params = {}) {
   const url = new URL(`api/v1/${path}`, document.baseURI);
-  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) url.searchParams.set(k, String(v));
+  for (const [k, v] of Object.entries(params)) {
+    if (Array.isArray(v)) for (const x of v) url.searchParams.append(k, String(x));
+    else if (v !== null && v !== undefined) url.searchParams.set(k, String(v));
+  }
   return url;
 }
 
@@ -513,6 +525,7 @@ class Panel {
     this.loading = null;
     this.loads = 0;
     this.visible = false;
+    this.shown = new Promise((resolve) => { this.markShown = resolve; }); // resolves on the first load
     this.el = el("div", { class: `panel ${extraClass}`, "data-key": key, "data-kind": this.constructor.kind });
     this.note = el("div", { class: "note" });
     this.el.append(el("h3", {}, el("span", { class: "title" }, title),
@@ -531,6 +544,7 @@ class Panel {
       try {
         if ((await this.load(live)) === false) return; // superseded (axis or zoom changed meanwhile)
         this.loaded = true;
+        this.markShown();
         this.loads++;
         this.el.dataset.loads = String(this.loads);
         this.el.querySelector(":scope > .err")?.remove();
@@ -553,6 +567,7 @@ class Panel {
   show() {
     this.visible = true;
     this.el.dataset.visible = "1";
+    if (this.loading) return this.loading; // its load draws it
     if (!this.loaded || this.stale) {
       this.stale = false;
       return this.ensure();
@@ -620,8 +635,10 @@ class LinePanel extends Panel {
     const xAxis = this.xAxis;
     const zoom = this.zoom;
     const t0 = performance.now();
-    const s = await get(`${this.page.path}/sampled`, { key: this.key, x_axis: xAxis, buckets: BUCKETS,
-      x_min: zoom?.[0], x_max: zoom?.[1] });
+    const s = zoom
+      ? await this.page.limit(() => get(`${this.page.path}/sampled`, { key: this.key, x_axis: xAxis,
+        buckets: BUCKETS, x_min: zoom[0], x_max: zoom[1] }), this)
+      : await this.page.sampled(this.page.path, this.key, xAxis, this);
     const t1 = performance.now();
     if (xAxis !== this.xAxis || zoom !== this.zoom) return false; // changed while this was in flight
     this.s = s;
@@ -640,6 +657,9 @@ class LinePanel extends Panel {
     const sig = JSON.stringify([xAxis, opts]);
     if (this.chart && this.chartSig !== sig) this.free();
     if (!this.chart) {
+      await this.page.frameSlot();
+      if (!this.visible || this.s !== s) return; // scrolled away or replaced while waiting for the frame
+      if (this.chart) this.free();
       this.chartSig = sig;
       this.chart = new LineChart(this.box, { label: this.key, xAxis, ...opts,
         height: this.el.classList.contains("fullscreen") ? window.innerHeight - 130 : 200,
@@ -674,11 +694,16 @@ class LinePanel extends Panel {
     if (!s || this.zoom) return; // not fetched yet (fetches everything when shown) or zoomed on a fixed range
     const xAxis = this.xAxis;
     const lastStep = s.step.length ? s.step[s.step.length - 1] : -Infinity;
+    const fresh = rows.filter((r) => r._step > lastStep && this.key in r && typeof r[xAxis] === "number");
+    if (s.x.length + fresh.length > MAX_LIVE_POINTS) { // sample it down again with one read (memory stays bounded)
+      this.s = null;
+      this.loaded = false;
+      if (this.visible) this.ensure(); else this.stale = true;
+      return;
+    }
     let added = 0;
-    for (const r of rows) {
-      if (r._step <= lastStep || !(this.key in r)) continue;
+    for (const r of fresh) {
       const x = r[xAxis];
-      if (typeof x !== "number") continue;
       s.x.push(x);
       s.y.push(r[this.key]);
       s.step.push(r._step);
@@ -688,12 +713,6 @@ class LinePanel extends Panel {
     if (!added) return;
     if (s.sampled) { // the new points have no bucket: keep the band arrays aligned by extending the last bucket
       s.bucket_x1[s.bucket_x1.length - 1] = s.x[s.x.length - 1];
-    }
-    if (s.x.length > MAX_LIVE_POINTS) { // sample it down again with one read (memory stays bounded)
-      this.s = null;
-      this.loaded = false;
-      if (this.visible) this.ensure(); else this.stale = true;
-      return;
     }
     if (this.visible && this.chart) this.draw();
   }
@@ -1012,6 +1031,11 @@ class PanelsView extends View {
     this.project = route.project;
     this.panels = [];
     this.infos = [];
+    this.fetchQueue = [];
+    this.inFlight = 0;
+    this.batches = new Map();
+    this.batchTimer = null;
+    this.frameQueue = [];
     const p = route.params;
     this.xOverride = p.get("x") || "";
     this.smoothing = Math.min(0.99, Math.max(0, Number(p.get("smooth")) || 0));
@@ -1062,6 +1086,76 @@ class PanelsView extends View {
   }
 
   chartOpts() { return { smoothing: this.smoothing, logY: this.logY, logX: this.logX }; }
+
+  /**
+   * Run `fn` (a read) when one of FETCH_SLOTS is free; panels in the viewport go before panels read ahead of it,
+   * so what the user sees is not queued behind what they might scroll to.
+   */
+  limit(fn, panel) {
+    return new Promise((resolve, reject) => {
+      this.fetchQueue.push({ fn, panel, resolve, reject });
+      this.pump();
+    });
+  }
+
+  pump() {
+    while (this.inFlight < FETCH_SLOTS && this.fetchQueue.length) {
+      let best = 0;
+      for (let i = 0; i < this.fetchQueue.length; i++) {
+        if (inViewport(this.fetchQueue[i].panel.el)) { best = i; break; }
+      }
+      const job = this.fetchQueue.splice(best, 1)[0];
+      this.inFlight++;
+      job.fn().then(job.resolve, job.reject).finally(() => { this.inFlight--; this.pump(); });
+    }
+  }
+
+  /**
+   * The sampled line of `key` (as `.../sampled`): requests made in the same turn are sent together, at most
+   * BATCH_KEYS keys per `sampled_batch` read, keys of panels in the viewport first.
+   */
+  sampled(path, key, xAxis, panel) {
+    return new Promise((resolve, reject) => {
+      const id = `${path}\u0000${xAxis}`;
+      if (!this.batches.has(id)) this.batches.set(id, { path, xAxis, items: [] });
+      this.batches.get(id).items.push({ key, resolve, reject, panel });
+      if (!this.batchTimer) this.batchTimer = setTimeout(() => this.flushBatches(), 0);
+    });
+  }
+
+  flushBatches() {
+    this.batchTimer = null;
+    const batches = [...this.batches.values()];
+    this.batches.clear();
+    for (const b of batches) {
+      b.items.sort((a, c) => Number(inViewport(c.panel.el)) - Number(inViewport(a.panel.el)));
+      for (let i = 0; i < b.items.length; i += BATCH_KEYS) {
+        const chunk = b.items.slice(i, i + BATCH_KEYS);
+        this.limit(() => get(`${b.path}/sampled_batch`, { key: chunk.map((c) => c.key), x_axis: b.xAxis,
+          buckets: BUCKETS }), chunk[0].panel).then((r) => {
+          for (const c of chunk) {
+            const s = r.sampled[c.key];
+            if (!s || s.error) c.reject(new ApiError(400, s?.error || "missing", s?.message || `no reply for ${c.key}`));
+            else c.resolve(s);
+          }
+        }, (e) => chunk.forEach((c) => c.reject(e)));
+      }
+    }
+  }
+
+  /** Resolves in a frame with time left (about 8 ms of chart building per frame), so scrolling stays smooth. */
+  frameSlot() {
+    return new Promise((resolve) => {
+      this.frameQueue.push(resolve);
+      if (this.frameQueue.length === 1) requestAnimationFrame(() => this.runFrame());
+    });
+  }
+
+  runFrame() {
+    const t0 = performance.now();
+    while (this.frameQueue.length && performance.now() - t0 < 8) this.frameQueue.shift()();
+    if (this.frameQueue.length) requestAnimationFrame(() => this.runFrame());
+  }
 
   axisFor(key) { return this.xOverride || stepMetricOf(this.infos, key) || "_step"; }
 
@@ -1190,7 +1284,10 @@ class RunPage extends PanelsView {
   async refresh() {
     const info = await get(this.path, { rejections: 500 });
     this.update(info);
-    this.connect();
+    // The live stream opens once the first screen of panels has its data (it would compete with their reads).
+    const first = this.panels.filter((pl) => inViewport(pl.el));
+    Promise.race([Promise.all(first.map((pl) => pl.shown)), new Promise((r) => { this.connectTimer = setTimeout(r, 2000); })])
+      .then(() => { clearTimeout(this.connectTimer); this.connect(); });
   }
 
   /** The live stream: one per page; reconnects with a growing pause when the connection breaks (not on 4xx). */
@@ -1321,6 +1418,7 @@ class RunPage extends PanelsView {
   dispose() {
     super.dispose();
     clearTimeout(this.retry);
+    clearTimeout(this.connectTimer);
     this.stream?.abort();
     this.stream = null;
   }
@@ -1351,7 +1449,7 @@ class ComparePanel extends Panel {
     const lines = [];
     await Promise.all(this.page.infos.map(async (info, i) => {
       if (!info.columns.some((c) => c.key === this.key && c.kind === "number")) return;
-      const s = await get(`${runPath(this.page.project, info.id)}/sampled`, { key: this.key, x_axis: xAxis, buckets: BUCKETS });
+      const s = await this.page.sampled(runPath(this.page.project, info.id), this.key, xAxis, this);
       lines[i] = { label: info.name, run: info.id, x: s.x, y: s.y, step: s.step };
     }));
     if (xAxis !== this.xAxis) return false;

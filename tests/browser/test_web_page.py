@@ -59,7 +59,7 @@ def panel(page: Any, key: str) -> Any:
 def wait_loads(page: Any, key: str, more_than: int = 0) -> None:
     page.wait_for_function(
         "([k, n]) => { const p = document.querySelector(`.panel[data-key=\"${k}\"]`);"
-        " return p && Number(p.dataset.loads || 0) > n; }", arg=[key, more_than])
+        " return p && Number(p.dataset.loads || 0) > n && p.dataset.drawn !== '0'; }", arg=[key, more_than])
 
 
 def loads(page: Any, key: str) -> int:

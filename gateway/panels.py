@@ -1,0 +1,56 @@
+"""Reads shaped for the web page's panels: ``GET /api/v1/projects/{project}/runs/{run}/sampled_batch``.
+
+``?key=a&key=b&…&x_axis=_step&buckets=1000`` answers ``{"sampled": {key: <the reply of .../sampled for that key>}}``
+for up to :data:`MAX_KEYS` keys in one request: one run lookup and one thread hop instead of one per panel, so a
+screenful of charts costs one or two requests. Each key is read exactly as ``.../sampled`` reads it; a key that
+cannot be read (no number column, an x axis that is not a number column) answers ``{"error": "bad_query",
+"message": …}`` in its place without failing the others. Unknown run → 404; no key, too many keys, or buckets out
+of range → 400 ``bad_param``. JSON only (±inf as ``"Infinity"``/``"-Infinity"``, NaN as ``null``, as elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from history.formatting import plain
+from history.query import QueryError
+
+from .errors import Refused
+from .read import _authorized, _call, _int
+
+MAX_KEYS = 64
+MAX_BUCKETS = 10_000
+
+
+async def sampled_batch(request: web.Request) -> web.Response:
+    gw, project, run = await _authorized(request)
+    keys = list(dict.fromkeys(k for k in request.query.getall("key", []) if k))
+    if not keys:
+        raise Refused(400, "bad_param", "sampled_batch needs at least one ?key=")
+    if len(keys) > MAX_KEYS:
+        raise Refused(400, "bad_param", f"at most {MAX_KEYS} keys per sampled_batch request, got {len(keys)}")
+    x_axis = request.query.get("x_axis", "_step")
+    buckets = _int(request, "buckets", 1000, lo=1)
+    assert buckets is not None
+    if buckets > MAX_BUCKETS:
+        raise Refused(400, "bad_param", f"buckets must be <= {MAX_BUCKETS}, got {buckets}")
+
+    def load() -> dict[str, Any]:
+        r = gw.api.run(f"{project}/{run}")
+        out: dict[str, Any] = {}
+        for k in keys:
+            try:
+                out[k] = dict(r.sampled(k, x_axis=x_axis, buckets=buckets))
+            except QueryError as e:
+                out[k] = {"error": "bad_query", "message": str(e)}
+        return out
+
+    found = await _call(gw, load)
+    return web.Response(text=json.dumps(plain({"sampled": found}), allow_nan=False), content_type="application/json")
+
+
+def setup(app: web.Application, prefix: str) -> None:
+    app.router.add_get(prefix + "/projects/{project}/runs/{run}/sampled_batch", sampled_batch)
