@@ -25,7 +25,8 @@ operators on one field all apply. Semantics (the same on SQLite and PostgreSQL):
 - ``created_at``/``updated_at`` compare with epoch seconds or ISO 8601 strings (``"2026-12-01T00:00:00Z"``).
 
 Ordering: ``order`` is a field with ``+`` (ascending, the default) or ``-`` (descending); on JSON fields numbers
-sort before strings, runs without a value last, then newest first. A malformed filter raises
+sort before strings, runs without a value last (bools, lists and objects: after the strings, in an order that may
+differ between the databases), ties newest first. A malformed filter raises
 :class:`~history.query.QueryError` naming the operator or field.
 
 Indexes: ``(project, created_at)`` and ``(project, group_name)`` on both databases, GIN (``jsonb_path_ops``)
@@ -209,7 +210,7 @@ class _Compiler:
                 subs = [self.filters(x, depth + 1) for x in value]
                 parts.append(and_(*subs) if key == "$and" else or_(*subs))
             elif key == "$not":
-                parts.append(not_(self.filters(value, depth + 1)))
+                parts.append(not_(_yes(self.filters(value, depth + 1))))
             elif isinstance(key, str) and key.startswith("$"):
                 raise FilterError(f"unknown operator {key!r:.40} at the top of a filter "
                                   "(use $and, $or, $not, or a field)")
@@ -230,7 +231,9 @@ class _Compiler:
             if op not in _FIELD_OPS:
                 raise FilterError(f"unknown operator {op!r:.40} on field {name!r:.80} "
                                   f"(known: {', '.join(sorted(_FIELD_OPS))})")
-            parts.append(_yes(self.op(kind, target, name, op, v)))
+            # NULL (a missing value compared) is false in WHERE; only negations need it two-valued (_yes), and a
+            # bare comparison on a column stays usable by its index.
+            parts.append(self.op(kind, target, name, op, v))
         return parts[0] if len(parts) == 1 else and_(*parts)
 
     def op(self, kind: str, target: Any, name: str, op: str, v: Any) -> Any:
@@ -248,8 +251,8 @@ class _Compiler:
             if not isinstance(v, list) or not all(_scalar(x) for x in v):
                 raise FilterError(f"{op} on {name!r:.80} takes a list of numbers, strings, bools or nulls, "
                                   f"got {_show(v)}")
-            anyof = or_(*(_yes(self.op(kind, target, name, "$eq", x)) for x in v)) if v else false()
-            return anyof if op == "$in" else not_(anyof)
+            anyof = or_(*(self.op(kind, target, name, "$eq", x) for x in v)) if v else false()
+            return anyof if op == "$in" else not_(_yes(anyof))
         if op == "$ne":
             return not_(_yes(self.op(kind, target, name, "$eq", v)))
         if op == "$regex":
@@ -346,12 +349,22 @@ class _Compiler:
         kind, target = self.field(name)
         if kind == "tags":
             raise FilterError("runs cannot be ordered by tags")
+        if kind == "column" and target[0] == "created_at":
+            # The (project, created_at) index gives this order; created_at is never null (a run's first event
+            # sets it), so no NULLS LAST that would keep PostgreSQL from scanning the index backwards.
+            return [runs.c.created_at.desc() if desc else runs.c.created_at.asc(), runs.c.run]
         if kind == "column":
             keys = [target[1]]
+        elif self.pg:
+            keys = [target.number(), target.text().collate("C")]
         else:
-            keys = [target.number(), target.text().collate("C") if self.pg else target.text()]
+            # Numbers, then text, then the rest; within a group SQLite's own order (numbers by value, text by
+            # code point): two JSON parses per row instead of four.
+            raw = target.raw()
+            group = case((func.typeof(raw).in_(["integer", "real"]), 0), (func.typeof(raw) == "text", 1), else_=2)
+            return [group.asc(), raw.desc() if desc else raw.asc(), runs.c.created_at.desc(), runs.c.run]
         out = [(k.desc() if desc else k.asc()).nulls_last() for k in keys]
-        return [*out, runs.c.created_at.desc().nulls_last(), runs.c.run]
+        return [*out, runs.c.created_at.desc(), runs.c.run]
 
 
 def _epoch(s: str, name: str) -> float:
