@@ -6,6 +6,9 @@
   bytes (msgpack ``bin``), each exactly what the SDK would XADD (:func:`schemas.encode_frame_raw`), in order.
 - ``Content-Encoding``: ``identity`` (default), ``gzip`` or ``zstd``; decoding stops at ``max_decoded_bytes``.
 - Every frame is decoded with ``schemas.decode_frame(strict=True)`` and must name the URL's project and run.
+  A value holding an int outside int64 anywhere (a logged value, a block column, config, summary) is refused with
+  422 ``int_range`` naming the frame and the key, as ``log()`` refuses it: msgpack carries ints up to 2**64 - 1,
+  which no stored column holds, and a worker would otherwise reject the call after the 202.
   Media blobs the frames reference must already be in Redis (``PUT /api/v1/blobs/...`` first).
 - All frames go to the run's partition stream in ONE atomic Lua script that first checks the referenced blobs (so
   a blob expiring between the check and the write cannot half-apply it; the stream and the blobs share the
@@ -44,6 +47,7 @@ import contextlib
 import hashlib
 import logging
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -63,6 +67,7 @@ from schemas import (
 )
 from schemas.frame import check_run_id
 from schemas.media import blob_shas
+from schemas.values import INT64_MAX, INT64_MIN
 
 from .errors import Refused
 from .settings import GatewaySettings
@@ -192,6 +197,7 @@ def validate(frames: list[bytes], project: str, run: str, gw: GW) -> tuple[int, 
             raise Refused(422, "run_mismatch", f"frame {i} is for {f.project}/{f.run}, the URL names {project}/{run}",
                           frame=i)
         events += len(f.events)
+        _refuse_wide_ints(f.events, i)
         for ev in f.events:
             if isinstance(ev, Log | Config | Summary):
                 blobs |= blob_shas(ev.data)
@@ -202,6 +208,44 @@ def validate(frames: list[bytes], project: str, run: str, gw: GW) -> tuple[int, 
                     if isinstance(col, list):
                         blobs |= blob_shas(col)
     return events, blobs
+
+
+def _refuse_wide_ints(events: list[Any], frame: int) -> None:
+    """Refuse (422 ``int_range``, naming the key) an int outside int64 anywhere in the values of ``events``."""
+    for ev in events:
+        items: Iterable[tuple[str, Any]]
+        if isinstance(ev, Log):
+            items, what = ev.data.items(), "value"
+        elif isinstance(ev, LogBlock):
+            # Array columns are int64 or float64 already; list columns hold the calls' values.
+            items, what = ((k, c) for k, c in zip(ev.keys, ev.cols, strict=True) if isinstance(c, list)), "value"
+        elif isinstance(ev, Config | Start):
+            items, what = (ev.data if isinstance(ev, Config) else ev.config).items(), "config value"
+        elif isinstance(ev, Summary):
+            items, what = ev.data.items(), "summary value"
+        else:
+            continue
+        for key, value in items:
+            wide = _wide_int(value)
+            if wide is not None:
+                how = "is" if type(value) is int else "holds"
+                raise Refused(422, "int_range", f"frame {frame}: {what} of {key!r:.200} {how} an int outside int64: "
+                              f"{wide}", frame=frame, key=key)
+
+
+def _wide_int(value: Any) -> int | None:
+    """The first int outside int64 in a decoded value, inside lists and maps too (their depth is bounded by the
+    decoder's limits), or None. Media values were checked by the decoder."""
+    t = type(value)
+    if t is int:
+        return None if INT64_MIN <= value <= INT64_MAX else int(value)
+    if t is list or t is dict:
+        for v in value if t is list else value.values():
+            if type(v) in (int, list, dict):
+                wide = _wide_int(v)
+                if wide is not None:
+                    return wide
+    return None
 
 
 async def post_frames(request: web.Request) -> web.Response:

@@ -27,7 +27,20 @@ from hypothesis import strategies as st
 from support.gateway_frames import FRAMES, body, frames_for, stream_len, total_len
 
 from gateway import GatewaySettings
-from schemas import Limits, Log, Media, encode_event, encode_frame_raw, packb
+from schemas import (
+    Config,
+    Limits,
+    Log,
+    LogBlock,
+    Media,
+    SchemaError,
+    Start,
+    Summary,
+    capture,
+    encode_event,
+    encode_frame_raw,
+    packb,
+)
 
 pytestmark = pytest.mark.integration
 URL = "/api/v1/projects/p/runs/r/frames"
@@ -319,3 +332,51 @@ def test_fuzzed_bodies_many(gw_settings: GatewaySettings, thread_gateway: Callab
     """The long campaign (10,000 bodies) runs with STEPLINE_TEST_LONG=1; CI runs 2,000 (about 20 s here)."""
     n = 10_000 if os.environ.get("STEPLINE_TEST_LONG") == "1" else 2_000
     _run_fuzz(thread_gateway(gw_settings.replace(rate_per_s=0)), gw_settings, n)
+
+
+WIDE_INTS: list[tuple[str, Any, str]] = [
+    ("a logged value", Log(ts=1.0, data={"ok": 1.0, "big": 2**63}), "value of 'big' is an int outside int64"),
+    ("inside a list", Log(ts=1.0, data={"xs": [1, [2, 2**64 - 1]]}), "value of 'xs' holds an int outside int64"),
+    ("inside a map", Log(ts=1.0, data={"m": {"a": {"b": 2**63}}}), "value of 'm' holds an int outside int64"),
+    ("a block's list column", LogBlock(keys=["s", "n"], ts=[1.0, 2.0], step=[0, 1], commit=[None, None],
+                                       cols=[["a", "b"], [1, 2**63]]), "value of 'n' holds an int outside int64"),
+    ("config", Config(data={"lr": 0.1, "seed": 2**64 - 1}), "config value of 'seed' is an int outside int64"),
+    ("the start's config", Start(ts=1.0, config={"seed": 2**63}), "config value of 'seed' is an int outside int64"),
+    ("summary", Summary(data={"best": [2**63]}), "summary value of 'best' holds an int outside int64"),
+]
+
+
+@pytest.mark.parametrize(("what", "event", "message"), WIDE_INTS, ids=[w[0] for w in WIDE_INTS])
+async def test_ints_outside_int64_are_refused_naming_the_key(
+        what: str, event: Any, message: str, gw_settings: GatewaySettings,
+        make_client: Callable[..., Awaitable[Any]]) -> None:
+    """An int outside int64 (msgpack carries up to 2**64 - 1) is refused at request time with 422 ``int_range``
+    naming the frame and the key, as ``log()``/``config`` refuse it in the SDK. Before: 202, and the worker then
+    rejected the call (``int_range``) after the client was told it was accepted."""
+    c = await make_client(gw_settings)
+    rc = redis.Redis.from_url(gw_settings.redis_url)
+    good = encode_frame_raw("p", "r", "w", 0, [encode_event(Log(ts=1.0, data={"a": 1.0}))])
+    bad = encode_frame_raw("p", "r", "w", 1, [encode_event(Log(ts=1.0, data={"a": 2.0})), encode_event(event)])
+    r = await c.post(URL, data=body([good, bad]), headers=FRAMES)
+    got = await r.json()
+    assert (r.status, got["error"], got["frame"]) == (422, "int_range", 1), got
+    assert message in got["message"] and got["key"] in message, got
+    assert total_len(rc, gw_settings.names) == 0  # refused whole: not even the good frame
+    # The SDK refuses the same value with the same code.
+    key = got["key"]
+    held = event.config if isinstance(event, Start) else (
+        dict(zip(event.keys, event.cols, strict=True)) if isinstance(event, LogBlock) else event.data)
+    with pytest.raises(SchemaError) as e:
+        capture(held[key], key)
+    assert e.value.code == "int_range"
+    rc.close()
+
+
+async def test_ints_at_the_edges_of_int64_are_accepted(gw_settings: GatewaySettings,
+                                                       make_client: Callable[..., Awaitable[Any]]) -> None:
+    c = await make_client(gw_settings)
+    edges = {"max": 2**63 - 1, "min": -(2**63), "nested": [2**63 - 1, {"a": -(2**63)}]}
+    frame = encode_frame_raw("p", "r", "w", 0, [encode_event(Log(ts=1.0, data=edges)),
+                                                encode_event(Config(data=edges)), encode_event(Summary(data=edges))])
+    r = await c.post(URL, data=body([frame]), headers=FRAMES)
+    assert r.status == 202, await r.text()
