@@ -260,10 +260,15 @@ def test_tables_text_and_images_from_the_logger(stack: Stack) -> None:
     assert [m.payload.get("caption") for m in images] == ["first", "second"]
 
 
-def test_watch_through_the_logger(stack: Stack, tmp_path: Path) -> None:
+def test_watch_through_the_logger(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``logger.watch(model, log="all", log_freq=2)`` as with WandbLogger: gradient and parameter histograms on
     every second backward/forward, joining the metrics rows."""
+    from ingest import torch_watch
     from schemas import Media
+
+    # watch() counts watched models per process (W&B's key prefix graph_<n> for the second one on): put the count
+    # back afterwards, so later tests see the process as this test found it.
+    monkeypatch.setattr(torch_watch, "_global_watch_idx", torch_watch._global_watch_idx)
 
     ours = SteplineLogger(project="pl", version="watched")
     model = Tiny()
