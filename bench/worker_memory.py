@@ -7,8 +7,11 @@ end. The same load runs twice, each with a fresh worker and data directory:
 
 - ``bounded``: the worker's defaults (idle run state is dropped from memory and reloaded from the metadata store
   when its run logs again);
-- ``keep-all``: a worker that keeps every run's state (``STEPLINE_RUN_CACHE_MAX`` and
-  ``STEPLINE_RUN_CACHE_IDLE_S`` set beyond reach), the reference measured in the same process.
+- ``keep-all``: the same worker with eviction switched off (``PartitionProcessor.evict_idle`` replaced by a no-op
+  in the worker process, :data:`KEEP_ALL_WORKER`), so it keeps every run's state: the reference, measured in the
+  same process. (Setting ``STEPLINE_RUN_CACHE_MAX`` and ``STEPLINE_RUN_CACHE_IDLE_S`` beyond reach is not enough:
+  a finished run's state is dropped whatever they say.) Each pass scrapes the worker's
+  ``stepline_worker_run_states_evicted`` at the end, so the table shows that the reference evicted nothing.
 
 The target (issue 15): RSS at the end no more than 50 MB above RSS after the first 1,000 runs, and throughput
 within 10 % of the keep-all worker. Prints one JSON line, then a table.
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,8 +40,13 @@ import sqlalchemy
 from e2e import status_mb  # (bench/ is the script's own folder)
 
 from schemas import Finish, LogBlock, Names, Start, encode_event, encode_frame_raw
+from stepline.embedded import free_port
 
 PARTITIONS = 16
+
+#: The keep-all reference: ``python -m workers`` with run-state eviction disabled (bench only; no setting does it).
+KEEP_ALL_WORKER = ("import workers.partition as p; p.PartitionProcessor.evict_idle = lambda self, now=None: 0; "
+                   "from workers.service import main; raise SystemExit(main())")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -71,16 +80,30 @@ def finished_runs(engine: sqlalchemy.Engine) -> int:
         return 0  # the worker has not created the tables yet
 
 
+def evicted(port: int) -> int:
+    """The worker's ``stepline_worker_run_states_evicted`` (-1 when it cannot be read)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("stepline_worker_run_states_evicted"):
+            return int(float(line.split()[-1]))
+    return -1
+
+
 def one_pass(url: str, runs: int, steps: int, keys: int, early: int, keep_all: bool) -> dict[str, Any]:
     ns = "mem" + uuid.uuid4().hex[:8]
     names = Names(ns, PARTITIONS)
     data_dir = Path(tempfile.mkdtemp(prefix="stepline-bench-mem-"))
     env = {**os.environ, "STEPLINE_REDIS_URL": url, "STEPLINE_NAMESPACE": ns, "STEPLINE_PARTITIONS": str(PARTITIONS),
            "STEPLINE_DATA_DIR": str(data_dir), "STEPLINE_RETENTION_S": "0", "STEPLINE_TRIM_INTERVAL_S": "1"}
-    if keep_all:
-        env.update({"STEPLINE_RUN_CACHE_MAX": str(10 * runs), "STEPLINE_RUN_CACHE_IDLE_S": "1e9"})
+    metrics_port = free_port()
+    env["STEPLINE_WORKER_METRICS_PORT"] = str(metrics_port)
     log = open(data_dir / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen([sys.executable, "-m", "workers"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-c", KEEP_ALL_WORKER] if keep_all else [sys.executable, "-m", "workers"]
+    worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     engine = sqlalchemy.create_engine(f"sqlite:///{data_dir / 'meta.sqlite'}")
     rng = np.random.default_rng(7)
     r = redis.Redis.from_url(url)
@@ -111,7 +134,7 @@ def one_pass(url: str, runs: int, steps: int, keys: int, early: int, keep_all: b
                 "runs_per_s": round(runs / elapsed, 1), "rss_after_early_mb": round(rss_early or float("nan"), 1),
                 "rss_end_mb": round(rss_mb(worker.pid), 1), "peak_rss_mb": round(rss_mb(worker.pid, "VmHWM"), 1),
                 "anon_after_early_mb": round(anon_early or float("nan"), 1),
-                "anon_end_mb": round(anon_mb(worker.pid), 1)}
+                "anon_end_mb": round(anon_mb(worker.pid), 1), "evicted": evicted(metrics_port)}
     finally:
         worker.terminate()
         try:
@@ -151,10 +174,12 @@ def main() -> int:
     }
     summary["met"] = summary["rss_growth_mb"] <= 50 and summary["throughput_ratio"] >= 0.9
     print(json.dumps({"bench": "worker_memory", "passes": rows, **summary}))
-    print(f"\n{'mode':<9} {'runs':>8} {'seconds':>8} {'points/s':>10} {'RSS @early':>11} {'RSS end':>8} {'peak':>7}")
+    print(f"\n{'mode':<9} {'runs':>8} {'seconds':>8} {'points/s':>10} {'RSS @early':>11} {'RSS end':>8} {'peak':>7}"
+          f" {'evicted':>8}")
     for row in rows:
         print(f"{row['mode']:<9} {row['runs']:>8} {row['seconds']:>8} {row['points_per_s']:>10,} "
-              f"{row['rss_after_early_mb']:>9} MB {row['rss_end_mb']:>5} MB {row['peak_rss_mb']:>4} MB")
+              f"{row['rss_after_early_mb']:>9} MB {row['rss_end_mb']:>5} MB {row['peak_rss_mb']:>4} MB"
+              f" {row['evicted']:>8}")
     print(f"\nRSS growth after the first {args.early} runs: {summary['rss_growth_mb']} MB bounded "
           f"(target <= 50), {summary['rss_growth_keep_all_mb']} MB keep-all; throughput ratio "
           f"{summary['throughput_ratio']} (target >= 0.9): {'met' if summary['met'] else 'NOT met'}")
