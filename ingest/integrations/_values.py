@@ -66,7 +66,7 @@ def config_tree(value: Any, depth: int = 0) -> Any:
     """A value as a config can hold it (see the module docstring); depth-capped so a cycle cannot recurse forever."""
     if value is None or type(value) in _SCALARS:
         return value
-    if depth > 32:
+    if depth >= 16:  # well inside the stored values' nesting limit (schemas.Limits.max_depth, 32)
         return str(value)
     if isinstance(value, enum.Enum):
         return config_tree(value.value, depth + 1)
