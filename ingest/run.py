@@ -870,8 +870,10 @@ def init(
     Settings come from ``STEPLINE_*`` variables (read once, here), then ``settings`` (a :class:`ClientSettings`
     or a mapping of overrides), then the explicit ``redis_url``/``namespace``/``data_dir`` arguments. With ``url``
     (or ``STEPLINE_URL``) and ``api_key`` (or ``STEPLINE_API_KEY``) frames go to the HTTP gateway instead of Redis,
-    with the same guarantees (:mod:`ingest.http`). Several runs
-    may be live at once (e.g. one per thread); the last one started is the current one.
+    with the same guarantees (:mod:`ingest.http`). When neither an argument nor a variable says where frames go
+    (and ``settings`` is not a :class:`ClientSettings`), a running local ``stepline up`` does
+    (:meth:`ClientSettings.discover`). Prints one line (stderr) saying where the run goes and its page when known.
+    Several runs may be live at once (e.g. one per thread); the last one started is the current one.
     """
     run = _build(Run, project, name, id, config, resume, redis_url, url, api_key, settings, namespace,
                  data_dir, wandb_kwargs)
