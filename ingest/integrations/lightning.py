@@ -13,8 +13,8 @@ What it writes, as ``WandbLogger`` does:
 
 - The run starts on the first use of :attr:`SteplineLogger.experiment` (the Trainer touches it in its setup) with
   ``resume="allow"`` and two metric definitions: ``trainer/global_step`` and ``*`` plotted against it
-  (``step_sync``). A run already started with ``ingest.init()`` is used as it is (and left open), as W&B reuses
-  ``wandb.run``.
+  (``step_sync``). A run already started with ``ingest.init()`` is used (and left open), as W&B reuses
+  ``wandb.run``; the logger's ``config`` is added to it (W&B drops it).
 - ``log_metrics(metrics, step)`` is one ``log()`` call: the metrics (tensors as their numbers; ``prefix`` and ``-``
   before each key when a prefix is set) and ``trainer/global_step`` = the trainer's ``step``. ``_step`` is the
   run's own counter, as in W&B: training and validation metrics logged at one trainer step are two rows, and
@@ -120,6 +120,9 @@ class SteplineLogger(Logger):
                 current.project,
                 current.id,
             )
+            if self._config:  # W&B drops the logger's config here; stepline keeps it
+                current.config.update(self._config)
+                self._config = {}
             self._owned = False
             return current
         run = init(

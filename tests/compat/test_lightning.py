@@ -168,14 +168,14 @@ def test_failed_fit_finishes_the_run_as_crashed(stack: Stack, tmp_path: Path) ->
 
 def test_a_run_started_by_the_script_is_used_and_left_open(stack: Stack, tmp_path: Path) -> None:
     run = ingest.init(project="pl", id="mine", config={"seed": 1})
-    ours = SteplineLogger(project="ignored")
+    ours = SteplineLogger(project="ignored", config={"from_logger": True})
     trainer(tmp_path, ours, epochs=1).fit(Tiny(), loader())
     assert ours.experiment is run and not run.finished
     assert ours.version == "mine"
     run.log({"after": 1.0})
     run.finish()
     view = stack.finished("pl/mine")
-    assert view.config == {"seed": 1, "lr": 0.1, "hidden": 4, "fail_at": None}
+    assert view.config == {"seed": 1, "from_logger": True, "lr": 0.1, "hidden": 4, "fail_at": None}
     assert [r["trainer/global_step"] for r in user_rows(view)[:-1]] == [0, 1, 2, 3]
     assert user_rows(view)[-1] == {"after": 1.0}
 
