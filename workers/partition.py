@@ -43,7 +43,7 @@ from schemas.frame import MAX_STEP
 from schemas.media import blob_shas
 from schemas.objects import ObjectStore, as_store
 from schemas.store import blob_path
-from schemas.values import MEDIA_KINDS
+from schemas.values import MEDIA_KINDS, OTHER
 
 from ._faults import crash_point, poison_point
 from .align import Row, RowBatch, RunAligner
@@ -397,7 +397,7 @@ class PartitionProcessor:
     async def write(self, prep: PreparedCommit) -> None:
         """Segments first, then dead letters, then the one fenced metadata transaction (raises FencedError)."""
         t_written = time.monotonic()  # before the first object: the oldest object's age is at most the elapsed time
-        await self._copy_blobs([row for _, _, rows in prep.work for row in rows])
+        await self._copy_blobs([row for _, _, rows in prep.work for row in rows], [u.info for u in prep.updates])
         segments = await asyncio.to_thread(self._write_segments, prep.work)
         crash_point("segments")
         if prep.dlq:
@@ -498,15 +498,20 @@ class PartitionProcessor:
                                   size, rel))
         return out
 
-    async def _copy_blobs(self, rows: list[Row | RowBatch]) -> None:
-        """Copy media blobs referenced by new rows from Redis into the storage location (content-addressed: a blob
-        stored already, by any run, is not copied again)."""
+    async def _copy_blobs(self, rows: list[Row | RowBatch], infos: list[dict[str, Any]]) -> None:
+        """Copy media blobs referenced by new rows, and by the summaries and configs of the runs in the commit
+        (``run.summary["best"] = wandb.Image(...)``), from Redis into the storage location (content-addressed: a
+        blob stored already, by any run, is not copied again)."""
         shas: set[str] = set()
+        for info in infos:
+            for part in ("summary", "config"):
+                if info.get(part):
+                    shas.update(blob_shas(info[part]))
         for row in rows:
             if isinstance(row, RowBatch):
                 continue  # the fast path never holds media
             for (_ident, kind), v in row.values.items():
-                if kind in MEDIA_KINDS:
+                if kind in MEDIA_KINDS or kind == OTHER:  # OTHER: a list of images under one key (W&B's form)
                     shas.update(blob_shas(v))
         objects = self.objects
         assert objects is not None
