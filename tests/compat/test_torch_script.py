@@ -161,8 +161,10 @@ def test_a_pytorch_script_for_wandb_runs_unchanged(stack: Stack) -> None:
         examples = r["val/examples"]
         assert [m.payload["caption"] for m in examples] == ["ex0", "ex1", "ex2"]
         assert examples[0].payload["sha256"] == img.payload["sha256"]
-        for m in examples:
+        for m, chw in zip(examples, seen["samples"][e], strict=True):  # each one's blob stored, pixels as logged
             assert view.references_blob(m.payload["sha256"])
+            want = (chw.permute(1, 2, 0).numpy().astype(np.float64) * 255).astype(np.uint8)
+            assert np.array_equal(png_pixels(stack, m), want)
 
     # The table (tensor cells stored as their scalars) and the charts.
     last = rows[-1]
