@@ -234,6 +234,9 @@ def open_store(
         connect_timeout=connect_timeout_s,
         request_timeout=request_timeout_s,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+        # One PutObject per object instead of a multipart upload (create, part, complete): a third of the requests
+        # and a third of the latency for segments and blobs, which are written whole.
+        allow_delayed_open=True,
         **kw,
     )
     base = target.bucket + (f"/{target.prefix}" if target.prefix else "")

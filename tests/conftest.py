@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from support.servers import PG_URL, REDIS_URL, RedisServer, free_port, need
 from support.s3 import s3_bucket, s3_server, storage  # fixtures: S3 (moto) and both storage backends
+from support.servers import PG_URL, REDIS_URL, RedisServer, free_port, need
 from support.worker_harness import WorkerFleet
 
 __all__ = ["PG_URL", "REDIS_URL", "RedisServer", "free_port", "need", "s3_bucket", "s3_server", "storage"]

@@ -26,6 +26,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
@@ -69,13 +70,20 @@ def _consume(task: asyncio.Task[None]) -> None:
         log.debug("abandoned commit ended with %r", task.exception())
 
 
-def run_abandoning(main: Coroutine[Any, Any, T]) -> T:
+def run_abandoning(main: Coroutine[Any, Any, T], threads: int | None = None) -> T:
     """Run ``main`` in a new event loop and close the loop as soon as it returns, without waiting for executor
     threads or pending tasks (``asyncio.run`` waits for both, so a commit thread still blocked past the drain
     timeout, say on a SQLite file another process holds locked, would hold the process past its grace period).
     The caller then ends the process with :func:`workers.service.exit_now`, which does not join those threads
-    either. Fencing makes an abandoned commit harmless: it lands before the next owner's take or is refused."""
+    either. Fencing makes an abandoned commit harmless: it lands before the next owner's take or is refused.
+
+    ``threads`` sizes the loop's default executor. A worker commits every partition in a thread of it (one commit
+    in flight per partition); with the default pool (CPU count + 4) commits waiting on a slow bucket held every
+    thread, and the loop's own uses of the pool (resolving the address of a new Redis connection) queued behind
+    them until leases expired."""
     loop = asyncio.new_event_loop()
+    if threads is not None:
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-worker"))
     try:
         return loop.run_until_complete(main)
     finally:
@@ -172,7 +180,7 @@ class Worker:
     def run(self) -> None:
         """Run until stopped; return as soon as the shutdown is over, without waiting for abandoned executor
         threads (:func:`run_abandoning`)."""
-        run_abandoning(self.async_run())
+        run_abandoning(self.async_run(), threads=self.settings.partitions + 8)
 
     async def async_run(self) -> None:
         s = self.settings

@@ -8,11 +8,12 @@ name (``key`` for numbers, ``"key:kind"`` otherwise); a rejection is ``(reason, 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.objects import ObjectStore, as_store
+from schemas.objects import ObjectStore, open_store, parse_storage_url
 from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name
 from schemas.values import kind_of
 
@@ -104,7 +105,9 @@ def segment_rows(data_dir: Path | ObjectStore, store: Any, project: str, run: st
     """Every row of a run as stored: segments in ``sl_segments`` order (``min_step``), rows in file order.
     ``data_dir`` is the local data directory or the object store (a bucket) the workers write to."""
     out: list[OracleRow] = []
-    objects = as_store(data_dir)
+    # A data directory means wherever this test's workers write: STEPLINE_STORAGE_URL when the test set it.
+    objects = data_dir if isinstance(data_dir, ObjectStore) else open_store(
+        parse_storage_url(os.environ.get("STEPLINE_STORAGE_URL"), data_dir))
     for seg in store.segments_of(project, run):
         table = objects.parquet(seg["file"]).read()
         cols = {name: table.column(name).to_pylist() for name in table.column_names}

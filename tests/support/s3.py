@@ -12,6 +12,7 @@ Without moto the S3 cases skip with the reason, except under ``CI=true`` where t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -28,6 +29,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from schemas.objects import ObjectStore, open_store, parse_storage_url
+from support.netproxy import Proxy
 from support.servers import free_port, need
 
 #: moto accepts any credentials; workers and readers get these through the usual AWS variables.
@@ -161,10 +163,89 @@ def s3_bucket(s3_server: MotoServer) -> Iterator[str]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, data_dir: Path) -> Storage:
-    """History storage on both backends: the data directory, and a bucket of its own on the moto server."""
+def storage(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    """History storage on both backends: the data directory, and a bucket of its own on the moto server. For the
+    bucket, ``STEPLINE_STORAGE_URL`` and the AWS variables are set for the test, so every part it starts (worker
+    processes, in-process workers, gateways, ``Api``) uses the bucket without being told."""
     if request.param == "local":
+        monkeypatch.delenv("STEPLINE_STORAGE_URL", raising=False)
         return Storage("local", open_store(parse_storage_url(None, data_dir)), None, {})
     srv: MotoServer = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
-    return s3_storage(srv, bucket)
+    st = s3_storage(srv, bucket)
+    for k, v in st.env.items():
+        monkeypatch.setenv(k, v)
+    return st
+
+
+class S3FaultProxy(Proxy):
+    """A TCP proxy in front of the S3 server (:class:`support.netproxy.Proxy`: cut, stall, drop) that also speaks
+    just enough HTTP to fail requests the way a bucket does:
+
+    - :meth:`slow_down` answers the next ``n`` PUTs with ``503 SlowDown`` (S3's throttling reply), unforwarded;
+    - :meth:`cut_puts` forwards the next ``n`` PUTs only half-way and then closes both sides (a PUT failing
+      half-way: the server never gets the whole object).
+
+    A request starts with its method in a fresh write of the client; a Parquet body starts with ``PAR1``, so a chunk
+    beginning with ``PUT /`` is a request head.
+    """
+
+    _BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+    SLOWDOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+
+    def __init__(self, target_port: int) -> None:
+        self._slowdowns = 0
+        self._cuts = 0
+        self.injected = 0
+        self._clients: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}  # upstream writer -> client writer
+        super().__init__(target_port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def slow_down(self, n: int) -> None:
+        self._slowdowns = n
+
+    def cut_puts(self, n: int) -> None:
+        self._cuts = n
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._dropping:
+            writer.transport.abort()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._conns.update((writer, up_w))
+        self._clients[up_w] = writer
+        await asyncio.gather(self._pipe(reader, up_w, reply=False), self._pipe(up_r, writer, reply=True),
+                             return_exceptions=True)
+        self._clients.pop(up_w, None)
+        for w in (writer, up_w):
+            self._conns.discard(w)
+            w.transport.abort()
+
+    async def _chunk(self, data: bytes, dst: asyncio.StreamWriter, reply: bool) -> bool:
+        if not await super()._chunk(data, dst, reply):
+            return False
+        if reply or not data.startswith(b"PUT /"):
+            return True
+        client = self._clients.get(dst)
+        if self._slowdowns > 0 and client is not None:
+            self._slowdowns -= 1
+            self.injected += 1
+            client.write(self.SLOWDOWN)
+            await client.drain()
+            return False
+        if self._cuts > 0:
+            self._cuts -= 1
+            self.injected += 1
+            dst.write(data[: max(1, len(data) // 2)])  # the head and at most half of what came with it
+            await dst.drain()
+            return False
+        return True

@@ -25,6 +25,7 @@ import redis
 from sqlalchemy import select
 
 from schemas import FRAME_FIELD, Finish, Log, Names, Start, encode_event, encode_frame_raw
+from schemas.objects import ObjectStore
 from schemas.store import rejections as rejections_table
 from support.blocks import block_of, must_go_fast
 from support.history_oracle import Oracle, OracleRow, read_history, rows_same
@@ -374,7 +375,7 @@ def rejections_of(store: MetaStore, project: str, run: str) -> list[tuple[str, i
         return [(x.reason, x.step, x.cursor) for x in conn.execute(q)]
 
 
-def check_history(data_dir: Path, store: MetaStore, scripts: list[RunScript]) -> None:
+def check_history(data_dir: Path | ObjectStore, store: MetaStore, scripts: list[RunScript]) -> None:
     """Each run's committed rows, in storage order, and its rejections equal its oracle's exactly (no loss, no
     duplicate, ascending steps)."""
     for s in scripts:
