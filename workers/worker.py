@@ -78,9 +78,9 @@ def run_abandoning(main: Coroutine[Any, Any, T], threads: int | None = None) -> 
     either. Fencing makes an abandoned commit harmless: it lands before the next owner's take or is refused.
 
     ``threads`` sizes the loop's default executor. A worker commits every partition in a thread of it (one commit
-    in flight per partition); with the default pool (CPU count + 4) commits waiting on a slow bucket held every
-    thread, and the loop's own uses of the pool (resolving the address of a new Redis connection) queued behind
-    them until leases expired."""
+    in flight per partition); with the default pool (CPU count + 4), commits waiting on a slow bucket could hold
+    every thread, and the loop's other uses of the pool (resolving a new Redis connection's address) would queue
+    behind them."""
     loop = asyncio.new_event_loop()
     if threads is not None:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepline-worker"))
