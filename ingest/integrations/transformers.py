@@ -25,6 +25,7 @@ this one. What it writes, as ``WandbCallback`` does:
   ``train_samples_per_second``, ``train_steps_per_second``, ``train_loss`` and ``total_flos`` go to the summary
   under their own names instead; every other summary entry is the last logged value of its key.
 - ``on_predict``: the prediction metrics, renamed the same way.
+- ``SteplineCallback(watch="gradients")``: W&B's ``WANDB_WATCH``, histograms through :meth:`ingest.Run.watch`.
 - ``on_train_end`` finishes the run this callback started (exit code 0), as MLflow's callback does (W&B leaves
   it open until the process exits); a later ``trainer.evaluate()`` resumes the same run id. Checkpoints and
   models are not uploaded.
@@ -68,7 +69,9 @@ class SteplineCallback(TrainerCallback):
     """``Trainer(..., callbacks=[SteplineCallback(project=...)], report_to="none")``.
 
     ``name`` overrides ``args.run_name``; ``id`` fixes the run id; other keyword arguments go to
-    :func:`ingest.init`. ``run`` passes a run started elsewhere.
+    :func:`ingest.init`. ``run`` passes a run started elsewhere. ``watch`` ("gradients", "parameters" or "all")
+    does what ``WANDB_WATCH`` does for W&B: :meth:`ingest.Run.watch` on the model, every
+    ``max(100, args.logging_steps)`` steps unless ``watch_log_freq`` says otherwise.
     """
 
     def __init__(
@@ -77,8 +80,14 @@ class SteplineCallback(TrainerCallback):
         name: str | None = None,
         id: str | None = None,
         run: Run | None = None,
+        watch: str | None = None,
+        watch_log_freq: int | None = None,
         **init_kwargs: Any,
     ) -> None:
+        if watch not in (None, "gradients", "parameters", "all"):
+            raise ValueError(f"watch must be None, 'gradients', 'parameters' or 'all', got {watch!r}")
+        self._watch = watch
+        self._watch_log_freq = watch_log_freq
         self._project = project or "huggingface"
         self._name = name
         self._id = id
@@ -112,6 +121,8 @@ class SteplineCallback(TrainerCallback):
             name = args.run_name
         run = self._open(name)
         run.config.update(config_tree(combined))
+        if self._watch is not None and model is not None:  # WANDB_WATCH's job in W&B, and its log_freq
+            run.watch(model, log=self._watch, log_freq=self._watch_log_freq or max(100, int(args.logging_steps)))
         if hasattr(model, "num_parameters"):  # a PreTrainedModel; W&B skips others too
             run.config["model/num_parameters"] = int(model.num_parameters())
 

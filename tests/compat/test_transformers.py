@@ -35,6 +35,9 @@ class Recorder(TrainerCallback):  # type: ignore[misc]
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         self.logs.append((state.global_step, dict(logs or {})))
 
+    def on_predict(self, args: Any, state: Any, control: Any, metrics: dict[str, Any], **kw: Any) -> None:
+        self.predicted = dict(metrics)
+
 
 class Data(torch.utils.data.Dataset):  # type: ignore[misc, name-defined]
     def __init__(self, n: int, seed: int) -> None:
@@ -63,7 +66,13 @@ def tiny_bert() -> Any:
     return BertForSequenceClassification(config)
 
 
-def test_train_and_evaluate_write_what_the_trainer_reported(stack: Stack, tmp_path: Path) -> None:
+def test_train_evaluate_predict_write_what_the_trainer_reported(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest import torch_watch
+
+    # watch() counts watched models per process (W&B's key prefix): leave the count as this test found it.
+    monkeypatch.setattr(torch_watch, "_global_watch_idx", torch_watch._global_watch_idx)
     model = tiny_bert()
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
@@ -81,12 +90,13 @@ def test_train_and_evaluate_write_what_the_trainer_reported(stack: Stack, tmp_pa
         seed=0,
         dataloader_num_workers=0,
     )
-    ours, rec = SteplineCallback(project="hf", id="bert1"), Recorder()
+    ours, rec = SteplineCallback(project="hf", id="bert1", watch="gradients", watch_log_freq=4), Recorder()
     trainer = Trainer(model=model, args=args, train_dataset=Data(16, 1), eval_dataset=Data(8, 2), callbacks=[ours, rec])
     trainer.train()
     assert ours.run is not None and ours.run.finished  # train() ends the run it started
     trainer.evaluate()  # resumes it
     assert ours.run is not None and not ours.run.finished
+    trainer.predict(Data(8, 3))
     ours.run.finish()
 
     view = stack.finished("hf/bert1")
@@ -100,7 +110,17 @@ def test_train_and_evaluate_write_what_the_trainer_reported(stack: Stack, tmp_pa
         {**rewrite_logs({k: v for k, v in logs.items() if k not in SINGLE}), "train/global_step": s}
         for s, logs in rec.logs
     ]
+    # predict(): test/loss, test/runtime, ... logged without the step key; step_sync fills in its last value.
+    expected.append({**rewrite_logs(rec.predicted), "train/global_step": 8})
+    assert set(rec.predicted) >= {"test_loss", "test_runtime"}
     rows = [{k: v for k, v in r.items() if not k.startswith("_") and v is not None} for r in view.scan_history()]
+    # watch(log="gradients") every 4th backward: the histograms join the row of steps 4 and 8's training loss.
+    grads = [{k for k in r if k.startswith("gradients/")} for r in rows]
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert [i for i, g in enumerate(grads) if g] == [3, 8]
+    assert all(len(grads[i]) == len(names) and all(any(k.endswith(n) for n in names) for k in grads[i]) for i in (3, 8))
+    assert rows[3]["gradients/" + sorted(grads[3])[0].split("/", 1)[1]].kind == "histogram"
+    rows = [{k: v for k, v in r.items() if not k.startswith("gradients/")} for r in rows]
     assert rows == expected
     assert "train/loss" in rows[0] and "eval/loss" in rows[4] and "train/epoch" in rows[0]
     # The summary: the end-of-training numbers under their own names, else the last value of each key.
