@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas import local
 from schemas.local import LocalStack, encode_stack, local_stack, parse_stack, stack_path
@@ -87,3 +90,23 @@ def test_a_stale_record_is_ignored_and_said_once(tmp_path: Path, caplog: pytest.
     assert len(said) == 1, said
     assert {"dead pid": "is gone", "redis gone": "does not answer", "garbage": "not JSON"}[kind] in said[0]
     local._warned.discard(str(home / "stack.json"))
+
+
+_ids = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x10FFFF, exclude_categories=("Cs",)),
+               min_size=1, max_size=20).filter(lambda s: all(c not in s for c in "{}: "))
+
+
+@given(pid=st.integers(1, 2**31), port=st.integers(1, 65535), data=st.text(min_size=1, max_size=40),
+       namespace=_ids, partitions=st.integers(1, 4096), gateway=st.none() | st.just("http://127.0.0.1:8080"),
+       db=st.none() | st.text(max_size=40), started=st.floats(0, 2e9))
+def test_every_record_round_trips(pid: int, port: int, data: str, namespace: str, partitions: int,
+                                  gateway: str | None, db: str | None, started: float) -> None:
+    r = LocalStack(pid=pid, redis_url=f"redis://127.0.0.1:{port}/0", data_dir="/" + data, db_url=db,
+                   gateway_url=gateway, namespace=namespace, partitions=partitions, started_at=started)
+    assert parse_stack(encode_stack(r)) == r
+
+
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_any_bytes_parse_or_raise_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        parse_stack(data)
