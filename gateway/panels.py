@@ -6,13 +6,20 @@ screenful of charts costs one or two requests. Each key is read exactly as ``...
 cannot be read (no number column, an x axis that is not a number column) answers ``{"error": "bad_query",
 "message": …}`` in its place without failing the others. Unknown run → 404; no key, too many keys, or buckets out
 of range → 400 ``bad_param``. JSON only (±inf as ``"Infinity"``/``"-Infinity"``, NaN as ``null``, as elsewhere).
+
+``encoding=f8`` sends each number array as ``{"f8": <base64 of its little-endian float64 bytes>}`` instead of a
+JSON list (an int array whose values pass 2**53 stays a list): Python's float-to-text is most of the cost of a
+panel read (about 15 ms per 4000-point line), base64 of the bytes is nearly free and keeps NaN and ±inf exactly.
+The reply is encoded in the worker thread, not in the event loop.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from history.formatting import plain
@@ -38,18 +45,31 @@ async def sampled_batch(request: web.Request) -> web.Response:
     if buckets > MAX_BUCKETS:
         raise Refused(400, "bad_param", f"buckets must be <= {MAX_BUCKETS}, got {buckets}")
 
-    def load() -> dict[str, Any]:
+    encoding = request.query.get("encoding", "json")
+    if encoding not in ("json", "f8"):
+        raise Refused(400, "bad_param", f"encoding must be json or f8, got {encoding!r:.40}")
+    pack = _f8 if encoding == "f8" else plain
+
+    def load() -> str:
         r = gw.api.run(f"{project}/{run}")
         out: dict[str, Any] = {}
         for k in keys:
             try:
-                out[k] = dict(r.sampled(k, x_axis=x_axis, buckets=buckets))
+                out[k] = {name: pack(v) for name, v in r.sampled(k, x_axis=x_axis, buckets=buckets).items()}
             except QueryError as e:
                 out[k] = {"error": "bad_query", "message": str(e)}
-        return out
+        return json.dumps({"sampled": out}, allow_nan=False)
 
-    found = await _call(gw, load)
-    return web.Response(text=json.dumps(plain({"sampled": found}), allow_nan=False), content_type="application/json")
+    return web.Response(text=await _call(gw, load), content_type="application/json")
+
+
+def _f8(v: Any) -> Any:
+    """A number array as base64 float64 bytes when float64 holds it exactly; anything else as plain JSON."""
+    if isinstance(v, np.ndarray) and v.dtype.kind in "fiu":
+        if v.dtype.kind in "iu" and v.size and int(np.abs(v).max()) > 2**53:
+            return plain(v)
+        return {"f8": base64.b64encode(np.ascontiguousarray(v, dtype="<f8").tobytes()).decode("ascii")}
+    return plain(v)
 
 
 def setup(app: web.Application, prefix: str) -> None:

@@ -25,6 +25,24 @@ const FETCH_SLOTS = 4;
 // Keys per sampled_batch read: a screenful of panels in one or two reads, without one slow reply holding up all.
 const BATCH_KEYS = 6;
 
+/**
+ * `{"f8": base64}` (sampled_batch's encoding=f8) → an array in the API's JSON convention: numbers, null for NaN,
+ * "Infinity"/"-Infinity" for ±inf (so the page holds one representation whichever way a line was read).
+ */
+function unpackF8(v) {
+  if (!v || typeof v !== "object" || typeof v.f8 !== "string") return v;
+  const bin = atob(v.f8);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const f = new Float64Array(bytes.buffer);
+  const out = new Array(f.length);
+  for (let i = 0; i < f.length; i++) {
+    const x = f[i];
+    out[i] = Number.isFinite(x) ? x : Number.isNaN(x) ? null : x > 0 ? "Infinity" : "-Infinity";
+  }
+  return out;
+}
+
 function inViewport(e) {
   const r = e.getBoundingClientRect();
   return r.bottom > 0 && r.top < innerHeight && r.height > 0;
@@ -1132,11 +1150,11 @@ class PanelsView extends View {
       for (let i = 0; i < b.items.length; i += BATCH_KEYS) {
         const chunk = b.items.slice(i, i + BATCH_KEYS);
         this.limit(() => get(`${b.path}/sampled_batch`, { key: chunk.map((c) => c.key), x_axis: b.xAxis,
-          buckets: BUCKETS }), chunk[0].panel).then((r) => {
+          buckets: BUCKETS, encoding: "f8" }), chunk[0].panel).then((r) => {
           for (const c of chunk) {
             const s = r.sampled[c.key];
             if (!s || s.error) c.reject(new ApiError(400, s?.error || "missing", s?.message || `no reply for ${c.key}`));
-            else c.resolve(s);
+            else c.resolve(Object.fromEntries(Object.entries(s).map(([k, v]) => [k, unpackF8(v)])));
           }
         }, (e) => chunk.forEach((c) => c.reject(e)));
       }

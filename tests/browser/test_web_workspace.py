@@ -48,7 +48,7 @@ def wait_drawn(page: Any, key: str, cond: str = "true") -> dict[str, Any]:
 
 def uplot(key: str) -> str:
     """A JS expression for the uPlot instance of a panel's chart."""
-    return f"document.querySelector('.panel[data-key=\"{key}\"]').__panel.chart.u"
+    return f"document.querySelector('.panel[data-key=\"{key}\"]').__panel.chart?.u"
 
 
 def finished(stack: Stack, path: str) -> None:
@@ -296,7 +296,7 @@ def test_chart_tools_and_url(stack: Stack, page: Any) -> None:
 
     # Log y.
     page.check("#log-y")
-    page.wait_for_function(f"{uplot('train/loss')}.scales.y.distr === 3")
+    page.wait_for_function(f"{uplot('train/loss')}?.scales.y.distr === 3")
     assert "logy=1" in page.evaluate("location.hash")
 
     # Sync zoom: zooming train/loss zooms train/acc, not gpu/util.
@@ -326,10 +326,10 @@ def test_chart_tools_and_url(stack: Stack, page: Any) -> None:
 
     # Full screen of one panel, Esc closes.
     page.locator('.panel[data-key="train/acc"] .fs-btn').click()
-    page.wait_for_function(f"{uplot('train/acc')}.width > 1000")
+    page.wait_for_function(f"{uplot('train/acc')}?.width > 1000")
     shot(page, "fullscreen", full=False)
     page.keyboard.press("Escape")
-    page.wait_for_function(f"{uplot('train/acc')}.width < 1000")
+    page.wait_for_function(f"{uplot('train/acc')}?.width < 1000")
 
 
 # --- items 4, 5: overview, runs table, compare ----------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from test_live import start_run, wait_run
 
@@ -46,3 +48,36 @@ async def test_sampled_batch_equals_sampled(gw_settings: GatewaySettings, keys: 
         assert r.status == 400 and (await r.json())["error"] == "bad_param", bad
     assert (await c.get(f"{base}/sampled_batch?key=a")).status == 401
     assert (await c.get("/api/v1/projects/pa/runs/nope/sampled_batch?key=a", headers=read)).status == 404
+
+
+def unpack(v: Any) -> Any:
+    """The page's reading of encoding=f8 (app.js unpackF8), in Python."""
+    if isinstance(v, dict) and "f8" in v:
+        xs = np.frombuffer(base64.b64decode(v["f8"]), dtype="<f8")
+        return [None if np.isnan(x) else ("Infinity" if x > 0 else "-Infinity") if np.isinf(x) else
+                (int(x) if x.is_integer() else float(x)) for x in xs.tolist()]
+    return v
+
+
+async def test_sampled_batch_f8_encoding(gw_settings: GatewaySettings, keys: Any,
+                                         make_client: Callable[..., Awaitable[Any]],
+                                         worker: Callable[[], Any]) -> None:
+    """encoding=f8 carries the same numbers (NaN and ±inf included) as the JSON reply."""
+    s = gw_settings
+    worker()
+    run = start_run(s, "pa", "f8")
+    for st in range(500):
+        v = {3: float("nan"), 4: float("inf"), 5: float("-inf")}.get(st, st * 0.1 - 7.25)
+        run.log({"a": v, "_big": 2**60 + st if st == 0 else 1}, step=st)
+    run.finish()
+    c = await make_client(s)
+    read = {"Authorization": f"Bearer {keys.tokens['read']}"}
+    await wait_run(c, "pa/runs/f8", lambda i: i["state"] == "finished", read)
+    base = "/api/v1/projects/pa/runs/f8/sampled_batch?key=a&key=_big&buckets=50"
+    as_json = (await (await c.get(base, headers=read)).json())["sampled"]
+    as_f8 = (await (await c.get(base + "&encoding=f8", headers=read)).json())["sampled"]
+    for k in ("a", "_big"):
+        assert {n: unpack(v) for n, v in as_f8[k].items()} == as_json[k], k
+    assert isinstance(as_f8["a"]["y"], dict) and isinstance(as_f8["a"]["step"], dict)
+    r = await c.get(base + "&encoding=text", headers=read)
+    assert r.status == 400
