@@ -74,7 +74,9 @@ class SteplineMetricsLogger(keras.callbacks.Callback):  # type: ignore[misc]
     def _get_lr(self) -> float | None:
         try:
             lr = self.model.optimizer.learning_rate
-            if callable(lr):  # a schedule the optimizer did not evaluate itself
+            if isinstance(lr, keras.Variable):  # a fixed rate: its backend tensor (numpy() warns on numpy 2)
+                lr = lr.value
+            elif callable(lr):  # a schedule the optimizer did not evaluate itself
                 lr = lr(self.global_step)
             value = plain(lr)
             return float(value)

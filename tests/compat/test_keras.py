@@ -38,7 +38,8 @@ SCRIPT = textwrap.dedent(
             self.batches, self.epochs = [], []
 
         def _lr(self):
-            return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            lr = self.model.optimizer.learning_rate
+            return float(lr.value if isinstance(lr, keras.Variable) else lr)
 
         def on_train_batch_end(self, batch, logs=None):
             self.batches.append([batch, {k: float(v) for k, v in logs.items()}, self._lr()])
@@ -53,7 +54,8 @@ SCRIPT = textwrap.dedent(
     for mode in ("epoch", "batch", 2):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
-        lr = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
+        # A decaying schedule, and a fixed rate (a keras.Variable) for "batch".
+        lr = 0.05 if mode == "batch" else keras.optimizers.schedules.ExponentialDecay(0.1, 1, decay_rate=0.9)
         model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", metrics=["mae"])
         run = ingest.init(project="keras", id=f"k-{mode}", config={"mode": str(mode)})
         rec = Recorder()
@@ -90,7 +92,13 @@ def test_fit_writes_epoch_and_batch_metrics(stack: Stack, tmp_path: Path) -> Non
     script.write_text(SCRIPT)
     env = {**os.environ, "KERAS_BACKEND": "torch"}  # plus the STEPLINE_* variables the stack fixture set
     proc = subprocess.run(
-        [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=180, check=False
+        # Warnings are errors in the child too (as in this test session): the callback must not trip any.
+        [sys.executable, "-W", "error", str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     record = json.loads(out.read_text())
@@ -105,8 +113,9 @@ def test_fit_writes_epoch_and_batch_metrics(stack: Stack, tmp_path: Path) -> Non
         assert set(rec["epochs"][0][1]) == {"loss", "mae", "val_loss", "val_mae"}
         rows = [{k: v for k, v in r.items() if not k.startswith("_") and v is not None} for r in view.scan_history()]
         assert rows == expected_rows(rec, freq), mode
-        # The decaying rate is the optimizer's current one (0.1 * 0.9 ** iterations after the batch).
-        assert rows[-1]["epoch/learning_rate"] == pytest.approx(0.1 * 0.9**6, rel=1e-6)
+        # The rate is the optimizer's current one: fixed, or 0.1 * 0.9 ** iterations after the batch.
+        final_lr = 0.05 if mode == "batch" else 0.1 * 0.9**6
+        assert rows[-1]["epoch/learning_rate"] == pytest.approx(final_lr, rel=1e-6)
         metrics = {m["name"]: m["step_metric"] for m in view.metrics}
         if freq is None:
             assert metrics == {"epoch/epoch": None, "epoch/*": "epoch/epoch"}
