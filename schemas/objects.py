@@ -167,25 +167,21 @@ class ObjectStore:
             while piece := f.read(size):
                 yield bytes(piece)
 
-    def open(self, rel: str, size: int | None = None) -> pa.NativeFile:
-        """A random-access file: reads fetch only the ranges asked for. ``size``, when known (``sl_segments``
-        holds it), saves the S3 HEAD request that would learn it."""
+    def open(self, rel: str) -> pa.NativeFile:
+        """A random-access file: reads fetch only the ranges asked for (one HEAD first on a bucket, for the size)."""
         if self.local:
             import pyarrow as pa
 
             return pa.memory_map(self.path(rel))  # FileNotFoundError when missing
-        import pyarrow.fs as pafs
+        return self.fs.open_input_file(self.path(rel))
 
-        info = pafs.FileInfo(self.path(rel), pafs.FileType.File, size=size) if size is not None else self.path(rel)
-        return self.fs.open_input_file(info)
-
-    def parquet(self, rel: str, size: int | None = None, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    def parquet(self, rel: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
         """A Parquet file opened lazily (footer first, then only the column chunks read). ``metadata`` (a footer read
         earlier: files never change) saves fetching it again. Remote reads coalesce nearby column chunks into
         fewer, concurrent range requests (``pre_buffer``)."""
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(self.open(rel, size), metadata=metadata, pre_buffer=not self.local)
+        return pq.ParquetFile(self.open(rel), metadata=metadata, pre_buffer=not self.local)
 
     def list(self, prefix: str) -> list[tuple[str, int, float]]:
         """Objects under ``prefix`` (a relative directory): ``(relative name, size, modification time as epoch
