@@ -276,6 +276,7 @@ _PASSTHROUGH: dict[str, tuple[str, str, str]] = {
     "keys": ("gateway", "keys_main", "create, list and revoke API keys (create|list|revoke)"),
     "import-wandb": ("stepline.wandb_import", "main", "import W&B offline runs (run-*.wandb files)"),
     "export": ("history.export", "main", "export a run's history to Parquet, CSV or JSON Lines"),
+    "migrate-storage": ("stepline.migrate", "main", "copy segments and media to another storage location (a bucket)"),
     "runs": ("history.runs_cli", "main", "list and find a project's runs (--filter JSON --order KEY)"),
 }
 
