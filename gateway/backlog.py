@@ -22,12 +22,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from redis.exceptions import RedisError
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import Names
-from schemas.clients import AsyncRedis
+from schemas.clients import REDIS_ERRORS, AsyncRedis
 from schemas.store import partitions
 
 from .metrics import Metrics
@@ -130,7 +129,7 @@ class Backlog:
             try:
                 await self.sample()
                 self.metrics.redis_up = 1
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 self.metrics.redis_up = 0
                 log.warning("gateway: backlog sample failed: %r", e)
             except SQLAlchemyError as e:

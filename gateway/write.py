@@ -52,7 +52,6 @@ from typing import Any
 
 import msgpack
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from schemas import (
     FRAME_FIELD,
@@ -65,6 +64,7 @@ from schemas import (
     Summary,
     decode_frame,
 )
+from schemas.clients import REDIS_ERRORS
 from schemas.frame import check_run_id
 from schemas.media import blob_shas
 from schemas.values import INT64_MAX, INT64_MIN
@@ -314,7 +314,7 @@ async def _append(gw: GW, p: int, project: str, frames: list[bytes], shas: list[
         ok, detail, *sizes = await gw.redis.eval(
             _APPEND, 1 + 2 * len(shas), names.stream(p), *blob_keys, *owner_keys, FRAME_FIELD, project,
             _ms(gw.settings.blob_ttl_s), *frames)
-    except (RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
                       retry_after=gw.settings.retry_after_s) from None
     if not ok:
@@ -430,7 +430,7 @@ async def _quota_call(gw: GW, script: str, project: str, *args: int | str) -> An
     zset, sizes = quota_keys(gw.settings, project)
     try:
         return await gw.redis.eval(script, 2, zset, sizes, keep, *args)
-    except (RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
                       retry_after=gw.settings.retry_after_s) from None
 
@@ -468,7 +468,7 @@ async def put_blob(request: web.Request) -> web.Response:
     blob_key, owners_key = s.names.blob(p, sha), blob_owners_key(s, p, sha)
     try:
         there = bool(await gw.redis.exists(blob_key))
-    except (RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         raise Refused(503, "redis_unavailable", f"Redis is unreachable or failing: {type(e).__name__}",
                       retry_after=s.retry_after_s) from None
     charged = 0
@@ -481,7 +481,7 @@ async def put_blob(request: web.Request) -> web.Response:
         charged = int(detail)
     try:
         created = await gw.redis.eval(_STORE, 2, blob_key, owners_key, data, pending, project)
-    except (RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         if charged:
             with contextlib.suppress(Refused):
                 await _quota_call(gw, _RELEASE, project, member)

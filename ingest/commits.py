@@ -18,9 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
-from schemas.clients import AsyncRedis, SyncRedis
+from schemas.clients import REDIS_ERRORS, AsyncRedis, SyncRedis
 from schemas.commits import id_tuple, live_workers, reached
 
 from .settings import ClientSettings
@@ -91,7 +89,7 @@ def wait_sync(client: SyncRedis, settings: ClientSettings, partition: int, proje
             reply: Any = client.xread({w.key: after}, block=max(1, int(min(left, _BLOCK_S) * 1000)))
             entries = [e for _k, es in (reply or []) for e in es] if reply else []
             entries = [e for e in entries if id_tuple(e[0]) >= w.target]
-    except (redis.RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         return Committed(False, f"cannot read the commit announcements ({type(e).__name__}: {e})")
 
 
@@ -120,5 +118,5 @@ async def wait_async(client: AsyncRedis, settings: ClientSettings, partition: in
             reply: Any = await client.xread({w.key: after}, block=max(1, int(min(left, _BLOCK_S) * 1000)))
             entries = [e for _k, es in (reply or []) for e in es] if reply else []
             entries = [e for e in entries if id_tuple(e[0]) >= w.target]
-    except (redis.RedisError, OSError) as e:
+    except REDIS_ERRORS as e:
         return Committed(False, f"cannot read the commit announcements ({type(e).__name__}: {e})")

@@ -30,13 +30,11 @@ import threading
 import time
 from typing import Any
 
-import redis
-import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from schemas import FRAME_FIELD
-from schemas.clients import AsyncRedis, SyncRedis, async_redis, sync_redis
+from schemas.clients import REDIS_ERRORS, AsyncRedis, SyncRedis, async_redis, sync_redis
 
 from .batch import Batcher
 from .http import HttpTransport, wait_hint
@@ -49,7 +47,7 @@ logger = logging.getLogger("ingest")
 _IDLE_WAIT_S = 1.0
 
 #: What a failed round trip can raise: Redis errors (connection, timeout, error replies) and socket errors.
-SEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+SEND_ERRORS: tuple[type[Exception], ...] = REDIS_ERRORS
 
 
 def _fail_fast(settings: ClientSettings) -> dict[str, Any]:

@@ -16,6 +16,10 @@ import redis.asyncio
 from schemas.names import redis_target, with_driver_info
 
 SyncRedis: TypeAlias = "redis.Redis | redis.RedisCluster"
+#: What a Redis call raises when the server or cluster is unreachable or answers an error. redis-py's cluster
+#: client raises ``RedisClusterException`` (not a ``RedisError``) when no node of its slot map answers, e.g. a
+#: client still initialising while its seed node is down: catching ``RedisError`` alone let it kill a worker.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 AsyncRedis: TypeAlias = "redis.asyncio.Redis | redis.asyncio.RedisCluster"
 
 

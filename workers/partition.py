@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from schemas import FRAME_FIELD, BadEvent, Finish, Frame, Limits, Log, LogBlock, Names, SchemaError, decode_frame
-from schemas.clients import AsyncRedis
+from schemas.clients import REDIS_ERRORS, AsyncRedis
 from schemas.commits import KEEP as ANNOUNCE_KEEP
 from schemas.commits import announcement
 from schemas.frame import MAX_STEP
@@ -460,7 +460,7 @@ class PartitionProcessor:
         except ResponseError as e:
             if "equal or smaller" not in str(e):
                 log.warning("partition %d: announcing commit %s failed: %s", self.p, prep.read_id, e)
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             log.warning("partition %d: announcing commit %s failed: %r", self.p, prep.read_id, e)
 
     async def _late_letter(self, dlq_id: str, fields: dict[bytes, bytes]) -> None:

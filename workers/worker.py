@@ -32,7 +32,7 @@ from typing import Any, TypeVar, cast
 from redis.exceptions import RedisError
 
 from schemas import FencedError
-from schemas.clients import AsyncRedis, async_redis
+from schemas.clients import REDIS_ERRORS, AsyncRedis, async_redis
 from schemas.objects import open_store
 
 from ._faults import crash_point
@@ -307,7 +307,7 @@ class Worker:
             try:
                 await self._heartbeat()
                 return
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 log.warning("worker %s: Redis unreachable at start (%r); retrying", self.id, e)
                 await self._sleep(0.5)
 
@@ -320,7 +320,7 @@ class Worker:
                     self.settings.health_file.touch()
             try:
                 await self._heartbeat()
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 log.warning("worker %s: heartbeat failed: %r", self.id, e)
 
     async def _acquire(self, p: int) -> None:
@@ -471,7 +471,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await self._round()
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 log.warning("worker %s: Redis error %r; dropping uncommitted work and retrying", self.id, e)
                 await self._reset_all()
                 await self._sleep(0.5)
@@ -629,7 +629,7 @@ class Worker:
                                  self.id, n)
             except FencedError:
                 continue
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 log.warning("worker %s: housekeeping failed: %r", self.id, e)
             except Exception:
                 log.exception("worker %s: housekeeping failed", self.id)

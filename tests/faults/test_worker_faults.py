@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -98,7 +100,7 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
         wait_until(lambda: sum(p["offset"] != "0-0" for p in store.partitions()) == PARTITIONS, 20,
                    "the zombie to commit on every partition")
         before = {int(p["p"]): (int(p["epoch"]), p["offset"]) for p in store.partitions()}
-        zombie.proc.send_signal(signal.SIGSTOP)
+        pause_outside_a_transaction(zombie.proc, data_dir)
         fleet.start("rescuer")
         # The rescuer waits for the leases to expire, takes every partition (epochs move on) and commits past
         # where the zombie stopped.
@@ -116,6 +118,29 @@ def test_paused_zombie_is_fenced(redis_url: str, namespace: str, data_dir: Path,
     finally:
         feeder.release()
         store.close()
+
+
+def pause_outside_a_transaction(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """SIGSTOP a worker at a moment it holds no SQLite write lock.
+
+    SQLite has one writer: a worker paused inside its commit transaction would block every other process's
+    transaction (the rescuer's and the test's) until it is resumed, and the test would measure SQLite's busy
+    timeout instead of the fencing. Paused at a random moment, that happened on a loaded machine; so pause, check
+    the write lock is free, and if not resume it briefly and try again."""
+    db = data_dir / "meta.sqlite"
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        con = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            con.close()
+    pytest.fail("the worker held the SQLite write lock at every try")
 
 
 async def test_zombie_commit_is_refused_and_writes_nothing(redis_url: str, namespace: str, data_dir: Path) -> None:
