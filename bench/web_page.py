@@ -53,6 +53,15 @@ ALL_VISIBLE_DRAWN = """() => {
   return Math.max(...ps.map(p => Number(p.dataset.drawnAt)));
 }"""
 
+IDLE_FRAMES = """async () => {
+  const gaps = []; let last = performance.now();
+  for (let i = 0; i < 180; i++) {
+    await new Promise(r => requestAnimationFrame(r));
+    const now = performance.now(); gaps.push(now - last); last = now;
+  }
+  return gaps;
+}"""
+
 SCROLL = """async () => {
   const gaps = []; let last = performance.now();
   while (innerHeight + scrollY < document.body.scrollHeight - 2) {
@@ -176,12 +185,24 @@ def main() -> None:
                     return float(gaps[int(0.95 * (len(gaps) - 1))])
 
                 results["scroll_p95_frame_ms"], runs_scroll = median_of(scroll, args.repeat)
+
+                def idle() -> float:  # the machine's own frame jitter: a page doing nothing
+                    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                    page = ctx.new_page()
+                    page.goto(base)
+                    page.wait_for_selector("#projects")
+                    gaps = sorted(page.evaluate(IDLE_FRAMES))
+                    ctx.close()
+                    return float(gaps[int(0.95 * (len(gaps) - 1))])
+
+                ref_idle, _ = median_of(idle, args.repeat)
                 browser.close()
         finally:
             gw.close()
     out = {"bench": "web_page", "repeat": args.repeat, "setup_s": round(setup_s, 1),
            **{k: round(v, 1) for k, v in results.items()},
            "ref_api_sampled_30keys_ms": round(ref_api, 1), "ref_projects_page_ms": round(ref_page, 1),
+           "ref_idle_p95_frame_ms": round(ref_idle, 1),
            "scroll_frames": scroll.frames, "charts_alive_after_scroll": scroll.drawn,  # type: ignore[attr-defined]
            "targets": TARGETS, "all": {"run": runs20, "million": runs1m, "compare": runs_cmp, "scroll": runs_scroll}}
     print(f"{'case':32s} {'median':>10s} {'target':>8s}")
@@ -189,6 +210,7 @@ def main() -> None:
         print(f"{k:32s} {results[k]:10.1f} {target:8d}  {'ok' if results[k] <= target else 'OVER'}")
     print(f"{'ref: 30 sampled replies (py)':32s} {ref_api:10.1f}")
     print(f"{'ref: projects page':32s} {ref_page:10.1f}")
+    print(f"{'ref: idle page p95 frame':32s} {ref_idle:10.1f}")
     print(json.dumps(out))
 
 

@@ -283,6 +283,10 @@ def test_chart_tools_and_url(stack: Stack, page: Any) -> None:
     page.goto(stack.url + "#/p/ct/r/c1?smooth=0.6")
     panel(page, "train/loss")
     c = wait_drawn(page, "train/loss")
+    panel(page, "gpu/util")
+    wait_drawn(page, "gpu/util")
+    page.evaluate("scrollTo(0, 0)")
+    shot(page, "run-page")
     smoothed = page.evaluate(f"{uplot('train/loss')}.data[4]")
     assert smoothed == pytest.approx(ema(c["x"], c["y"], 0.6), rel=1e-9)
     assert page.evaluate(f"{uplot('train/loss')}.series[3].stroke()").startswith("rgba")  # the raw line faint
