@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from support.pg import fresh_database
+from support.s3 import Storage
 from support.worker_harness import WorkerFleet
 
 import ingest
@@ -15,7 +16,9 @@ from history.query import Api
 pytestmark = pytest.mark.integration
 
 
-def test_workers_on_postgres(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> None:
+def test_workers_on_postgres(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, storage: Storage) -> None:
+    """On both storage backends: the ``storage`` fixture points the worker processes and ``Api`` at a bucket through
+    ``STEPLINE_STORAGE_URL`` for its ``s3`` case."""
     with fresh_database() as db_url:
         fleet = WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs",
                             db_url=db_url)
@@ -41,5 +44,7 @@ def test_workers_on_postgres(redis_url: str, namespace: str, data_dir: Path, tmp
                     assert r.rejected == {"non_monotonic_step": 1}
                     assert [x["step"] for x in r.rejections()] == [3]
             assert not (data_dir / "meta.sqlite").exists()  # everything went to PostgreSQL
+            if storage.kind == "s3":  # and the segments to the bucket
+                assert storage.objects.list("segments") and not (data_dir / "segments").exists()
         finally:
             fleet.close()
