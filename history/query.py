@@ -43,6 +43,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -631,9 +632,9 @@ class RunView:
         raise SteplineError(f"run {self.path}: segments keep disappearing while reading (compaction too fast?)")
 
     def _read_segments(self, segs: list[_Seg], fields: list[str] | None, lo: int | None, hi: int | None) -> pa.Table:
-        tables: list[pa.Table] = []
         cache = self._api._cache
-        for seg in segs:
+
+        def one(seg: _Seg) -> pa.Table:
             schema = cache.schema(seg.file)
             pf = None
             if schema is None:
@@ -654,7 +655,15 @@ class RunView:
             # The range filter on the segment list is by step range; within a file, slice exactly.
             if (lo is not None and seg.min_step < lo) or (hi is not None and seg.max_step >= hi):
                 t = _slice_steps(t, lo, hi)
-            tables.append(t)
+            return t
+
+        # On a bucket each segment costs round trips (footer, column chunks): fetch several at once, in order.
+        workers = min(len(segs), self._api.objects.read_concurrency)
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="stepline-read") as pool:
+                tables = list(pool.map(one, segs))
+        else:
+            tables = [one(seg) for seg in segs]
         if not tables:
             return pa.table({STEP: pa.array([], pa.int64())})
         table = tables[0] if len(tables) == 1 else concat_segments(tables)

@@ -113,6 +113,9 @@ class ObjectStore:
         self.base = base.rstrip("/")
         self.url = url
         self.local = local
+        #: How many objects a reader should fetch at once: a bucket answers each request after a round trip, so
+        #: reading several segments concurrently pays off; a local memory map does not need it.
+        self.read_concurrency = 1 if local else 8
 
     def __repr__(self) -> str:
         return f"<ObjectStore {self.url}>"
