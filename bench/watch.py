@@ -12,7 +12,7 @@ of the hooks that do not log.
 Needs Redis (the run sends its frames there, under a namespace ``bench-<random>`` deleted afterwards). Prints ONE
 JSON line, then a human-readable table::
 
-    python bench/watch.py [--redis-url redis://127.0.0.1:6379/0] [--steps 6000] [--block 200] [--width 256]
+    python bench/watch.py [--redis-url redis://127.0.0.1:6379/0] [--steps 6000] [--block 20] [--width 256]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--steps", type=int, default=6000, help="training steps per model")
-    ap.add_argument("--block", type=int, default=200, help="steps of one model before switching to the other")
+    ap.add_argument("--block", type=int, default=20, help="steps of one model before switching to the other")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--log-freq", type=int, default=1000)
     ap.add_argument("--log", default="all", choices=["all", "gradients", "parameters"], help="watch(log=...)")
