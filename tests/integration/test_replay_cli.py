@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.s3 import Storage
 
 import ingest
 from history.query import Api
@@ -60,10 +61,13 @@ def everything(api: Api, path: str) -> tuple[dict[str, list[Any]], list[tuple[An
                        "rows": r.rows, "state": r.state}
 
 
-async def test_replay_gives_identical_history(redis_url: str, namespace: str, tmp_path: Path) -> None:
+async def test_replay_gives_identical_history(redis_url: str, namespace: str, tmp_path: Path,
+                                              storage: Storage) -> None:
+    """On both storage backends (with compaction on: fan-in 2), live and replayed history are identical."""
     live_dir, fresh_dir = tmp_path / "live", tmp_path / "fresh"
+    where = storage.settings()
     settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=live_dir, lease_ttl_s=3.0,
-                              commit_interval_s=0.1, compaction_interval_s=0.2, compaction_fanin=2)
+                              commit_interval_s=0.1, compaction_interval_s=0.2, compaction_fanin=2, **where)
     worker = Worker(settings, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
@@ -79,7 +83,7 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
     finally:
         worker.stop()
         await task
-    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=fresh_dir))
+    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=fresh_dir, **where))
     assert report.runs == 3
     with Api(data_dir=live_dir) as live, Api(data_dir=fresh_dir) as fresh:
         for r in expected:
@@ -94,7 +98,7 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
             assert float(cols["epoch"][-1]) == 7  # step_sync filled the step metric on the last row
     # Replaying one run only touches that run.
     one_dir = tmp_path / "one"
-    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=one_dir),
+    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=one_dir, **where),
                           lambda p, r: r == "run1")
     assert report.runs == 1
     with Api(data_dir=one_dir) as api:
