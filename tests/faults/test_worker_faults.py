@@ -17,6 +17,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from support.history_oracle import read_history
+from support.s3 import Storage
 from support.worker_harness import (
     Feeder,
     RunScript,
@@ -143,8 +144,11 @@ def pause_outside_a_transaction(proc: subprocess.Popen[bytes], data_dir: Path) -
     pytest.fail("the worker held the SQLite write lock at every try")
 
 
-async def test_zombie_commit_is_refused_and_writes_nothing(redis_url: str, namespace: str, data_dir: Path) -> None:
-    """The fencing itself, deterministically: a processor of an old epoch commits after another took over."""
+async def test_zombie_commit_is_refused_and_writes_nothing(redis_url: str, namespace: str, data_dir: Path,
+                                                           storage: Storage) -> None:
+    """The fencing itself, deterministically: a processor of an old epoch commits after another took over. On both
+    storage backends: the zombie's segment objects are written but never referenced, and orphan collection removes
+    exactly them."""
     names = Names(namespace, 1)
     rng = random.Random(1)
     script = make_run(rng, names, "fence", "run", 200, 2, frame_events=20, reject_rate=0.1)
@@ -160,7 +164,7 @@ async def test_zombie_commit_is_refused_and_writes_nothing(redis_url: str, names
         def processor(owner: str) -> PartitionProcessor:
             epoch, offset = store.take_partition(0, owner)
             return PartitionProcessor(p=0, epoch=epoch, offset=offset, names=names, store=store, data_dir=data_dir,
-                                      redis=r, limits=DEFAULT_LIMITS)
+                                      redis=r, limits=DEFAULT_LIMITS, objects=storage.objects)
 
         old = processor("zombie")
         await old.process(entries[:half])
@@ -174,9 +178,15 @@ async def test_zombie_commit_is_refused_and_writes_nothing(redis_url: str, names
             await old.commit()  # the zombie wakes up: refused
         part = store.partitions()[0]
         assert (part["owner"], part["epoch"], part["offset"]) == ("rescuer", new.epoch, entries[-1][0].decode())
-        rows = read_history(data_dir, store, "fence", "run")
+        rows = read_history(storage.objects, store, "fence", "run")
         assert [x[0] for x in rows] == [x[0] for x in script.oracle.rows]  # no duplicate from the zombie
-        check_history(data_dir, store, [script])
+        check_history(storage.objects, store, [script])
+        referenced = {seg["file"] for seg in store.segments_of("fence", "run")}
+        listed = {rel for rel, _size, _mtime in storage.objects.list("segments")}
+        assert listed > referenced  # the zombie's objects: written, never referenced
+        assert store.collect_orphans(storage.objects, grace_s=-60) == len(listed - referenced)
+        assert {rel for rel, _size, _mtime in storage.objects.list("segments")} == referenced
+        check_history(storage.objects, store, [script])
         # Dead letters are not duplicated by the zombie's refused commit either.
         # (Two rejections of one entry may share step and cursor, so the check is the whole list, in call order.)
         dlq = [(f[b"reason"].decode(), int(f[b"step"]), int(f[b"cursor"])) for _, f in await r.xrange(names.dlq(0))]
