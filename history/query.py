@@ -169,8 +169,11 @@ class Api:
         self.data_dir = self.settings.data_dir
         #: Where segment and blob objects are read: files are opened lazily (footer, then only the column chunks
         #: needed: range requests on a bucket) and decoded columns cached (``cache_bytes``).
-        self.objects = objects or open_store(
-            parse_storage_url(storage_url or os.environ.get("STEPLINE_STORAGE_URL"), self.data_dir))
+        try:
+            self.objects = objects or open_store(
+                parse_storage_url(storage_url or os.environ.get("STEPLINE_STORAGE_URL"), self.data_dir))
+        except ValueError as e:  # a malformed storage URL: say why, as for any other bad argument
+            raise QueryError(str(e)) from None
         # An engine passed in belongs to the caller, who closes it; one we create is ours.
         self._engine = engine or reader_engine(self.settings.db_url)
         self._owns_engine = engine is None

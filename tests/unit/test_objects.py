@@ -76,3 +76,10 @@ def test_the_store_contract_on_both_backends(storage: Storage) -> None:
     o.delete("segments/aa/bb/L0-1.parquet")
     o.delete("segments/aa/bb/L0-1.parquet")  # gone already: nothing happens
     assert o.list("segments") == [] and not o.exists("segments/aa/bb/L0-1.parquet")
+
+
+def test_a_reader_refuses_a_bad_storage_url_with_the_reason(tmp_path: Path) -> None:
+    from history.query import Api, QueryError
+
+    with pytest.raises(QueryError, match="needs a bucket name"):
+        Api(data_dir=tmp_path, storage_url="s3://")
