@@ -85,8 +85,9 @@ __all__ = ["Api", "HistoryColumn", "QueryError", "QuerySettings", "RunNotFound",
 Array = npt.NDArray[Any]
 DEFAULT_DATA_DIR = "./stepline-data"
 DEFAULT_CACHE_BYTES = 256 << 20
-#: Column kinds whose values never hold a media blob reference (everything else may: images, HTML, tables, lists).
-_NO_MEDIA_KINDS = frozenset({NUMBER, STRING, BOOL, "histogram", "plot"})
+#: Column kinds whose values never hold a media blob reference (everything else may: images, HTML, tables, lists,
+#: and plots, whose table may hold image cells).
+_NO_MEDIA_KINDS = frozenset({NUMBER, STRING, BOOL, "histogram"})
 # How often a read lists the segments again when a file it listed was garbage-collected under it.
 _RETRIES = 3
 

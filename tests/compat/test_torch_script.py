@@ -183,3 +183,21 @@ def test_a_pytorch_script_for_wandb_runs_unchanged(stack: Stack) -> None:
     assert s["best_val_loss"] == seen["best"] == min(seen["val_loss"])
     assert isinstance(s["final_weights_norm"], float)
     assert s["train/loss"] == seen["loss"][-1] and s["epoch"] == EPOCHS - 1
+
+
+def test_images_in_a_charts_table_are_stored_and_referenced(stack: Stack) -> None:
+    """A chart over a table with an image column (W&B tables often hold images): the images' blobs are stored and
+    the run references them, so the gateway serves them."""
+    imgs = [wandb.Image(torch.rand(3, 4, 4)) for _ in range(2)]
+    t = wandb.Table(columns=["step", "acc", "example"], data=[[0, 0.5, imgs[0]], [1, 0.7, imgs[1]]])
+    run = wandb.init(project="torch-compat", id="chart-images")
+    wandb.log({"acc_chart": wandb.plot.line(t, "step", "acc")})
+    # a later value of the key without images: the summary no longer holds them, only the first row does
+    wandb.log({"acc_chart": wandb.plot.line(wandb.Table(columns=["step", "acc"], data=[[0, 0.1]]), "step", "acc")})
+    run.finish()
+    view = stack.finished("torch-compat/chart-images")
+    row, _ = view.scan_history()
+    assert [c[2].payload["sha256"] for c in row["acc_chart"].payload["data"]] == [i.sha256 for i in imgs]
+    for img in imgs:
+        assert (stack.data_dir / blob_path(img.sha256)).is_file()
+        assert view.references_blob(img.sha256)
