@@ -51,8 +51,12 @@ CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_RE
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **CREDS})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **CREDS},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -72,14 +76,18 @@ def e2e(redis_url: str, data_dir: Path, env: dict[str, str], steps: int) -> floa
     log = open(data_dir / "worker.log", "ab")  # noqa: SIM115 - closed with the process
     worker = subprocess.Popen(
         [sys.executable, "-m", "workers", "--redis-url", redis_url, "--namespace", ns, "--data-dir", str(data_dir)],
-        stdout=log, stderr=log, env={**os.environ, **env})
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **env},
+    )
     try:
         time.sleep(2)  # the worker joins and takes its partitions
         keys = [f"train/m{j:02d}" for j in range(20)]
         rng = np.random.default_rng(0)
         vals = rng.random((steps, 20))
-        run = ingest.init(project="bench", id="e2e", redis_url=redis_url, namespace=ns,
-                          data_dir=str(data_dir / "client"))
+        run = ingest.init(
+            project="bench", id="e2e", redis_url=redis_url, namespace=ns, data_dir=str(data_dir / "client")
+        )
         t0 = time.perf_counter()
         for i in range(steps):
             run.log(dict(zip(keys, vals[i].tolist(), strict=True)), step=i)
@@ -142,14 +150,20 @@ def main() -> None:
     try:
         env_s3 = {**CREDS, "AWS_ENDPOINT_URL": endpoint}
         bucket = "bench-" + uuid.uuid4().hex[:8]
-        pafs.S3FileSystem(access_key="bench", secret_key="bench", region="us-east-1",
-                          endpoint_override=endpoint.removeprefix("http://"), scheme="http",
-                          allow_bucket_creation=True).create_dir(bucket)
+        pafs.S3FileSystem(
+            access_key="bench",
+            secret_key="bench",
+            region="us-east-1",
+            endpoint_override=endpoint.removeprefix("http://"),
+            scheme="http",
+            allow_bucket_creation=True,
+        ).create_dir(bucket)
         backends = {
             "local": ({}, lambda d: open_store(parse_storage_url(None, d))),
-            "s3": ({**env_s3, "STEPLINE_STORAGE_URL": f"s3://{bucket}/e2e"},
-                   lambda d: open_store(parse_storage_url(f"s3://{bucket}/{d.name}", d, environ=env_s3),
-                                        environ=env_s3)),
+            "s3": (
+                {**env_s3, "STEPLINE_STORAGE_URL": f"s3://{bucket}/e2e"},
+                lambda d: open_store(parse_storage_url(f"s3://{bucket}/{d.name}", d, environ=env_s3), environ=env_s3),
+            ),
         }
         for name, (env, make_store) in backends.items():
             d = root / name
@@ -162,10 +176,12 @@ def main() -> None:
         moto.wait(10)
         shutil.rmtree(root, ignore_errors=True)
     loc, s3 = results["local"], results["s3"]
-    rows = [(f"end to end, points/s (1 run x {args.steps} x 20 keys)", "e2e_points_per_s", "%.0f"),
-            ("sampled read, 1M-step key, cold (ms)", "sampled_1m_cold_ms", "%.1f"),
-            ("sampled read, 1M-step key, warm (ms)", "sampled_1m_warm_ms", "%.1f"),
-            ("full read, 2M points, cold (ms)", "full_2m_cold_ms", "%.1f")]
+    rows = [
+        (f"end to end, points/s (1 run x {args.steps} x 20 keys)", "e2e_points_per_s", "%.0f"),
+        ("sampled read, 1M-step key, cold (ms)", "sampled_1m_cold_ms", "%.1f"),
+        ("sampled read, 1M-step key, warm (ms)", "sampled_1m_warm_ms", "%.1f"),
+        ("full read, 2M points, cold (ms)", "full_2m_cold_ms", "%.1f"),
+    ]
     print(f"{'case':50s} {'local':>12s} {'s3 (moto)':>12s} {'s3/local':>9s}")
     for label, key, fmt in rows:
         print(f"{label:50s} {fmt % loc[key]:>12s} {fmt % s3[key]:>12s} {s3[key] / loc[key]:9.2f}")

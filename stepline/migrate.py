@@ -35,8 +35,9 @@ PREFIXES = ("segments", "blobs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stepline migrate-storage",
-                                 description="Copy segments and media from one storage location to another.")
+    ap = argparse.ArgumentParser(
+        prog="stepline migrate-storage", description="Copy segments and media from one storage location to another."
+    )
     ap.add_argument("--to", required=True, dest="dest", help="destination: s3://bucket/prefix or file:///path")
     ap.add_argument("--from", dest="source", help="source (default: STEPLINE_STORAGE_URL, else the data directory)")
     ap.add_argument("--data-dir", type=Path, help="the data directory (STEPLINE_DATA_DIR, default ./stepline-data)")
@@ -67,8 +68,9 @@ def migrate(src: ObjectStore, dst: ObjectStore, *, dry_run: bool = False, out: T
     todo, done = plan(src, dst)
     total = sum(size for _rel, size in todo)
     verb = "would copy" if dry_run else "copying"
-    print(f"{verb} {len(todo)} objects ({total / 1e6:.1f} MB) from {src.url} to {dst.url}; {done} already there",
-          file=out)
+    print(
+        f"{verb} {len(todo)} objects ({total / 1e6:.1f} MB) from {src.url} to {dst.url}; {done} already there", file=out
+    )
     if dry_run:
         return len(todo), total
     for i, (rel, size) in enumerate(todo, 1):
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stepline migrate-storage: error: {e}", file=sys.stderr)
         return 1
     if not args.dry_run:
-        print(f"done: {n} objects ({size / 1e6:.1f} MB) copied; now set STEPLINE_STORAGE_URL={args.dest} for the "
-              "workers, gateways and readers", file=sys.stderr)
+        print(
+            f"done: {n} objects ({size / 1e6:.1f} MB) copied; now set STEPLINE_STORAGE_URL={args.dest} for the "
+            "workers, gateways and readers",
+            file=sys.stderr,
+        )
     return 0

@@ -60,8 +60,15 @@ def bucket(tmp_path: Path) -> Iterator[Bucket]:
 
 
 def _fleet(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, b: Bucket) -> WorkerFleet:
-    return WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs",
-                       partitions=PARTITIONS, lease_ttl_ms=6000, commit_interval_s=0.2)
+    return WorkerFleet(
+        redis_url=redis_url,
+        namespace=namespace,
+        data_dir=data_dir,
+        log_dir=tmp_path / "logs",
+        partitions=PARTITIONS,
+        lease_ttl_ms=6000,
+        commit_interval_s=0.2,
+    )
 
 
 def _scripts(names: Names, seed: int, runs: int = 4, steps: int = 300) -> list[RunScript]:
@@ -75,8 +82,9 @@ def _referenced_exist(store: MetaStore, b: Bucket, scripts: list[RunScript]) -> 
             assert b.storage.objects.exists(seg["file"]), f"{s.run}: referenced object {seg['file']} is missing"
 
 
-def _run_with_fault(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, b: Bucket, seed: int,
-                    fault: str) -> tuple[MetaStore, list[RunScript]]:
+def _run_with_fault(
+    redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, b: Bucket, seed: int, fault: str
+) -> tuple[MetaStore, list[RunScript]]:
     """Feed two halves of the workload; inject ``fault`` between them; wait until everything is committed."""
     names = Names(namespace, PARTITIONS)
     scripts = _scripts(names, seed)
@@ -112,8 +120,9 @@ def _run_with_fault(redis_url: str, namespace: str, data_dir: Path, tmp_path: Pa
 
 @pytest.mark.timeout(400)  # a hung bucket costs the S3 client's retries (about 45 s) before a commit starts over
 @pytest.mark.parametrize("fault", ["pause", "drop", "slowdown", "cut"])
-def test_bucket_faults_lose_and_duplicate_nothing(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path,
-                                                  bucket: Bucket, fault: str) -> None:
+def test_bucket_faults_lose_and_duplicate_nothing(
+    redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, bucket: Bucket, fault: str
+) -> None:
     store, scripts = _run_with_fault(redis_url, namespace, data_dir, tmp_path, bucket, 18, fault)
     try:
         check_history(bucket.storage.objects, store, scripts)
@@ -124,8 +133,9 @@ def test_bucket_faults_lose_and_duplicate_nothing(redis_url: str, namespace: str
 
 
 @pytest.mark.timeout(300)
-def test_worker_killed_between_object_write_and_sql_commit(redis_url: str, namespace: str, data_dir: Path,
-                                                           tmp_path: Path, bucket: Bucket) -> None:
+def test_worker_killed_between_object_write_and_sql_commit(
+    redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, bucket: Bucket
+) -> None:
     names = Names(namespace, PARTITIONS)
     scripts = _scripts(names, 19)
     fleet = _fleet(redis_url, namespace, data_dir, tmp_path, bucket)

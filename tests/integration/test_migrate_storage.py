@@ -29,21 +29,42 @@ def _history(data_dir: Path) -> None:
         steps = np.arange(a, a + 100, dtype=np.int64)
         table = pa.Table.from_arrays(
             [pa.array(steps), pa.array(steps * 0.5), pa.array(steps * 0.5), pa.array(np.sqrt(steps))],
-            schema=pa.schema([pa.field(STEP, pa.int64()), pa.field(TIMESTAMP, pa.float64()),
-                              pa.field(RUNTIME, pa.float64()),
-                              pa.field("loss", pa.float64(), metadata={"key": "loss", "kind": "number"})]))
+            schema=pa.schema(
+                [
+                    pa.field(STEP, pa.int64()),
+                    pa.field(TIMESTAMP, pa.float64()),
+                    pa.field(RUNTIME, pa.float64()),
+                    pa.field("loss", pa.float64(), metadata={"key": "loss", "kind": "number"}),
+                ]
+            ),
+        )
         rel, size = write_table(objects, "mig", "r1", table, level=0)
         c.segments.append(SegmentRef("mig", "r1", 0, a, a + 99, 100, size, rel))
-    info = {"config": {}, "summary": {}, "columns": [column_info("loss", "number")], "conflicts": [], "warnings": [],
-            "rejected": {}, "metrics": [], "start_ts": 0.0, "exit_code": 0, "cursor": 300}
+    info = {
+        "config": {},
+        "summary": {},
+        "columns": [column_info("loss", "number")],
+        "conflicts": [],
+        "warnings": [],
+        "rejected": {},
+        "metrics": [],
+        "start_ts": 0.0,
+        "exit_code": 0,
+        "cursor": 300,
+    }
     c.runs.append(RunUpdate("mig", "r1", 0, "r1", "finished", 0.0, 0.0, 299, 300, 0, info, b""))
     store.commit(c)
     store.close()
     objects.put(blob_path("ab" * 32), b"\x89PNG fake image")
 
 
-def test_migrate_to_a_bucket_and_back(tmp_path: Path, s3_server: MotoServer, s3_bucket: str,
-                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_to_a_bucket_and_back(
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("STEPLINE_STORAGE_URL", raising=False)
@@ -72,9 +93,11 @@ def test_migrate_to_a_bucket_and_back(tmp_path: Path, s3_server: MotoServer, s3_
 
     back = tmp_path / "back"
     assert main(["--from", url, "--to", f"file://{back}", "--data-dir", str(data)]) == 0
-    assert sorted(r for r, _s, _m in local_store(back).list("")) == sorted(r for r, _s, _m in local_store(data).list("")
-                                                                          if not r.endswith("meta.sqlite")
-                                                                          and r.startswith(("segments/", "blobs/")))
+    assert sorted(r for r, _s, _m in local_store(back).list("")) == sorted(
+        r
+        for r, _s, _m in local_store(data).list("")
+        if not r.endswith("meta.sqlite") and r.startswith(("segments/", "blobs/"))
+    )
 
     capsys.readouterr()
     assert main(["--to", f"file://{data.absolute()}", "--data-dir", str(data)]) == 1

@@ -34,15 +34,34 @@ pytestmark = pytest.mark.integration
 RUNS, STEPS, PARTITIONS = 20, 400, 8
 
 
-def _gateway(env: dict[str, str], redis_url: str, namespace: str, data_dir: Path, db_url: str,
-             log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _gateway(
+    env: dict[str, str], redis_url: str, namespace: str, data_dir: Path, db_url: str, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url,
-             "--namespace", namespace, "--partitions", str(PARTITIONS), "--data-dir", str(data_dir),
-             "--db-url", db_url],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--redis-url",
+                redis_url,
+                "--namespace",
+                namespace,
+                "--partitions",
+                str(PARTITIONS),
+                "--data-dir",
+                str(data_dir),
+                "--db-url",
+                db_url,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
         )
 
     def up() -> bool:
@@ -84,33 +103,54 @@ def _drive(run: Any, seed: int, want: list[dict[str, Any]], gate: threading.Even
     assert run.finish(timeout=120).ok
 
 
-def test_two_workers_and_a_gateway_share_no_filesystem(redis_url: str, namespace: str, tmp_path: Path,
-                                                       s3_server: MotoServer, s3_bucket: str) -> None:
+def test_two_workers_and_a_gateway_share_no_filesystem(
+    redis_url: str, namespace: str, tmp_path: Path, s3_server: MotoServer, s3_bucket: str
+) -> None:
     storage = s3_storage(s3_server, s3_bucket, prefix="deployment")
     dirs = {name: tmp_path / name for name in ("worker-a", "worker-b", "gateway", "client", "reader")}
     for d in dirs.values():
         d.mkdir()
     with fresh_database() as db_url:
-        fleets = [WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=dirs[name], db_url=db_url,
-                              log_dir=tmp_path / "logs", partitions=PARTITIONS, lease_ttl_ms=4000)
-                  for name in ("worker-a", "worker-b")]
+        fleets = [
+            WorkerFleet(
+                redis_url=redis_url,
+                namespace=namespace,
+                data_dir=dirs[name],
+                db_url=db_url,
+                log_dir=tmp_path / "logs",
+                partitions=PARTITIONS,
+                lease_ttl_ms=4000,
+            )
+            for name in ("worker-a", "worker-b")
+        ]
         gw, port = _gateway(storage.env, redis_url, namespace, dirs["gateway"], db_url, tmp_path / "gateway.log")
         try:
             a = fleets[0].start("a", env=storage.env)
             fleets[1].start("b", env=storage.env)
             wants: list[list[dict[str, Any]]] = [[] for _ in range(RUNS)]
             gate = threading.Event()
-            runs = [ingest.init(project="noshare", id=f"r{i:02d}", redis_url=redis_url, namespace=namespace,
-                                data_dir=str(dirs["client"]), settings={"partitions": PARTITIONS})
-                    for i in range(RUNS)]
-            threads = [threading.Thread(target=_drive, args=(r, i, w, gate)) for i, (r, w) in
-                       enumerate(zip(runs, wants, strict=True))]
+            runs = [
+                ingest.init(
+                    project="noshare",
+                    id=f"r{i:02d}",
+                    redis_url=redis_url,
+                    namespace=namespace,
+                    data_dir=str(dirs["client"]),
+                    settings={"partitions": PARTITIONS},
+                )
+                for i in range(RUNS)
+            ]
+            threads = [
+                threading.Thread(target=_drive, args=(r, i, w, gate))
+                for i, (r, w) in enumerate(zip(runs, wants, strict=True))
+            ]
             for t in threads:
                 t.start()
             with Api(data_dir=dirs["reader"], db_url=db_url, objects=storage.objects) as api:
                 # Mid-stream: worker a has committed part of the history; kill it, then log the rest.
-                wait_until(lambda: sum(r.rows for r in api.runs("noshare")) >= RUNS * 20, 120,
-                           "part of the history committed")
+                wait_until(
+                    lambda: sum(r.rows for r in api.runs("noshare")) >= RUNS * 20, 120, "part of the history committed"
+                )
                 fleets[0].kill9(a)
                 gate.set()
                 for t in threads:
@@ -119,8 +159,7 @@ def test_two_workers_and_a_gateway_share_no_filesystem(redis_url: str, namespace
 
                 def all_done() -> bool:
                     views = {r.id: r for r in api.runs("noshare")}
-                    return len(views) == RUNS and all(v.state == "finished" and v.rows == STEPS
-                                                      for v in views.values())
+                    return len(views) == RUNS and all(v.state == "finished" and v.rows == STEPS for v in views.values())
 
                 wait_until(all_done, 180, "every run finished with all its rows on worker b")
                 for i, want in enumerate(wants):
@@ -130,8 +169,9 @@ def test_two_workers_and_a_gateway_share_no_filesystem(redis_url: str, namespace
                     assert [{k: g[k] for k in ("loss", "i", "tag")} for g in got] == want
                     assert view.rejected == {"non_monotonic_step": 1}
                     # Through the gateway: the same rows, and the run's image from the bucket.
-                    status, body = _get(port, f"/api/v1/projects/noshare/runs/r{i:02d}/history?samples=all"
-                                              "&keys=loss,i,tag&format=json")
+                    status, body = _get(
+                        port, f"/api/v1/projects/noshare/runs/r{i:02d}/history?samples=all&keys=loss,i,tag&format=json"
+                    )
                     assert status == 200, body[:300]
                     rows = json.loads(body)
                     assert [{k: r[k] for k in ("loss", "i", "tag")} for r in rows] == want

@@ -53,7 +53,9 @@ class MotoServer:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", "127.0.0.1"],
-                stdout=out or subprocess.DEVNULL, stderr=out or subprocess.DEVNULL, env={**os.environ, **CREDENTIALS},
+                stdout=out or subprocess.DEVNULL,
+                stderr=out or subprocess.DEVNULL,
+                env={**os.environ, **CREDENTIALS},
             )
         finally:
             if out is not None:
@@ -93,9 +95,13 @@ class MotoServer:
 
     def filesystem(self) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(
-            access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region="us-east-1", endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
-            allow_bucket_creation=True, allow_bucket_deletion=True,
+            access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region="us-east-1",
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            allow_bucket_creation=True,
+            allow_bucket_deletion=True,
         )
 
 
@@ -190,10 +196,14 @@ class S3FaultProxy(Proxy):
     beginning with ``PUT /`` is a request head.
     """
 
-    _BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
-    SLOWDOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-                b"Content-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+    _BODY = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+    SLOWDOWN = (
+        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        b"Content-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
+    )
 
     def __init__(self, target_port: int) -> None:
         self._slowdowns = 0
@@ -223,8 +233,9 @@ class S3FaultProxy(Proxy):
             return
         self._conns.update((writer, up_w))
         self._clients[up_w] = writer
-        await asyncio.gather(self._pipe(reader, up_w, reply=False), self._pipe(up_r, writer, reply=True),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, up_w, reply=False), self._pipe(up_r, writer, reply=True), return_exceptions=True
+        )
         self._clients.pop(up_w, None)
         for w in (writer, up_w):
             self._conns.discard(w)

@@ -20,8 +20,13 @@ def test_parse_local_file_and_s3() -> None:
     assert t.local_dir == Path("d").absolute() and t.url == "local"
     assert parse_storage_url("file:///srv/hist", Path("d")).local_dir == Path("/srv/hist")
     s = parse_storage_url("s3://bkt/a/b?endpoint=http://minio:9000&region=eu-west-1", Path("d"), environ={})
-    assert (s.bucket, s.prefix, s.endpoint, s.region, s.local_dir) == ("bkt", "a/b", "http://minio:9000",
-                                                                       "eu-west-1", None)
+    assert (s.bucket, s.prefix, s.endpoint, s.region, s.local_dir) == (
+        "bkt",
+        "a/b",
+        "http://minio:9000",
+        "eu-west-1",
+        None,
+    )
     env = {"AWS_ENDPOINT_URL": "https://r2.example", "AWS_REGION": "auto"}
     s = parse_storage_url("s3://bkt", Path("d"), environ=env)
     assert (s.prefix, s.endpoint, s.region) == ("", "https://r2.example", "auto")
@@ -30,10 +35,17 @@ def test_parse_local_file_and_s3() -> None:
     assert s.endpoint == "http://127.0.0.1:9"
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("ftp://x/y", "scheme"), ("s3://", "bucket"), ("s3://user:pw@bkt/p", "credentials never go in the URL"),
-    ("s3://bkt/a/../b", "'..'"), ("s3://bkt/p?secret=1", "unknown parameter"), ("file://host/p", "file:///"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://x/y", "scheme"),
+        ("s3://", "bucket"),
+        ("s3://user:pw@bkt/p", "credentials never go in the URL"),
+        ("s3://bkt/a/../b", "'..'"),
+        ("s3://bkt/p?secret=1", "unknown parameter"),
+        ("file://host/p", "file:///"),
+    ],
+)
 def test_bad_urls_are_refused_with_the_reason(url: str, why: str) -> None:
     with pytest.raises(ValueError, match="storage URL") as e:
         parse_storage_url(url, Path("d"), environ={})
@@ -59,8 +71,13 @@ def test_the_store_contract_on_both_backends(storage: Storage) -> None:
     assert o.put("blobs/ab/x", b"hello") == 5
     assert o.exists("blobs/ab/x") and o.get("blobs/ab/x") == b"hello"
     assert b"".join(o.chunks("blobs/ab/x", size=2)) == b"hello"
-    table = pa.table({"_step": pa.array(range(1000), pa.int64()), "a": [float(i) for i in range(1000)],
-                      "b": [str(i) for i in range(1000)]})
+    table = pa.table(
+        {
+            "_step": pa.array(range(1000), pa.int64()),
+            "a": [float(i) for i in range(1000)],
+            "b": [str(i) for i in range(1000)],
+        }
+    )
     size = o.put_parquet("segments/aa/bb/L0-1.parquet", table, compression="zstd")
     pf = o.parquet("segments/aa/bb/L0-1.parquet")
     assert pf.metadata.num_rows == 1000
