@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from support.sdk_frames import events, log_calls
 
 from ingest.run import Run
 from ingest.settings import ClientSettings
-from schemas import Config, Histogram, Image, Media, SchemaError, Summary, capture
+from schemas import Config, Histogram, Image, Media, SchemaError, Summary, capture, values_equal
 
 if os.environ.get("CI") == "true":
     import torch
@@ -272,3 +275,34 @@ def test_a_list_of_images_under_one_key(tmp_path: Path) -> None:
     assert [m.kind for m in value] == ["image"] * 3
     assert [m.payload["caption"] for m in value] == ["i0", "i1", "i2"]
     assert value == [i.to_media() for i in imgs]
+
+
+# -- properties ---------------------------------------------------------------------------------------------------
+
+FLOAT_DTYPES = st.sampled_from([np.float16, np.float32, np.float64])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        FLOAT_DTYPES,
+        hnp.array_shapes(min_dims=0, max_dims=2, max_side=50),
+        elements={"allow_nan": True, "allow_infinity": True},
+    )
+)
+def test_a_tensor_captures_as_its_numpy_array(arr: np.ndarray[Any, Any]) -> None:
+    """Whatever the shape and values: a tensor, with grad or not, is captured exactly as the same numpy array."""
+    t = torch.from_numpy(arr.copy())
+    want = capture(arr, "k")
+    assert values_equal(capture(t, "k"), want)
+    assert values_equal(capture(t.clone().requires_grad_(True), "k"), want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([1, 3, 4]), st.integers(2, 12), st.integers(5, 12), FLOAT_DTYPES, st.booleans())
+def test_chw_and_hwc_make_the_same_image(c: int, h: int, w: int, dtype: Any, unit: bool) -> None:
+    """W&B's CHW rule: a C x H x W array (C in 1, 3, 4; W not) is the image of its H x W x C transpose."""
+    rng = np.random.default_rng(h * 100 + w)
+    hwc = (rng.random((h, w, c)) * (1 if unit else 255)).astype(dtype)
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    assert Image(chw).sha256 == Image(hwc).sha256 == Image(torch.from_numpy(chw)).sha256
