@@ -36,6 +36,7 @@ E2E_RUNS, E2E_STEPS, E2E_FLOAT_KEYS = 50, 2_000, 18
 E2E_WORKERS, PARTITIONS = 3, 16
 
 
+@pytest.mark.timeout(360)  # generous: only catches a hang on a loaded machine
 def test_end_to_end_many_runs_three_workers(redis_url: str, namespace: str, data_dir: Path,
                                            fleet: WorkerFleet) -> None:
     names = Names(namespace, PARTITIONS)
@@ -45,12 +46,16 @@ def test_end_to_end_many_runs_three_workers(redis_url: str, namespace: str, data
     assert len({s.partition for s in scripts}) > 8
     for _ in range(E2E_WORKERS):
         fleet.start()
+    store = open_store(data_dir)
+    # Every worker has joined before the data comes (on a loaded machine one can take seconds to start, and two
+    # could then do all the work: the spread is what this test checks).
+    wait_until(lambda: len({p["owner"] for p in store.partitions()} - {None}) == E2E_WORKERS, 60,
+               "every worker to own partitions")
     t = time.monotonic()
     with redis.Redis.from_url(redis_url) as r:
         xadd_frames(r, names, interleave(scripts, rng))
-        store = open_store(data_dir)
         try:
-            wait_caught_up(r, names, store, fleet, timeout=90)
+            wait_caught_up(r, names, store, fleet, timeout=240)
             elapsed = time.monotonic() - t
             check_history(data_dir, store, scripts)
             owners = {row["owner"] for row in store.partitions()}
