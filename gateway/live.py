@@ -35,7 +35,7 @@ from history.formatting import format_history, plain
 from history.query import RunNotFound, RunView
 
 from .errors import Refused
-from .read import _authorized, _call, _float, _run_brief
+from .read import authorized, call, float_param, run_brief
 from .state import GW
 
 MAX_ROWS = 5000
@@ -65,16 +65,16 @@ def _event(name: str, data: Any) -> bytes:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     live = request.app[LIVE_KEY]
-    interval = _float(request, "interval")
+    interval = float_param(request, "interval")
     interval = 1.0 if interval is None else min(max(interval, 0.2), 10.0)
     client = request.remote or "?"
     if live.open >= MAX_STREAMS or live.clients[client] >= MAX_PER_CLIENT:
         raise Refused(429, "too_many_streams", f"at most {MAX_PER_CLIENT} live streams per client and "
                       f"{MAX_STREAMS} per gateway are open at once", retry_after=5.0)
     path = f"{project}/{run}"
-    first = await _call(gw, lambda: run_payload(gw.api.run(path), 100))  # 404 before any event
+    first = await call(gw, lambda: run_payload(gw.api.run(path), 100))  # 404 before any event
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     live.clients[client] += 1
@@ -150,7 +150,7 @@ async def _stream(gw: GW, live: Live, resp: web.StreamResponse, path: str, info:
 
 def run_payload(r: RunView, limit: int) -> dict[str, Any]:
     """The run as ``GET .../runs/{run}`` serves it."""
-    return {**_run_brief(r), "config": r.config, "summary": r.summary, "warnings": r.warnings,
+    return {**run_brief(r), "config": r.config, "summary": r.summary, "warnings": r.warnings,
             "conflicts": r.conflicts, "rejections_by_reason": r.rejected, "exit_code": r.exit_code,
             "columns": r.columns, "metrics": r.metrics, "rejections": r.rejections(limit)}
 

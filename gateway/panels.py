@@ -26,21 +26,21 @@ from history.formatting import plain
 from history.query import QueryError
 
 from .errors import Refused
-from .read import _authorized, _call, _int
+from .read import authorized, call, int_param
 
 MAX_KEYS = 64
 MAX_BUCKETS = 10_000
 
 
 async def sampled_batch(request: web.Request) -> web.Response:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     keys = list(dict.fromkeys(k for k in request.query.getall("key", []) if k))
     if not keys:
         raise Refused(400, "bad_param", "sampled_batch needs at least one ?key=")
     if len(keys) > MAX_KEYS:
         raise Refused(400, "bad_param", f"at most {MAX_KEYS} keys per sampled_batch request, got {len(keys)}")
     x_axis = request.query.get("x_axis", "_step")
-    buckets = _int(request, "buckets", 1000, lo=1)
+    buckets = int_param(request, "buckets", 1000, lo=1)
     assert buckets is not None
     if buckets > MAX_BUCKETS:
         raise Refused(400, "bad_param", f"buckets must be <= {MAX_BUCKETS}, got {buckets}")
@@ -60,7 +60,7 @@ async def sampled_batch(request: web.Request) -> web.Response:
                 out[k] = {"error": "bad_query", "message": str(e)}
         return json.dumps({"sampled": out}, allow_nan=False)
 
-    return web.Response(text=await _call(gw, load), content_type="application/json")
+    return web.Response(text=await call(gw, load), content_type="application/json")
 
 
 def _f8(v: Any) -> Any:

@@ -139,7 +139,7 @@ def _param(request: web.Request, name: str, parse: Callable[[str], Any], what: s
         raise Refused(400, "bad_param", f"{name} must be {what}, got {raw!r:.40}") from None
 
 
-def _int(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
+def int_param(request: web.Request, name: str, default: int | None, lo: int | None = None) -> int | None:
     v: int | None = _param(request, name, int, "an integer")
     if v is None:
         return default
@@ -150,7 +150,7 @@ def _int(request: web.Request, name: str, default: int | None, lo: int | None = 
     return v
 
 
-def _float(request: web.Request, name: str) -> float | None:
+def float_param(request: web.Request, name: str) -> float | None:
     v: float | None = _param(request, name, float, "a number")
     if v is not None and not math.isfinite(v):
         raise Refused(400, "bad_param", f"{name} must be a finite number, got {v}")
@@ -190,7 +190,7 @@ def _encode(obj: Any, fmt: str, table: Callable[[], tuple[list[str], list[list[A
     return web.Response(text=json.dumps(plain(obj), allow_nan=False), content_type="application/json")
 
 
-async def _call(gw: GW, fn: Callable[[], T]) -> T:
+async def call(gw: GW, fn: Callable[[], T]) -> T:
     try:
         return await asyncio.to_thread(fn)
     except RunNotFound as e:
@@ -199,14 +199,14 @@ async def _call(gw: GW, fn: Callable[[], T]) -> T:
         raise Refused(400, "bad_query", str(e)) from None
 
 
-async def _authorized(request: web.Request) -> tuple[GW, str, str | None]:
+async def authorized(request: web.Request) -> tuple[GW, str, str | None]:
     gw = request.app[GW.KEY]
     project, run = path_ids(request)
     await gw.auth.authorize(request.headers.get("Authorization"), project, "read", request.remote or "?")
     return gw, project, run
 
 
-def _run_brief(r: RunView) -> dict[str, Any]:
+def run_brief(r: RunView) -> dict[str, Any]:
     return {"project": r.project, "id": r.id, "name": r.name, "state": r.state, "rows": r.rows,
             "last_step": r.last_step, "rejected": sum(r.rejected.values()), "created_at": r.created_at,
             "updated_at": r.updated_at, "column_count": len({key_ident(c["key"]) for c in r.columns}),
@@ -220,7 +220,7 @@ _LISTED = (*_BRIEF, "config", "summary")
 
 
 def _run_listed(r: RunView) -> dict[str, Any]:
-    return {**_run_brief(r), "config": r.config, "summary": r.summary}
+    return {**run_brief(r), "config": r.config, "summary": r.summary}
 
 
 async def list_projects(request: web.Request) -> web.Response:
@@ -241,7 +241,7 @@ async def list_projects(request: web.Request) -> web.Response:
             found = [{"name": key.project, "runs": 0, "updated_at": None}]
         return found
 
-    projects = await _call(gw, load)
+    projects = await call(gw, load)
     return _encode({"projects": projects}, fmt, lambda: (["name", "runs", "updated_at"],
                                                          [[p["name"], p["runs"], p["updated_at"]] for p in projects]))
 
@@ -294,7 +294,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             return None
         return f, bytes(f.read(_BLOB_CHUNK))
 
-    opened = await _call(gw, head)
+    opened = await call(gw, head)
     if opened is None:
         raise Refused(404, "not_found", f"no stored blob {sha} (not committed yet, or never logged)")
     f, first = opened
@@ -325,7 +325,7 @@ async def list_runs(request: web.Request) -> web.Response:
     Without ``per_page`` every match is listed. Each run: the brief fields, group, job_type, tags, notes, config
     and summary; ``total`` counts all matches. A malformed filter is 400 ``bad_query`` naming the operator or
     field."""
-    gw, project, _ = await _authorized(request)
+    gw, project, _ = await authorized(request)
     fmt = _fmt(request)
     raw_state = request.query.get("state")
     state = raw_state.split(",") if raw_state else None
@@ -339,8 +339,8 @@ async def list_runs(request: web.Request) -> web.Response:
         if not isinstance(filters, dict):
             raise Refused(400, "bad_query", f"filters must be a JSON object, got {type(filters).__name__}")
     order = request.query.get("order") or "-created_at"
-    per_page = _int(request, "per_page", None, lo=1)
-    page = _int(request, "page", 0, lo=0)
+    per_page = int_param(request, "per_page", None, lo=1)
+    page = int_param(request, "page", 0, lo=0)
     assert page is not None
 
     def load() -> tuple[list[dict[str, Any]], int]:
@@ -350,43 +350,43 @@ async def list_runs(request: web.Request) -> web.Response:
             return [_run_listed(r) for r in chosen], len(chosen)
         return [_run_listed(r) for r in found.page(page)], len(found)
 
-    briefs, total = await _call(gw, load)
+    briefs, total = await call(gw, load)
     body = {"runs": briefs, "total": total, "page": page, "per_page": per_page}
     return _encode(body, fmt, lambda: (list(_LISTED), [[_csv_cell(b[k]) for k in _LISTED] for b in briefs]))
 
 
 async def get_run(request: web.Request) -> web.Response:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     fmt = _fmt(request)
-    limit = None if request.query.get("rejections") == "all" else _int(request, "rejections", 100, lo=0)
+    limit = None if request.query.get("rejections") == "all" else int_param(request, "rejections", 100, lo=0)
 
     def load() -> dict[str, Any]:
         r = gw.api.run(f"{project}/{run}")
-        return {**_run_brief(r), "config": r.config, "summary": r.summary, "warnings": r.warnings,
+        return {**run_brief(r), "config": r.config, "summary": r.summary, "warnings": r.warnings,
                 "conflicts": r.conflicts, "rejections_by_reason": r.rejected, "exit_code": r.exit_code,
                 "columns": r.columns, "metrics": r.metrics, "rejections": r.rejections(limit)}
 
-    info = await _call(gw, load)
+    info = await call(gw, load)
     return _encode(info, fmt, lambda: (["field", "value"], [[k, json.dumps(plain(v), allow_nan=False)]
                                                           for k, v in info.items()]))
 
 
 async def sections(request: web.Request) -> web.Response:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     fmt = _fmt(request)
-    secs = await _call(gw, lambda: gw.api.run(f"{project}/{run}").sections())
+    secs = await call(gw, lambda: gw.api.run(f"{project}/{run}").sections())
     return _encode({"sections": secs}, fmt,
                    lambda: (["section", "key"], [[s, k] for s, ks in secs.items() for k in ks]))
 
 
 async def history(request: web.Request) -> web.StreamResponse:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     fmt = _fmt(request)
     keys = _keys(request)
     raw_samples = request.query.get("samples")
-    samples = None if raw_samples in ("all", "none") else _int(request, "samples", 500, lo=1)
+    samples = None if raw_samples in ("all", "none") else int_param(request, "samples", 500, lo=1)
     x_axis = request.query.get("x_axis", "_step")
-    lo, hi = _int(request, "min_step", None), _int(request, "max_step", None)
+    lo, hi = int_param(request, "min_step", None), int_param(request, "max_step", None)
     split = _flag(request, "split_kinds")
 
     def load() -> Any:
@@ -405,7 +405,7 @@ async def history(request: web.Request) -> web.StreamResponse:
         return msgpack.packb({"columns": list(data), "data": {k: _wire(v) for k, v in data.items()}},
                              use_bin_type=True)
 
-    out = await _call(gw, load)
+    out = await call(gw, load)
     if fmt == "json":
         return web.Response(text=out, content_type="application/json")
     if fmt == "csv":
@@ -449,20 +449,20 @@ def _pad(n: int) -> int:
     return -n % 8
 
 async def sampled(request: web.Request) -> web.Response:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     fmt = _fmt(request)
     key = request.query.get("key")
     if not key:
         raise Refused(400, "bad_param", "sampled needs ?key=")
     x_axis = request.query.get("x_axis", "_step")
-    buckets = _int(request, "buckets", 1000, lo=1)
+    buckets = int_param(request, "buckets", 1000, lo=1)
     assert buckets is not None
-    x_min, x_max = _float(request, "x_min"), _float(request, "x_max")
+    x_min, x_max = float_param(request, "x_min"), float_param(request, "x_max")
     if x_axis == STEP:  # on the step axis the bounds become an int64 step range
         for name, v in (("x_min", x_min), ("x_max", x_max)):
             if v is not None and not -(2.0**63) < v < 2.0**63:
                 raise Refused(400, "bad_param", f"{name} on the step axis must be within the int64 range, got {v!r}")
-    s = await _call(gw, lambda: gw.api.run(f"{project}/{run}").sampled(key, x_axis=x_axis, buckets=buckets,
+    s = await call(gw, lambda: gw.api.run(f"{project}/{run}").sampled(key, x_axis=x_axis, buckets=buckets,
                                                                         x_min=x_min, x_max=x_max))
     obj = dict(s)
     return _encode(obj, fmt, lambda: (["x", "y", "step"], [[plain(a), plain(b), int(c)] for a, b, c in
@@ -484,13 +484,13 @@ def _header(r: RunView, keys: Sequence[str] | None, split: bool) -> list[str]:
 
 
 async def scan(request: web.Request) -> web.StreamResponse:
-    gw, project, run = await _authorized(request)
+    gw, project, run = await authorized(request)
     fmt = _fmt(request)
     keys = _keys(request)
-    page = _int(request, "page_size", 1000, lo=1)
+    page = int_param(request, "page_size", 1000, lo=1)
     assert page is not None
     page = min(page, 10_000)
-    lo, hi = _int(request, "min_step", 0), _int(request, "max_step", None)
+    lo, hi = int_param(request, "min_step", 0), int_param(request, "max_step", None)
     split = _flag(request, "split_kinds")
 
     def open_scan() -> tuple[list[str], Iterator[dict[str, Any]]]:
@@ -498,7 +498,7 @@ async def scan(request: web.Request) -> web.StreamResponse:
         return _header(r, keys, split), r.scan_history(keys=keys, page_size=page, min_step=lo, max_step=hi,
                                                        split_kinds=split)
 
-    header, rows = await _call(gw, open_scan)
+    header, rows = await call(gw, open_scan)
     ctype = {"json": "application/x-ndjson", "msgpack": "application/msgpack", "csv": "text/csv",
              "exact": EXACT_TYPE}[fmt]
     resp = web.StreamResponse(headers={"Content-Type": ctype})
