@@ -24,6 +24,7 @@ const BUCKETS = 1000;
 const FETCH_SLOTS = 4;
 // Keys per sampled_batch read: a screenful of panels in one or two reads, without one slow reply holding up all.
 const BATCH_KEYS = 6;
+const SCROLL_QUIET_MS = 100;
 
 /**
  * `{"f8": base64}` (sampled_batch's encoding=f8) → an array in the API's JSON convention: numbers, null for NaN,
@@ -1175,9 +1176,15 @@ class PanelsView extends View {
 
   runFrame() {
     const t0 = performance.now();
-    // While the user scrolls, about 8 ms of chart building per frame keeps it smooth; otherwise (the first screen)
-    // charts are built as fast as they come.
-    const budget = t0 - this.lastScroll < 250 ? 8 : 50;
+    // Building a chart takes a frame or more on a slow machine: while the page is being scrolled (a scroll event
+    // in the last SCROLL_QUIET_MS) charts wait, so the scroll itself stays smooth; then they are built, about 8 ms
+    // per frame for a while after a scroll, as fast as they come otherwise (the first screen).
+    const since = t0 - this.lastScroll;
+    if (since < SCROLL_QUIET_MS) {
+      setTimeout(() => requestAnimationFrame(() => this.runFrame()), SCROLL_QUIET_MS - since);
+      return;
+    }
+    const budget = since < 500 ? 8 : 50;
     while (this.frameQueue.length && performance.now() - t0 < budget) this.frameQueue.shift()();
     if (this.frameQueue.length) requestAnimationFrame(() => this.runFrame());
   }
