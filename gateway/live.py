@@ -5,7 +5,9 @@ Events (each ``data:`` is one line of strict JSON, ±inf as ``"Infinity"``/``"-I
 
 - ``run``: the run as ``GET .../runs/{run}`` serves it (state, counters, columns, config, summary, the latest
   100 rejections), first on connect and again whenever it changes;
-- ``rows``: ``{"from_step", "last_step", "rows": [...]}``, the committed rows after the last step sent, as
+- ``rows``: ``{"from_step", "last_step", "rows": [...]}``, the committed rows after the last step sent (at first:
+  after ``?since=STEP``, the last step the page had read, so nothing committed in between is missed; without it,
+  after the run's last step at connect), as
   ``history`` serves them in JSON (missing and NaN omitted); at most :data:`MAX_ROWS` rows per event;
 - ``reset``: ``{"last_step"}`` instead of ``rows`` when more than :data:`MAX_ROWS` rows arrived at once (the
   page re-reads its charts' sampled lines once rather than being sent every row);
@@ -35,7 +37,7 @@ from history.formatting import format_history, plain
 from history.query import RunNotFound, RunView
 
 from .errors import Refused
-from .read import authorized, call, float_param, run_brief
+from .read import authorized, call, float_param, int_param, run_brief
 from .state import GW
 
 MAX_ROWS = 5000
@@ -73,6 +75,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if live.open >= MAX_STREAMS or live.clients[client] >= MAX_PER_CLIENT:
         raise Refused(429, "too_many_streams", f"at most {MAX_PER_CLIENT} live streams per client and "
                       f"{MAX_STREAMS} per gateway are open at once", retry_after=5.0)
+    since = int_param(request, "since", None, lo=-1)
     path = f"{project}/{run}"
     first = await call(gw, lambda: run_payload(gw.api.run(path), 100))  # 404 before any event
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -80,7 +83,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     live.clients[client] += 1
     try:
         await resp.prepare(request)
-        await _stream(gw, live, resp, path, first, interval)
+        await _stream(gw, live, resp, path, first, interval, since)
     except (ConnectionResetError, ConnectionError):
         pass  # the page went away
     finally:
@@ -96,11 +99,10 @@ def _sig(info: dict[str, Any]) -> str:
 
 
 async def _stream(gw: GW, live: Live, resp: web.StreamResponse, path: str, info: dict[str, Any],
-                  interval: float) -> None:
+                  interval: float, since: int | None) -> None:
     sent_sig = ""
-    sent_step = -1 if info["last_step"] is None else None  # None: the page reads what exists; we send what's new
-    if sent_step is None:
-        sent_step = int(info["last_step"])
+    last = -1 if info["last_step"] is None else int(info["last_step"])
+    sent_step = last if since is None else min(since, last)  # rows after it are sent; the page has the rest
     since_write = 0.0
     while True:
         sig = _sig(info)

@@ -1316,6 +1316,7 @@ class RunPage extends PanelsView {
 
   async refresh() {
     const info = await get(this.path, { rejections: 500 });
+    this.rowsThrough = info.last_step ?? -1; // the panels read at least this far
     this.update(info);
     // The live stream opens once the first screen of panels has its data (it would compete with their reads).
     const first = this.panels.filter((pl) => inViewport(pl.el));
@@ -1330,7 +1331,9 @@ class RunPage extends PanelsView {
     this.stream = ctl;
     this.live.textContent = "live: connected";
     this.live.dataset.state = "connected";
-    sse(`${this.path}/events`, { interval: LIVE_S }, (name, data) => this.onEvent(name, data), ctl.signal)
+    // since: the last step this page has read, so rows committed before the stream opened still arrive.
+    const since = this.rowsThrough ?? -1;
+    sse(`${this.path}/events`, { interval: LIVE_S, since }, (name, data) => this.onEvent(name, data), ctl.signal)
       .then(() => {
         this.stream = null;
         if (this.alive && !["finished", "crashed"].includes(this.info?.state)) this.connect();
@@ -1353,9 +1356,11 @@ class RunPage extends PanelsView {
     state.live.events++;
     if (name === "run") this.update(data);
     else if (name === "rows") {
+      this.rowsThrough = data.last_step;
       state.live.rows += data.rows.length;
       for (const pl of this.panels) pl.append(data.rows);
     } else if (name === "reset") {
+      this.rowsThrough = data.last_step;
       for (const pl of this.panels) {
         if (!pl.loaded) continue;
         pl.s = null;

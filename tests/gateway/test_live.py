@@ -142,3 +142,28 @@ async def test_shutdown_ends_open_streams(gw_settings: GatewaySettings, worker: 
     finally:
         await c.close()
         run.finish()
+
+
+async def test_since_sends_rows_committed_before_connecting(gw_settings: GatewaySettings,
+                                                           make_client: Callable[..., Awaitable[Any]],
+                                                           worker: Callable[[], Any]) -> None:
+    """The page reads its charts, then opens the stream: ?since=<the step it read> gets what came in between."""
+    s = gw_settings
+    worker()
+    run = start_run(s, "ls", "r1")
+    for st in range(50):
+        run.log({"loss": float(st)}, step=st)
+    run.finish()
+    c = await make_client(s)
+    await wait_run(c, "ls/runs/r1", lambda i: i["state"] == "finished")
+    resp = await c.get("/api/v1/projects/ls/runs/r1/events?since=19")
+    got: list[tuple[str, Any]] = []
+    async with asyncio.timeout(30):
+        async for name, data in events(resp):
+            got.append((name, data))
+            if name == "end":
+                break
+    rows = [r["_step"] for n, d in got if n == "rows" for r in d["rows"]]
+    assert rows == list(range(20, 50)) and [n for n, _ in got] == ["run", "rows", "end"]
+    r = await c.get("/api/v1/projects/ls/runs/r1/events?since=-2")
+    assert r.status == 400
