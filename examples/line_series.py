@@ -11,7 +11,11 @@ for step in xs:
     run.log({"loss": math.exp(-step / 10)}, step=step)
 run.log({"schedules": wandb.plot.line_series(
     xs=xs,
-    ys=[[math.exp(-x / 10) for x in xs], [1 - math.exp(-x / 10) for x in xs], [0.5 + 0.5 * math.cos(x / 5) for x in xs]],
+    ys=[
+        [math.exp(-x / 10) for x in xs],
+        [1 - math.exp(-x / 10) for x in xs],
+        [0.5 + 0.5 * math.cos(x / 5) for x in xs],
+    ],
     keys=["decay", "warmup", "cosine"],
     title="learning-rate schedules",
     xname="step",
