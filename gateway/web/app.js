@@ -842,6 +842,7 @@ class SteppedPanel extends Panel {
   }
 
   async render(v, step) {
+    if (this.kind === "images") return renderGallery(this, v, step);
     if (this.kind === "image") {
       if (!this.img) this.view.append(this.img = el("img", { class: "media", alt: this.key }),
         this.caption = el("div", { class: "note" }));
@@ -929,6 +930,7 @@ class ScalarTablePanel extends Panel {
       }
     }
     this.byStep = byStep;
+    if (splitGalleries(this)) return;
     this.draw();
   }
 
@@ -1291,6 +1293,59 @@ class PanelsView extends View {
     window.removeEventListener("keydown", this.onKey);
     window.removeEventListener("scroll", this.onScroll);
   }
+}
+
+// --- a list of images under one key: a gallery (#20) ----------------------------------------------------------
+// `wandb.log({"samples": [wandb.Image(a), wandb.Image(b)]})` is an `other` column (a list) whose values are image
+// references. The column's kind does not say so, so the strings-and-values table finds such columns when it reads
+// them and hands each to its own stepped panel (kind "images"): W&B's media panel, thumbnails with captions at the
+// step the slider picks.
+
+/** A non-empty list whose every element is a stored image reference (`{"_type": "image", "sha256": ...}`). */
+function isImageList(v) {
+  return Array.isArray(v) && v.length > 0
+    && v.every((x) => x && typeof x === "object" && x._type === "image" && typeof x.sha256 === "string");
+}
+
+/**
+ * Move the table's columns whose logged values are all lists of images into gallery panels placed before the
+ * table; the table keeps the rest, or leaves the page when none is left. Returns whether the table left.
+ */
+function splitGalleries(table) {
+  const page = table.page;
+  const lists = table.cols.filter((c) => {
+    const vals = [...table.byStep.values()].map((r) => r[c.label]).filter((v) => v !== undefined && v !== null);
+    return vals.length > 0 && vals.every(isImageList);
+  });
+  if (!lists.length) return false;
+  for (const c of lists) {
+    const g = new SteppedPanel(page, c.key, "images", c.label);
+    g.el.classList.add("wide");
+    page.add(g, table.el.parentElement);
+    table.el.before(g.el);
+  }
+  table.cols = table.cols.filter((c) => !lists.includes(c));
+  const gone = !table.cols.length;
+  if (gone) {
+    page.observer.unobserve(table.el);
+    page.panels = page.panels.filter((pl) => pl !== table);
+    table.el.remove();
+  }
+  page.applySearch();
+  return gone;
+}
+
+/** One step's list of images as thumbnails with captions (each blob read once per page, as a single image's). */
+async function renderGallery(panel, v, step) {
+  const list = isImageList(v) ? v : [];
+  const urls = await Promise.all(list.map((im) => panel.blobUrl(im.sha256)));
+  if (panel.steps[panel.index] !== step) return; // the slider moved on meanwhile
+  panel.view.replaceChildren(el("div", { class: "gallery" }, list.map((im, j) => el("figure", { "data-index": j },
+    el("img", { class: "media thumb", src: urls[j], alt: `${panel.key} ${j}`, "data-sha": im.sha256 }),
+    el("figcaption", { class: "note" }, im.caption || `${im.width}×${im.height} ${im.format}`)))));
+  panel.el.dataset.shas = list.map((im) => im.sha256).join(",");
+  panel.el.dataset.shownStep = String(step); // what the gallery holds (data-step is the slider's, set first)
+  panel.note.textContent = `${list.length} image${list.length === 1 ? "" : "s"} · ${panel.steps.length} logged step${panel.steps.length === 1 ? "" : "s"}`;
 }
 
 class RunPage extends PanelsView {
