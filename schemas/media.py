@@ -3,7 +3,7 @@
 - :class:`Histogram` — ``Histogram(sequence, num_bins=64)`` (at most 512 bins) or
   ``Histogram(np_histogram=(counts, edges))``; carried inline (bins and counts are small).
 - :class:`Image` — from a numpy array or a PyTorch / JAX / TensorFlow tensor (HWC or CHW, grayscale, RGB, RGBA;
-  floats in [0, 1] scaled to 8 bits), a PIL image, a matplotlib figure or a file path; encoded as PNG (or
+  values scaled to 8 bits as W&B does), a PIL image, a matplotlib figure or a file path; encoded as PNG (or
   ``file_type``) or kept as the file's bytes; the reference holds sha256, size, format, width, height and caption,
   and the bytes travel once as a content-addressed blob. Masks and boxes are not supported (refused).
 
@@ -114,16 +114,68 @@ def _matplotlib_figure(obj: Any) -> Any:
     return fig if fig is not None and hasattr(fig, "savefig") else None
 
 
-def image_array(data: Any) -> np.ndarray[Any, Any]:
+def _is_torch(data: Any) -> bool:
+    """A PyTorch tensor, recognised by its class's module (torch is never imported here)."""
+    return (getattr(type(data), "__module__", "") or "").split(".")[0] == "torch"
+
+
+def wandb_to_uint8(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """W&B's ``Image.to_uint8`` (wandb <= 0.19, numpy / JAX / TensorFlow arrays), rule for rule, any dtype:
+
+    - an array whose min is negative is stretched to [0, 1]: ``(data - min) / ptp``;
+    - then an array whose max is at most 1 is multiplied by 255 and truncated to integers (``astype(int32)``), so a
+      uint8 or bool 0/1 mask becomes 0/255;
+    - the result is clipped to [0, 255] and cast to uint8. A NaN anywhere makes min and max NaN, so nothing is
+      scaled; NaN pixels become 0 (W&B's cast leaves them undefined). Arithmetic stays in the array's dtype (float32
+      as float32), as W&B's; only signed integers are widened to int64 first (W&B's int8 ``data - min`` wraps).
+    """
+    if data.dtype.kind == "i":
+        data = data.astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if data.size and np.min(data) < 0:
+            data = (data - np.min(data)) / np.ptp(data)
+        if data.size and np.max(data) <= 1.0:
+            data = (data * 255).astype(np.int32)
+        out = data.clip(0, 255)
+        if out.dtype.kind == "f":
+            out = np.nan_to_num(out, nan=0.0)
+        return out.astype(np.uint8)
+
+
+def torch_make_grid_uint8(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """What W&B (<= 0.19) makes of a PyTorch tensor's values, on its host copy:
+    ``torchvision.utils.make_grid(t, normalize=True).mul(255).clamp(0, 255).byte()``.
+
+    ``normalize=True`` without a range stretches the whole tensor by its own min and max:
+    ``(clamp(t, lo, hi) - lo) / max(hi - lo, 1e-5)``, so a constant tensor is all 0 (black) and a NaN anywhere makes
+    every pixel 0; ``byte()`` truncates. A uint8 tensor is stretched too (W&B converts it with ``.to(float)``, i.e.
+    float64, first); float32 is computed in float32 as torch does. Other integer and bool tensors (which W&B's
+    in-place division refuses) are taken as float64.
+    """
+    a = data if data.dtype in (np.float32, np.float64) else data.astype(np.float64)
+    if not a.size:
+        return a.astype(np.uint8)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lo, hi = a.min(), a.max()
+        if np.isnan(lo) or np.isnan(hi):
+            return np.zeros(a.shape, dtype=np.uint8)
+        span = a.dtype.type(max(float(hi) - float(lo), 1e-5))  # torchvision: Python floats, then the tensor's dtype
+        out: np.ndarray[Any, Any] = (np.clip(a, lo, hi) - lo) / span * a.dtype.type(255)
+        pixels: np.ndarray[Any, Any] = np.nan_to_num(np.clip(out, 0, 255), nan=0.0).astype(np.uint8)
+        return pixels
+
+
+def image_array(data: Any, normalize: bool = True) -> np.ndarray[Any, Any]:
     """An array or tensor as the HxW or HxWx3/4 uint8 array W&B would make of it.
 
     - tensors (PyTorch, JAX, TensorFlow) are copied to the host first (:func:`~schemas.values.host_value`);
     - CHW: a 3-d array whose first dimension is 1, 3 or 4 and whose last is not is moved to HWC (W&B's rule);
     - grayscale: HxW, HxWx1 and 1xHxW;
-    - values, W&B's ``to_uint8``: uint8 is kept; otherwise an array with negative values is scaled to [0, 1] by its
-      min and max, then an array whose max is at most 1 is multiplied by 255; the result is clipped to [0, 255]
-      (NaN as 0).
+    - values: a PyTorch tensor as W&B's ``make_grid(normalize=True)`` (:func:`torch_make_grid_uint8`: stretched by
+      its own min and max, whatever its dtype); anything else by W&B's ``to_uint8`` (:func:`wandb_to_uint8`);
+      ``normalize=False`` (W&B 0.20's flag): values clipped to [0, 255] and cast, nothing stretched (NaN as 0).
     """
+    torch_tensor = _is_torch(data)
     arr = np.asarray(host_value(data, "image"))
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)
@@ -134,16 +186,13 @@ def image_array(data: Any) -> np.ndarray[Any, Any]:
                           f"a list of images), got shape {arr.shape}", code="bad_media")
     if arr.dtype.kind not in "biuf":
         raise SchemaError(f"image arrays must hold numbers, got dtype {arr.dtype}", code="bad_media")
-    if arr.dtype != np.uint8:
-        a = np.nan_to_num(arr.astype(np.float64))
-        if a.size:
-            lo = float(a.min())
-            if lo < 0:
-                span = float(a.max()) - lo
-                a = (a - lo) / span if span > 0 else np.zeros_like(a)
-            if float(a.max()) <= 1.0:
-                a = a * 255.0
-        arr = np.clip(a, 0, 255).astype(np.uint8)
+    if not normalize:
+        clipped = arr.clip(0, 255) if arr.dtype.kind != "b" else arr
+        arr = (np.nan_to_num(clipped, nan=0.0) if arr.dtype.kind == "f" else clipped).astype(np.uint8)
+    elif torch_tensor:
+        arr = torch_make_grid_uint8(arr)
+    else:
+        arr = wandb_to_uint8(arr)
     return np.ascontiguousarray(arr)
 
 
@@ -152,16 +201,18 @@ class Image:
 
     ``data_or_path``: a file path; a PIL image; a matplotlib figure (or ``pyplot`` itself, or an ``Axes``), rendered
     to PNG with ``savefig``; a numpy array or a PyTorch / JAX / TensorFlow tensor, HWC or CHW, grayscale or RGB(A),
-    uint8 or float (:func:`image_array`). ``file_type`` picks the encoding of arrays, PIL images and figures (PNG by
-    default; ``"jpg"``/``"jpeg"``, ``"webp"``, ``"gif"`` and ``"bmp"`` as Pillow writes them). A list of images under
-    one key is logged as such (a list value holding image references; each image's bytes is one blob).
+    uint8 or float (:func:`image_array`; ``normalize=False`` turns off W&B's stretching). ``file_type`` picks the
+    encoding of arrays, PIL images and figures (PNG by default; ``"jpg"``/``"jpeg"``, ``"webp"``, ``"gif"`` and
+    ``"bmp"`` as Pillow writes them). A list of images under one key is logged as such (a list value holding image
+    references; each image's bytes is one blob).
 
     Not supported: ``masks`` and ``boxes`` (segmentation masks, bounding boxes) are refused with a
-    :class:`SchemaError` rather than dropped; ``grouping`` and ``classes`` are accepted and ignored. Differences from
-    W&B: a PyTorch tensor follows the same value rule as arrays (W&B renders tensors through torchvision's
-    ``make_grid(normalize=True)``, which stretches every image to its own min and max and tiles a 4-d batch; a
-    4-d batch is refused here, log a list); a uint8 array is never rescaled (W&B multiplies one whose max is 1 by
-    255).
+    :class:`SchemaError` rather than dropped; ``grouping`` and ``classes`` are accepted and ignored. Values follow
+    W&B up to 0.19 (the rules most scripts were written against; wandb 0.31 casts with ``astype(uint8)`` and
+    nothing else): a PyTorch tensor as ``make_grid(normalize=True)``, an array by ``to_uint8``. Differences from
+    W&B: a 4-d batch is refused (W&B tiles it with ``make_grid``; log a list); a grayscale tensor stays one channel
+    (``make_grid`` repeats it into three equal ones); HWC tensors are accepted (``make_grid`` takes every 3-d tensor
+    as CHW).
     """
 
     def __init__(self, data_or_path: Any, mode: str | None = None, caption: str | None = None,
@@ -202,7 +253,7 @@ class Image:
             elif hasattr(data_or_path, "save") and hasattr(data_or_path, "size") and hasattr(data_or_path, "mode"):
                 im = data_or_path  # a PIL image
             else:
-                arr = image_array(data_or_path)
+                arr = image_array(data_or_path, normalize=normalize)
                 im = PILImage.fromarray(arr, mode=mode) if mode else PILImage.fromarray(arr)
             if fmt_out == "jpeg" and im.mode not in ("RGB", "L"):
                 im = im.convert("RGB")

@@ -106,6 +106,16 @@ def script(project: str) -> dict[str, Any]:
     return seen
 
 
+def wandb_tensor_pixels(chw: Any) -> np.ndarray[Any, Any]:
+    """W&B's (<= 0.19) pixels of a float CHW tensor: ``make_grid(t, normalize=True)`` stretches it by its own min and
+    max (``max(hi - lo, 1e-5)``), then ``.mul(255).clamp(0, 255).byte()``; as HWC."""
+    t = chw.detach().clone()
+    lo, hi = float(t.min()), float(t.max())
+    t = t.clamp(lo, hi).sub(lo).div(max(hi - lo, 1e-5))
+    out: np.ndarray[Any, Any] = t.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return out
+
+
 def png_pixels(stack: Stack, media: Media) -> np.ndarray[Any, Any]:
     from PIL import Image as PILImage
 
@@ -155,20 +165,18 @@ def test_a_pytorch_script_for_wandb_runs_unchanged(stack: Stack, monkeypatch: py
         if r["_step"] in param_steps:
             assert {f"parameters/{n}" for n in names} <= set(r)
 
-    # Images from CHW tensors: one per key, and a list of three under one key, pixels as W&B scales them.
+    # Images from CHW tensors: one per key, and a list of three under one key, pixels as W&B's make_grid makes them.
     for e, r in enumerate(val):
         img = r["val/sample"]
         assert img.kind == "image" and img.payload["caption"] == f"epoch {e}"
         assert (img.payload["width"], img.payload["height"]) == (8, 8)
-        want = (seen["samples"][e][0].permute(1, 2, 0).numpy().astype(np.float64) * 255).astype(np.uint8)
-        assert np.array_equal(png_pixels(stack, img), want)
+        assert np.array_equal(png_pixels(stack, img), wandb_tensor_pixels(seen["samples"][e][0]))
         examples = r["val/examples"]
         assert [m.payload["caption"] for m in examples] == ["ex0", "ex1", "ex2"]
         assert examples[0].payload["sha256"] == img.payload["sha256"]
         for m, chw in zip(examples, seen["samples"][e], strict=True):  # each one's blob stored, pixels as logged
             assert view.references_blob(m.payload["sha256"])
-            want = (chw.permute(1, 2, 0).numpy().astype(np.float64) * 255).astype(np.uint8)
-            assert np.array_equal(png_pixels(stack, m), want)
+            assert np.array_equal(png_pixels(stack, m), wandb_tensor_pixels(chw))
 
     # The table (tensor cells stored as their scalars) and the charts.
     last = rows[-1]

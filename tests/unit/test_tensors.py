@@ -193,14 +193,41 @@ def test_logging_floats_never_imports_a_framework(tmp_path: Path) -> None:
 # -- item 2: images as W&B takes them ---------------------------------------------------------------------------
 
 
+def wandb_torch_pixels(t: Any) -> np.ndarray[Any, Any]:
+    """W&B <= 0.19's ``Image(tensor)`` values, written with torch as W&B and torchvision do it:
+    ``t.to(float)`` for uint8, ``make_grid(t, normalize=True)`` (``norm_range``: clamp to the tensor's own min and
+    max, ``sub_(low).div_(max(high - low, 1e-5))``), then ``.mul(255).clamp(0, 255).byte()``; as HWC (or HW)."""
+    if str(t.dtype) == "torch.uint8":
+        t = t.to(float)
+    t = t.detach().clone()
+    low, high = float(t.min()), float(t.max())
+    t.clamp_(min=low, max=high)
+    t.sub_(low).div_(max(high - low, 1e-5))
+    out = t.mul(255).clamp(0, 255).byte()
+    hwc: np.ndarray[Any, Any] = (out.permute(1, 2, 0) if out.dim() == 3 else out).numpy()
+    return hwc[:, :, 0] if hwc.ndim == 3 and hwc.shape[2] == 1 else hwc
+
+
+def wandb_to_uint8(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """W&B <= 0.19's ``Image.to_uint8`` for arrays, as written in wandb/sdk/data_types/image.py (quoted in
+    wandb/wandb#9982). NaN (a constant negative array's 0 / 0) is cast as 0 here: numpy leaves that cast undefined."""
+    with np.errstate(all="ignore"):
+        dmin = np.min(data)
+        if dmin < 0:
+            data = (data - np.min(data)) / np.ptp(data)
+        if np.max(data) <= 1.0:
+            data = (data * 255).astype(np.int32)
+        out: np.ndarray[Any, Any] = np.nan_to_num(data.clip(0, 255), nan=0.0).astype(np.uint8)
+    return out
+
+
 def test_an_image_from_a_chw_float_tensor() -> None:
     """The issue's third failure: ``wandb.Image(torch.rand(3, 16, 16))`` (what torchvision gives)."""
     t = torch.rand(3, 16, 20)
     m = Image(t).to_media()
     im = png(m)
     assert (m.payload["width"], m.payload["height"], im.mode) == (20, 16, "RGB")
-    want = np.clip(t.permute(1, 2, 0).numpy().astype(np.float64) * 255, 0, 255).astype(np.uint8)
-    assert np.array_equal(np.asarray(im), want)
+    assert np.array_equal(np.asarray(im), wandb_torch_pixels(t))
 
 
 @pytest.mark.parametrize(
@@ -226,13 +253,85 @@ def test_image_shapes_and_dtypes(make: Any, size: tuple[int, int], mode: str) ->
     assert (m.payload["width"], m.payload["height"]) == size and m.payload["caption"] == "c"
 
 
-def test_image_values_follow_wandbs_to_uint8() -> None:
-    assert np.asarray(png(Image(np.array([[0.0, 0.5, 1.0]])).to_media())).tolist() == [[0, 127, 255]]
-    # negatives: min-max scaled to [0, 1] first
-    assert np.asarray(png(Image(np.array([[-1.0, 0.0, 1.0]])).to_media())).tolist() == [[0, 127, 255]]
-    # past 1: taken as 0..255 and clipped
-    assert np.asarray(png(Image(np.array([[3.0, 300.0]])).to_media())).tolist() == [[3, 255]]
-    assert np.asarray(png(Image(np.array([[1, 200]], dtype=np.uint8)).to_media())).tolist() == [[1, 200]]
+def pixels(data: Any, **kw: Any) -> list[Any]:
+    out: list[Any] = np.asarray(png(Image(data, **kw).to_media())).tolist()
+    return out
+
+
+def test_array_values_follow_wandbs_to_uint8() -> None:
+    """Each rule of W&B's ``to_uint8`` (numpy, JAX, TensorFlow arrays)."""
+    assert pixels(np.array([[0.0, 0.5, 1.0]])) == [[0, 127, 255]]  # max <= 1: * 255, truncated
+    assert pixels(np.array([[-1.0, 0.0, 1.0]])) == [[0, 127, 255]]  # a negative: min-max stretched first
+    assert pixels(np.array([[-2, 0, 2]], dtype=np.int8)) == [[0, 127, 255]]  # integers too
+    assert pixels(np.array([[3.0, 300.0]])) == [[3, 255]]  # past 1: taken as 0..255, clipped
+    assert pixels(np.array([[1, 200]], dtype=np.uint8)) == [[1, 200]]
+    assert pixels(np.array([[0, 1]], dtype=np.uint8)) == [[0, 255]]  # a uint8 0/1 mask: max <= 1, so * 255
+    assert pixels(np.array([[0.5, 0.5]])) == [[127, 127]]  # constant: nothing to stretch
+    assert pixels(np.array([[0.5, np.nan]])) == [[0, 0]]  # a NaN: min and max are NaN, nothing scaled; NaN as 0
+    assert pixels(np.array([[-3.0, -3.0]])) == [[0, 0]]  # constant negative: W&B's 0 / 0 is NaN, cast as 0
+    for a in (np.array([[0.0, 0.5, 1.0]]), np.array([[-1.0, 0.25, 1.0]]), np.array([[0, 1]], dtype=np.uint8),
+              np.array([[3.0, 300.0]], dtype=np.float32)):
+        assert pixels(a) == wandb_to_uint8(a).tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 6), st.integers(1, 6)),
+        elements={"allow_nan": False, "allow_infinity": False, "min_value": -300, "max_value": 300},
+    ),
+    st.sampled_from([np.float32, np.float64, np.uint8, np.int16]),
+    st.sampled_from([1.0, 1 / 255, 1e-3, 1.0 / 300]),
+)
+def test_array_pixels_equal_wandbs_to_uint8(base: np.ndarray[Any, Any], dtype: Any, scale: float) -> None:
+    """Any finite array (scaled into [0, 1] ranges too): the same pixels as W&B's own ``to_uint8``."""
+    if np.dtype(dtype).kind == "f":
+        arr = (base * scale).astype(dtype)
+    else:
+        arr = base.clip(0 if dtype == np.uint8 else -300, 255).astype(dtype)
+    assert pixels(arr) == wandb_to_uint8(arr).tolist()
+
+
+def test_tensor_values_follow_wandbs_make_grid_normalize() -> None:
+    """Each rule of W&B's tensor path (``make_grid(normalize=True)``, then ``mul(255).clamp(0, 255).byte()``)."""
+    t = torch.tensor([[[0.25, 0.5, 0.75, 0.5, 0.25]]])  # 1 x 1 x 5: stretched to its own min and max
+    assert pixels(t) == [[0, 127, 255, 127, 0]] == wandb_torch_pixels(t).tolist()
+    t = torch.tensor([[[10, 20, 30, 20, 10]]], dtype=torch.uint8)  # uint8 is stretched too (W&B: .to(float) first)
+    assert pixels(t) == [[0, 127, 255, 127, 0]] == wandb_torch_pixels(t).tolist()
+    t = torch.full((3, 2, 2), 0.7)  # constant: (x - lo) / 1e-5 = 0, black
+    assert pixels(t) == [[[0, 0, 0]] * 2] * 2 == wandb_torch_pixels(t).tolist()
+    t = torch.tensor([[[-5.0, 5.0]]])
+    assert pixels(t) == [[0, 255]] == wandb_torch_pixels(t).tolist()
+    assert pixels(torch.tensor([[[0.5, float("nan")]]])) == [[0, 0]]  # a NaN: min/max NaN, every pixel 0
+    # The same values as a numpy array follow to_uint8 instead (W&B's two paths differ).
+    assert pixels(np.array([[0.25, 0.5, 0.75, 0.5, 0.25]])) == [[63, 127, 191, 127, 63]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([1, 3, 4]),
+    st.integers(1, 8),
+    st.integers(5, 9),
+    st.sampled_from([torch.float32, torch.float64, torch.uint8]),
+    st.sampled_from([1.0, 1e-3, 255.0, 1e4]),
+    st.floats(-2, 2),
+    st.integers(0, 2**31),
+)
+def test_tensor_pixels_equal_wandbs_make_grid(c: int, h: int, w: int, dtype: Any, scale: float, shift: float,
+                                              seed: int) -> None:
+    """Any CHW tensor: the same pixels as W&B's tensor path written with torch itself."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand((c, h, w), generator=g, dtype=torch.float64) * scale + shift
+    t = (t.clamp(0, 255) if dtype == torch.uint8 else t).to(dtype)
+    want = wandb_torch_pixels(t)
+    assert np.array_equal(np.asarray(png(Image(t).to_media())), want)
+
+
+def test_normalize_false_clips_and_casts() -> None:
+    """W&B 0.20's ``normalize=False``: nothing stretched or multiplied, values clipped to [0, 255]."""
+    assert pixels(np.array([[0.5, 1.0, 300.0, -4.0]]), normalize=False) == [[0, 1, 255, 0]]
+    assert pixels(torch.tensor([[[0.5, 200.0]]]), normalize=False) == [[0, 200]]
 
 
 def test_image_from_pil_matplotlib_and_another_image() -> None:
@@ -305,4 +404,5 @@ def test_chw_and_hwc_make_the_same_image(c: int, h: int, w: int, dtype: Any, uni
     rng = np.random.default_rng(h * 100 + w)
     hwc = (rng.random((h, w, c)) * (1 if unit else 255)).astype(dtype)
     chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
-    assert Image(chw).sha256 == Image(hwc).sha256 == Image(torch.from_numpy(chw)).sha256
+    assert Image(chw).sha256 == Image(hwc).sha256
+    assert Image(torch.from_numpy(chw)).sha256 == Image(torch.from_numpy(hwc)).sha256
