@@ -165,18 +165,49 @@ def torch_make_grid_uint8(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         return pixels
 
 
+def torch_grid(batch: np.ndarray[Any, Any], normalize: bool = True) -> np.ndarray[Any, Any]:
+    """A B x C x H x W tensor's host copy tiled as W&B (<= 0.19) does, ``make_grid(t, normalize=True)`` with its
+    defaults: the whole batch stretched as one (:func:`torch_make_grid_uint8`), then 8 images a row, 2 pixels of 0
+    (black) around and between them; a batch of one is that image alone. Returns H' x W' x C (C = 1 as H' x W')."""
+    if batch.shape[1] not in (1, 3, 4):
+        raise SchemaError(f"a batch of images must be B x C x H x W with C in 1, 3, 4, got shape {batch.shape}",
+                          code="bad_media")
+    if batch.dtype.kind not in "biuf":
+        raise SchemaError(f"image arrays must hold numbers, got dtype {batch.dtype}", code="bad_media")
+    if normalize:
+        pix = torch_make_grid_uint8(batch)
+    else:
+        pix = (np.nan_to_num(batch.clip(0, 255), nan=0.0) if batch.dtype.kind == "f" else batch).astype(np.uint8)
+    n, c, h, w = pix.shape
+    if n == 1:
+        grid = pix[0]
+    else:
+        pad = 2
+        cols = min(8, n)
+        rows = -(-n // cols)
+        grid = np.zeros((c, (h + pad) * rows + pad, (w + pad) * cols + pad), dtype=np.uint8)
+        for k in range(n):
+            y, x = divmod(k, cols)
+            grid[:, y * (h + pad) + pad: y * (h + pad) + pad + h, x * (w + pad) + pad: x * (w + pad) + pad + w] = pix[k]
+    hwc = grid.transpose(1, 2, 0)
+    return np.ascontiguousarray(hwc[:, :, 0] if c == 1 else hwc)
+
+
 def image_array(data: Any, normalize: bool = True) -> np.ndarray[Any, Any]:
     """An array or tensor as the HxW or HxWx3/4 uint8 array W&B would make of it.
 
     - tensors (PyTorch, JAX, TensorFlow) are copied to the host first (:func:`~schemas.values.host_value`);
     - CHW: a 3-d array whose first dimension is 1, 3 or 4 and whose last is not is moved to HWC (W&B's rule);
     - grayscale: HxW, HxWx1 and 1xHxW;
+    - a 4-d PyTorch tensor (B x C x H x W) is tiled as W&B's ``make_grid`` tiles it (:func:`torch_grid`);
     - values: a PyTorch tensor as W&B's ``make_grid(normalize=True)`` (:func:`torch_make_grid_uint8`: stretched by
       its own min and max, whatever its dtype); anything else by W&B's ``to_uint8`` (:func:`wandb_to_uint8`);
       ``normalize=False`` (W&B 0.20's flag): values clipped to [0, 255] and cast, nothing stretched (NaN as 0).
     """
     torch_tensor = _is_torch(data)
     arr = np.asarray(host_value(data, "image"))
+    if torch_tensor and arr.ndim == 4:
+        return torch_grid(arr, normalize)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -210,7 +241,7 @@ class Image:
     :class:`SchemaError` rather than dropped; ``grouping`` and ``classes`` are accepted and ignored. Values follow
     W&B up to 0.19 (the rules most scripts were written against; wandb 0.31 casts with ``astype(uint8)`` and
     nothing else): a PyTorch tensor as ``make_grid(normalize=True)``, an array by ``to_uint8``. Differences from
-    W&B: a 4-d batch is refused (W&B tiles it with ``make_grid``; log a list); a grayscale tensor stays one channel
+    W&B: a 4-d numpy array is refused (W&B fails on it too; log a list); a grayscale tensor stays one channel
     (``make_grid`` repeats it into three equal ones); HWC tensors are accepted (``make_grid`` takes every 3-d tensor
     as CHW).
     """

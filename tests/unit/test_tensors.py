@@ -328,6 +328,45 @@ def test_tensor_pixels_equal_wandbs_make_grid(c: int, h: int, w: int, dtype: Any
     assert np.array_equal(np.asarray(png(Image(t).to_media())), want)
 
 
+def wandb_torch_grid(t: Any) -> np.ndarray[Any, Any]:
+    """W&B <= 0.19's ``Image(batch)``: torchvision's ``make_grid(t, normalize=True)`` with its defaults (nrow=8,
+    padding=2, pad_value=0), written with torch as torchvision does it, then ``mul(255).clamp(0, 255).byte()``."""
+    t = t.detach().clone()
+    if t.size(1) == 1:
+        t = torch.cat((t, t, t), 1)
+    low, high = float(t.min()), float(t.max())
+    t.clamp_(min=low, max=high)
+    t.sub_(low).div_(max(high - low, 1e-5))
+    if t.size(0) == 1:
+        grid = t.squeeze(0)
+    else:
+        nmaps, padding = t.size(0), 2
+        xmaps = min(8, nmaps)
+        ymaps = int(np.ceil(nmaps / xmaps))
+        height, width = t.size(2) + padding, t.size(3) + padding
+        grid = t.new_full((t.size(1), height * ymaps + padding, width * xmaps + padding), 0.0)
+        k = 0
+        for y in range(ymaps):
+            for x in range(xmaps):
+                if k >= nmaps:
+                    break
+                grid.narrow(1, y * height + padding, height - padding).narrow(
+                    2, x * width + padding, width - padding).copy_(t[k])
+                k += 1
+    out: np.ndarray[Any, Any] = grid.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 19), st.sampled_from([1, 3, 4]), st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**31))
+def test_a_tensor_batch_is_tiled_as_wandbs_make_grid(n: int, c: int, h: int, w: int, seed: int) -> None:
+    """A B x C x H x W tensor: one image, the pixels of W&B's ``make_grid`` (a grayscale batch as one channel)."""
+    t = torch.rand((n, c, h, w), generator=torch.Generator().manual_seed(seed)) * 4 - 1
+    got = np.asarray(png(Image(t).to_media()))
+    want = wandb_torch_grid(t)
+    assert np.array_equal(got, want[:, :, 0] if c == 1 else want)
+
+
 def test_normalize_false_clips_and_casts() -> None:
     """W&B 0.20's ``normalize=False``: nothing stretched or multiplied, values clipped to [0, 255]."""
     assert pixels(np.array([[0.5, 1.0, 300.0, -4.0]]), normalize=False) == [[0, 1, 255, 0]]
@@ -359,7 +398,9 @@ def test_image_refusals_name_the_problem() -> None:
     with pytest.raises(SchemaError, match="boxes"):
         Image(np.zeros((2, 2)), boxes={"b": {}})
     with pytest.raises(SchemaError, match="list of images"):
-        Image(torch.rand(2, 3, 4, 4))
+        Image(np.random.default_rng(0).random((2, 3, 4, 4)))  # a numpy batch: W&B fails on it too
+    with pytest.raises(SchemaError, match="B x C x H x W"):
+        Image(torch.rand(2, 5, 4, 4))
     with pytest.raises(SchemaError, match="file_type"):
         Image(np.zeros((2, 2)), file_type="tiff")
     assert Image(np.zeros((2, 2)), file_type="jpg").format == "jpeg"
