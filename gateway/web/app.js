@@ -1021,7 +1021,7 @@ function overview(info, q, onSearch) {
         el("div", { id: "config", class: "scroll" }, tree || el("span", { class: "muted" }, q ? "no match" : "no config"))),
         el("div", { class: "ov-col" }, el("h4", {}, "Summary"),
           el("div", { class: "scroll" }, summary.length ? el("table", { class: "kv", id: "summary" },
-            el("tbody", {}, summary.map(([k, v]) => el("tr", { "data-summary-key": k }, el("th", {}, k), el("td", {}, fmt(v))))))
+            el("tbody", {}, summary.map(([k, v]) => el("tr", { "data-summary-key": k }, el("th", {}, k), el("td", {}, summaryText(v))))))
             : el("span", { class: "muted" }, "no summary"))))));
 }
 
@@ -1333,6 +1333,11 @@ function splitGalleries(table) {
   }
   page.applySearch();
   return gone;
+}
+
+/** A summary cell: a list of images as "N images" (its JSON is long and says nothing), else the value. */
+function summaryText(v) {
+  return isImageList(v) ? `${v.length} image${v.length === 1 ? "" : "s"}` : fmt(v);
 }
 
 /** One step's list of images as thumbnails with captions (each blob read once per page, as a single image's). */

@@ -83,6 +83,9 @@ def test_image_list_gallery(stack: Stack, page: Any, tmp_path: Path) -> None:
     panel = page.locator('.panel[data-key="samples"]')
     panel.scroll_into_view_if_needed()
 
+    # The summary names the list rather than printing its JSON.
+    assert page.locator('#summary tr[data-summary-key="samples"] td').inner_text() == f"{N} images"
+
     # The latest step first, as a single image's panel does.
     last = shown_at(page, STEPS - 1)
     assert [s["sha"] for s in last] == [s["digest"] for s in last] == by_step[STEPS - 1]
