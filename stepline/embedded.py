@@ -10,6 +10,7 @@ on exit, unless another ``up`` has replaced it since.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas import SettingsError
 from schemas.local import LocalStack, encode_stack, parse_stack, stack_path
 from workers.settings import WorkerSettings
 
@@ -63,8 +65,17 @@ class EmbeddedRedis:
     proc: subprocess.Popen[bytes] | None = None
     server: Any = None
     thread: threading.Thread | None = None
+    lock: int | None = None  # the data directory's lock (:func:`lock_data_dir`), released on close
 
     def close(self) -> None:
+        try:
+            self._stop()
+        finally:
+            if self.lock is not None:
+                os.close(self.lock)  # closing the descriptor releases the flock
+                self.lock = None
+
+    def _stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -79,7 +90,44 @@ class EmbeddedRedis:
             self.thread.join(5)
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory for one embedded stack; returns the descriptor holding the lock.
+
+    An embedded stack's worker commits stream offsets of its private Redis into the data directory's metadata:
+    a second stack on the same directory (``stepline demo`` while ``stepline up`` runs in the same folder) would
+    fence the first one's worker and make it read its offsets against the wrong stream (seen: "DATA LOSS"), and
+    both Redis servers would write one AOF folder. So the second one is refused, with what to do instead.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "embedded.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SettingsError(
+            f"{data_dir} is in use by another embedded stack (a running stepline up or demo, pid {holder}); "
+            "stop it, or pass --data-dir to use another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def start_embedded_redis(data_dir: Path, *, prefer_fake: bool = False) -> EmbeddedRedis:
+
+    lock = lock_data_dir(data_dir)
+    try:
+        emb = _start_embedded_redis(data_dir, prefer_fake)
+    except BaseException:
+        os.close(lock)
+        raise
+    emb.lock = lock
+    return emb
+
+
+def _start_embedded_redis(data_dir: Path, prefer_fake: bool) -> EmbeddedRedis:
     import redis
 
     port = free_port()

@@ -7,6 +7,7 @@ import errno
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,28 @@ def test_busy_default_port_and_a_stale_record(tmp_path: Path) -> None:
         assert not (home / "stack.json").exists()
     finally:
         blocker.close()
+
+
+def test_a_second_embedded_stack_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    """``stepline demo`` in the folder where ``stepline up`` runs: both default to ./stepline-data. The demo's
+    private Redis and worker would take the up's partitions in the shared metadata (seen: the up's worker fenced,
+    then reading its offsets against the demo's stream, "DATA LOSS"). The demo is refused instead, in one line,
+    and the up's worker goes on undisturbed."""
+    if shutil.which("redis-server") is None:
+        need("redis-server is not on PATH")
+    home = tmp_path / "home"
+    home.mkdir()
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    up = start_up(folder, home)
+    try:
+        demo = up.run([sys.executable, "-m", "stepline", "demo", "--runs", "1", "--steps", "10"], folder, 120)
+        assert demo.returncode != 0, demo.stdout + demo.stderr
+        err = demo.stderr.strip().splitlines()
+        assert err and err[-1].startswith("stepline: error:") and "in use by another embedded stack" in err[-1], (
+            demo.stderr)
+        assert "Traceback" not in demo.stderr
+        assert up.proc.poll() is None
+    finally:
+        assert stop_up(up) == 0
+    assert not any("fenced" in line for line in up.output), up.output
