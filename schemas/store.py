@@ -58,7 +58,7 @@ from .settings import normalize_db_url
 from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"
@@ -174,6 +174,16 @@ commits = Table(
     Column("offset", String(48), nullable=False),
     Column("committed_at", Float, nullable=False),
     Index("ix_sl_commits_p", "p", "id"),
+)
+
+#: What the metadata belongs to: ``namespace`` (the Redis key namespace whose stream offsets ``sl_partitions``
+#: holds) and ``partitions`` (the partition count runs were hashed with). Written by the first worker, checked by
+#: every later one: offsets of one namespace's streams are meaningless against another's.
+deployment = Table(
+    "sl_deployment",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
 )
 
 

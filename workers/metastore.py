@@ -6,6 +6,9 @@ so the event loop never blocks.
 
 Guarantees:
 
+- :meth:`MetaStore.bind_deployment` ties the metadata to one Redis namespace and partition count: a worker of
+  another namespace (whose stream ids the committed offsets do not describe) is refused before it takes a
+  partition, instead of fencing the rightful owners and reading its streams from their offsets.
 - :meth:`MetaStore.take_partition` bumps the partition's epoch in a transaction and returns it with the offset.
 - :meth:`MetaStore.commit` writes segments, per-run state, rejections and the partition offset in ONE
   transaction, conditional on the epoch still being the caller's; otherwise it raises :class:`FencedError` and
@@ -24,9 +27,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from schemas import FencedError, packb
+from schemas import FencedError, SettingsError, packb
 from schemas.objects import ObjectStore, as_store
-from schemas.store import commits, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
+from schemas.store import commits, deployment, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
 
 from ._faults import poison_point
 from .migrations import migrate
@@ -134,6 +137,31 @@ class MetaStore:
             self.engine.dispose()
 
     # --- partitions --------------------------------------------------------------------------------------------
+
+    def bind_deployment(self, namespace: str, partitions: int) -> None:
+        """Record the namespace and partition count this metadata belongs to, or check them against the recorded
+        ones; a mismatch raises :class:`SettingsError` naming both. ``sl_partitions`` is keyed by partition number
+        only, so two namespaces sharing a database would take each other's partitions (bumping the epoch fences
+        the other's worker) and read their own streams from the other's offsets, skipping or re-reading events.
+        """
+        want = {"namespace": namespace, "partitions": str(partitions)}
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # two first workers must not both record their own binding
+                conn.exec_driver_sql("LOCK TABLE sl_deployment IN SHARE ROW EXCLUSIVE MODE")
+            have = {str(r.key): str(r.value) for r in conn.execute(select(deployment))}
+            for key, value in want.items():
+                if key not in have:
+                    conn.execute(insert(deployment).values(key=key, value=value))
+                elif have[key] != value:
+                    raise SettingsError(
+                        f"the metadata database {self.url_for_humans} belongs to {key} {have[key]!r}, not "
+                        f"{value!r}: give each namespace its own database (STEPLINE_DB_URL / --data-dir), or "
+                        f"start this worker with {key} {have[key]!r}")
+
+    @property
+    def url_for_humans(self) -> str:
+        """The database's URL without a password."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def take_partition(self, p: int, owner: str) -> tuple[int, str]:
         """Bump the partition's epoch (fencing out any previous owner); return ``(epoch, committed offset)``."""

@@ -28,6 +28,7 @@ from schemas.store import (
     SCHEMA_VERSION,
     api_keys,
     commits,
+    deployment,
     garbage,
     json_safe,
     partitions,
@@ -77,11 +78,16 @@ def _v3_run_metadata(conn: Connection) -> None:
             tags=[]))
 
 
+def _v4_deployment(conn: Connection) -> None:
+    deployment.create(conn, checkfirst=True)
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
     (2, "sl_commits: optional audit of commits (partition, epoch, offset)", _v2_commit_audit),
     (3, "sl_runs: group, job type, tags, notes; config and summary as JSON for filters", _v3_run_metadata),
+    (4, "sl_deployment: the namespace and partition count the metadata belongs to", _v4_deployment),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

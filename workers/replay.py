@@ -45,6 +45,7 @@ async def replay(
     redis = async_redis(settings.redis_url, socket_timeout=30)
     store = await asyncio.to_thread(MetaStore, settings.metadata_url)
     try:
+        await asyncio.to_thread(store.bind_deployment, names.namespace, names.partitions)
         for p in range(names.partitions):
             epoch, offset = await asyncio.to_thread(store.take_partition, p, "replay")
             if offset != "0-0":

@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from schemas.errors import SettingsError
 from schemas.settings import (
     add_storage_arguments,
     non_negative_float,
@@ -86,6 +87,10 @@ def serve(settings: WorkerSettings) -> None:
     try:
         Worker(settings, on_stop=_exit_at).run()
         code = 0
+    except SettingsError as e:  # a deployment mistake (e.g. another namespace's metadata): one line, no traceback
+        with contextlib.suppress(OSError):
+            os.write(2, f"stepline worker: error: {e}\n".encode(errors="replace"))
+        code = 2
     except Exception:
         logging.getLogger("stepline.worker").exception("the worker died")
     finally:

@@ -185,12 +185,20 @@ class Worker:
     async def async_run(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._store is None:
+            store = await asyncio.to_thread(lambda: MetaStore(s.metadata_url, audit=s.commit_audit))
+            try:
+                await asyncio.to_thread(store.bind_deployment, s.namespace, s.partitions)
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
+        else:
+            await asyncio.to_thread(self._store.bind_deployment, s.namespace, s.partitions)
         if self._redis is None:
             self._redis = async_redis(
                 s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
             )
-        if self._store is None:
-            self._store = await asyncio.to_thread(lambda: MetaStore(s.metadata_url, audit=s.commit_audit))
         await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
         if self.handle_signals:
