@@ -155,8 +155,8 @@ class MetaStore:
                 elif have[key] != value:
                     raise SettingsError(
                         f"the metadata database {self.url_for_humans} belongs to {key} {have[key]!r}, not "
-                        f"{value!r}: give each namespace its own database (STEPLINE_DB_URL / --data-dir), or "
-                        f"start this worker with {key} {have[key]!r}")
+                        f"{value!r}: give each deployment its own database (--db-url / --data-dir), or start "
+                        f"this one with --{key} {have[key]}")
 
     @property
     def url_for_humans(self) -> str:
