@@ -56,6 +56,7 @@ async def wait_run(c: Any, path: str, cond: Callable[[dict[str, Any]], bool], he
     raise AssertionError(f"{path} never met the condition")
 
 
+@pytest.mark.both_backends
 async def test_rows_stream_in_order_and_end(gw_settings: GatewaySettings,
                                             make_client: Callable[..., Awaitable[Any]],
                                             worker: Callable[[], Any]) -> None:
@@ -144,6 +145,7 @@ async def test_shutdown_ends_open_streams(gw_settings: GatewaySettings, worker: 
         run.finish()
 
 
+@pytest.mark.both_backends
 async def test_since_sends_rows_committed_before_connecting(gw_settings: GatewaySettings,
                                                            make_client: Callable[..., Awaitable[Any]],
                                                            worker: Callable[[], Any]) -> None:
@@ -167,3 +169,102 @@ async def test_since_sends_rows_committed_before_connecting(gw_settings: Gateway
     assert rows == list(range(20, 50)) and [n for n, _ in got] == ["run", "rows", "end"]
     r = await c.get("/api/v1/projects/ls/runs/r1/events?since=-2")
     assert r.status == 400
+
+
+async def test_run_changes_are_sent_as_deltas(gw_settings: GatewaySettings,
+                                              make_client: Callable[..., Awaitable[Any]],
+                                              worker: Callable[[], Any]) -> None:
+    """After the first ``run`` event only what changed is sent (``run_delta``): the summary's changed keys, the
+    counters; never the config, columns or rejections again when they did not change. Applying every delta to the
+    first ``run`` gives the run as ``page_info`` serves it at the end."""
+    s = gw_settings
+    worker()
+    run = start_run(s, "ld", "r1")
+    run.config.update({"lr": 0.1, "eps": float("nan"), "big": float("inf")})
+    run.log({"loss": 1.0, "acc": 0.0}, step=0)
+    run.log({}, commit=True)
+    c = await make_client(s)
+    await wait_run(c, "ld/runs/r1", lambda i: i["rows"] >= 1)
+    resp = await c.get("/api/v1/projects/ld/runs/r1/events?interval=0.2")
+
+    async def log() -> None:
+        for st in range(1, 30):
+            run.log({"loss": 1.0 / (st + 1)}, step=st)  # acc is not logged again: its summary stays
+            run.log({}, commit=True)
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(run.finish)
+
+    logger = asyncio.create_task(log())
+    got: list[tuple[str, Any]] = []
+    async with asyncio.timeout(60):
+        async for name, data in events(resp):
+            got.append((name, data))
+            if name == "end":
+                break
+    await logger
+    assert got[0][0] == "run"
+    info = got[0][1]
+    assert info["config"]["eps"] == {"_type": "nonfinite", "value": "NaN"}
+    assert info["config"]["big"] == {"_type": "nonfinite", "value": "Infinity"}
+    deltas = [d for n, d in got if n == "run_delta"]
+    assert deltas, [n for n, _ in got]
+    for d in deltas:
+        assert set(d) <= {"set", "del", "keys"}
+        assert not {"config", "summary", "columns", "metrics", "rejections"} & set(d.get("set", {}))
+        assert "config" not in d.get("keys", {})
+        assert "acc" not in d.get("keys", {}).get("summary", {}).get("set", {})
+    assert any("loss" in d.get("keys", {}).get("summary", {}).get("set", {}) for d in deltas)
+    assert any("last_step" in d.get("set", {}) for d in deltas)
+    for d in deltas:  # the page's applyDelta
+        info = {**info, **d.get("set", {})}
+        for k in d.get("del", []):
+            info.pop(k)
+        for name, ch in d.get("keys", {}).items():
+            info[name] = {**{k: v for k, v in info[name].items() if k not in ch["del"]}, **ch["set"]}
+    final = await (await c.get("/api/v1/projects/ld/runs/r1/page_info")).json()
+    assert {k: v for k, v in info.items() if k != "updated_at"} == {k: v for k, v in final.items() if k != "updated_at"}
+
+
+async def test_one_stream_follows_several_runs(gw_settings: GatewaySettings,
+                                               make_client: Callable[..., Awaitable[Any]],
+                                               worker: Callable[[], Any]) -> None:
+    """The compare page's stream: ``.../projects/{p}/events?run=a&run=b`` names the run in every event, sends each
+    run's rows after its own ``since``, ends each run once, and ends when all have."""
+    s = gw_settings
+    worker()
+    a, b = start_run(s, "lm", "a"), start_run(s, "lm", "b")
+    for st in range(10):
+        a.log({"loss": float(st)}, step=st)
+        b.log({"loss": -float(st)}, step=st)
+    a.log({}, commit=True)
+    b.log({}, commit=True)
+    c = await make_client(s)
+    await wait_run(c, "lm/runs/a", lambda i: i["last_step"] == 9)
+    await wait_run(c, "lm/runs/b", lambda i: i["last_step"] == 9)
+    r = await c.get("/api/v1/projects/lm/events?run=a&run=nope")
+    assert r.status == 404
+    r = await c.get("/api/v1/projects/lm/events")
+    assert r.status == 400
+    resp = await c.get("/api/v1/projects/lm/events?run=a&run=b&since=4&since=9&interval=0.2")
+
+    async def log() -> None:
+        for st in range(10, 40):
+            a.log({"loss": float(st)}, step=st)
+            b.log({"loss": -float(st)}, step=st)
+            if st % 5 == 0:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(a.finish)
+        await asyncio.to_thread(b.finish)
+
+    logger = asyncio.create_task(log())
+    got: list[tuple[str, Any]] = []
+    async with asyncio.timeout(60):
+        async for name, data in events(resp):
+            got.append((name, data))
+    await logger
+    assert all((d["id"] if n == "run" else d["run"]) in ("a", "b") for n, d in got)
+    rows = {r: [x["_step"] for n, d in got if n == "rows" and d["run"] == r for x in d["rows"]] for r in "ab"}
+    assert rows == {"a": list(range(5, 40)), "b": list(range(10, 40))}
+    ys = {x["loss"] for n, d in got if n == "rows" and d["run"] == "b" for x in d["rows"]}
+    assert all(y <= 0 for y in ys)
+    assert sorted(d["run"] for n, d in got if n == "end") == ["a", "b"] and got[-1][0] == "end"
