@@ -49,7 +49,7 @@ function inViewport(e) {
   return r.bottom > 0 && r.top < innerHeight && r.height > 0;
 }
 
-const state = (window.__stepline = { charts: {}, view: null, requests: 0, live: { events: 0, rows: 0 } });
+const state = (window.__stepline = { charts: {}, view: null, requests: 0, live: { events: 0, rows: 0, names: {} } });
 Object.defineProperty(state, "polling", { get: () => Boolean(current?.timer) });
 Object.defineProperty(state, "streaming", { get: () => Boolean(current?.stream) });
 
@@ -70,14 +70,45 @@ function el(tag, attrs = {}, ...children) {
 const enc = encodeURIComponent;
 const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
 
+// The page's run reads (`.../page_info`, the live stream) tag a non-finite float of config and summary as
+// {"_type": "nonfinite", "value": "NaN" | "Infinity" | "-Infinity"} (JSON has no NaN, and a plain "Infinity" would
+// be a string) and an int past 2**53 as {"_type": "bigint", "value": "<digits>"} (a JS number would round it).
+const isNonFinite = (v) => v && typeof v === "object" && v._type === "nonfinite";
+
 function fmt(v) {
   if (v === null || v === undefined) return "–";
+  if (isNonFinite(v)) return v.value;
+  if (v && typeof v === "object" && v._type === "bigint") return BigInt(v.value).toLocaleString("en-US");
+  if (v && typeof v === "object" && v._type === "complex") return complexText(v);
   if (v && typeof v === "object" && typeof v._type === "string") return `[${v._type}]`; // media: shown in its panel
   if (v === "Infinity" || v === "-Infinity") return exact(v);
   if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : exact(v);
   if (typeof v === "boolean") return v ? "true" : "false";
   if (typeof v === "string") return v;
-  return JSON.stringify(v);
+  return inner(v);
+}
+
+/** A value inside a list or dict: JSON-like, with NaN / Infinity / -Infinity and complex numbers spelled out. */
+function inner(v) {
+  if (v === null || v === undefined) return "null";
+  if (isNonFinite(v)) return v.value;
+  if (typeof v === "number") return String(v);
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "boolean") return String(v);
+  if (Array.isArray(v)) return `[${v.map(inner).join(", ")}]`;
+  if (typeof v === "object" && v._type === "complex") return complexText(v);
+  if (typeof v === "object" && v._type === "bigint") return v.value;
+  if (typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}: ${inner(x)}`).join(", ")}}`;
+  return String(v);
+}
+
+/** A config or summary value (tagged non-finite floats, so a string is always a string). */
+const valueText = (v) => (typeof v === "string" ? v : fmt(v));
+
+function complexText(v) {
+  const part = (x) => (isNonFinite(x) ? x.value : x === null ? "NaN" : String(x));
+  const im = part(v.imag);
+  return `(${part(v.real)}${im.startsWith("-") ? "" : "+"}${im}j)`;
 }
 
 function ago(ts) {
@@ -192,6 +223,19 @@ async function get(path, params = {}, as = "json") {
 
 const runPath = (p, r) => `projects/${enc(p)}/runs/${enc(r)}`;
 
+/** The reply index.html's inline script started for `path`'s page_info (once), read as get() reads; else null. */
+function takePrefetched(path) {
+  const pre = window.__steplinePrefetch;
+  if (!pre || pre.path !== path) return null;
+  window.__steplinePrefetch = null;
+  state.requests++;
+  return pre.reply.then(async (r) => {
+    if (!r.ok) throw await apiError(r);
+    document.getElementById("auth-error").hidden = true;
+    return r.json();
+  });
+}
+
 /**
  * One Server-Sent Events stream read with fetch (EventSource cannot send the API key header). `on(name, data)`
  * gets each event; resolves when the server ends the stream, rejects on an HTTP error or a broken connection.
@@ -221,6 +265,18 @@ async function sse(path, params, on, signal) {
       if (data.length) on(name, JSON.parse(data.join("\n")));
     }
   }
+}
+
+/** A run's info after a live `run_delta` event (only what changed is sent; see gateway/live.py). */
+function applyDelta(info, d) {
+  const out = { ...info, ...(d.set || {}) };
+  for (const k of d.del || []) delete out[k];
+  for (const [name, { set, del }] of Object.entries(d.keys || {})) {
+    const m = { ...(info[name] || {}), ...(set || {}) };
+    for (const k of del || []) delete m[k];
+    out[name] = m;
+  }
+  return out;
 }
 
 // --- views ------------------------------------------------------------------------------------------------------
@@ -315,28 +371,32 @@ function compareValues(a, b) {
   return String(a).localeCompare(String(b), "en", { numeric: true });
 }
 
-/** A column filter: `>x`, `>=x`, `<x`, `<=x`, `=x`, `!=x` on numbers (or text), otherwise a substring. */
-function columnFilter(text) {
+const reEscape = (t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+/** The filter language's field for a table column id (`summary.x` is the API's `summary_metrics.x`). */
+const filterField = (id) => (id.startsWith("summary.") ? `summary_metrics.${id.slice(8)}` : id === "name" ? "display_name" : id);
+
+/**
+ * A column filter's text as a W&B filter (history/filters.py, evaluated by the gateway): `>x`, `>=x`, `<x`, `<=x`,
+ * `=x`, `!=x` compare with a number when x is one (else with the text; `true`/`false` are bools), anything else
+ * is a case-insensitive substring (a regular expression over the value's text).
+ */
+function columnFilter(id, text) {
   const t = (text || "").trim();
   if (!t) return null;
+  const field = filterField(id);
   const m = t.match(/^(>=|<=|!=|>|<|=)\s*(.*)$/);
-  if (!m) return (v) => v !== null && v !== undefined && fmt(v).toLowerCase().includes(t.toLowerCase());
+  if (!m) return { [field]: { $regex: `(?i)${reEscape(t)}` } };
   const [, op, raw] = m;
   const n = Number(raw);
-  return (v) => {
-    if (v === null || v === undefined) return false;
-    const a = typeof v === "number" && raw !== "" && !Number.isNaN(n) ? v : String(v);
-    const b = typeof a === "number" ? n : raw;
-    switch (op) {
-      case ">": return a > b;
-      case ">=": return a >= b;
-      case "<": return a < b;
-      case "<=": return a <= b;
-      case "=": return a == b; // eslint-disable-line eqeqeq
-      default: return a != b; // eslint-disable-line eqeqeq
-    }
-  };
+  const v = raw !== "" && !Number.isNaN(n) ? n : raw === "true" ? true : raw === "false" ? false : raw;
+  const ops = { ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte", "=": "$eq", "!=": "$ne" };
+  return { [field]: { [ops[op]]: v } };
 }
+
+/** Columns the runs query can order by (the others sort the shown page only). */
+const ORDERABLE = new Set(["name", "state", "last_step", "rows", "updated_at", "group"]);
+const RUNS_PER_PAGE = Number(localStorage.getItem("stepline.runsPerPage")) || 50;
 
 class RunsView extends View {
   constructor(main, route) {
@@ -349,9 +409,11 @@ class RunsView extends View {
     this.filters = new Map(); // column id → filter text
     this.sort = { id: "updated_at", desc: true };
     const p = route.project;
+    this.pageNo = 0;
+    this.total = 0;
     this.filter = el("input", { id: "run-filter", type: "search", placeholder: "filter by name or id",
-      oninput: () => this.render() });
-    this.stateSel = el("select", { id: "state-filter", onchange: () => this.render() },
+      oninput: () => this.requery(250) });
+    this.stateSel = el("select", { id: "state-filter", onchange: () => this.requery() },
       ["all", "running", "idle", "finished", "crashed"].map((s) => el("option", { value: s }, s)));
     this.addCol = el("select", { id: "add-column", onfocus: () => this.loadDetails(), onmousedown: () => this.loadDetails(),
       onchange: () => {
@@ -368,15 +430,71 @@ class RunsView extends View {
     this.thead = el("thead");
     this.tbody = el("tbody");
     this.empty = el("div", { class: "empty", hidden: true }, "No runs in this project yet.");
+    this.prevBtn = el("button", { type: "button", id: "runs-prev", onclick: () => { this.pageNo--; this.requery(); } }, "‹ prev");
+    this.nextBtn = el("button", { type: "button", id: "runs-next", onclick: () => { this.pageNo++; this.requery(); } }, "next ›");
+    this.pageInfo = el("span", { id: "runs-page", class: "muted" });
     main.replaceChildren(el("h1", {}, p),
       el("div", { class: "toolbar" }, this.filter, this.stateSel, this.addCol, el("label", {}, "group by ", this.groupSel),
         this.compareBtn, el("span", { class: "live" }, `refreshes every ${POLL_MS / 1000} s`)),
-      el("table", { class: "list", id: "runs" }, this.thead, this.tbody), this.empty);
+      el("table", { class: "list", id: "runs" }, this.thead, this.tbody), this.empty,
+      el("div", { class: "pager" }, this.prevBtn, this.pageInfo, this.nextBtn));
+  }
+
+  /** Read the table again now (after `wait` ms of quiet: typing), from the first page unless paging. */
+  requery(wait = 0, keepPage = false) {
+    if (!keepPage && wait) this.pageNo = 0;
+    clearTimeout(this.requeryTimer);
+    this.requeryTimer = setTimeout(() => {
+      clearTimeout(this.timer);
+      this.tick();
+    }, wait);
+  }
+
+  /**
+   * The listing's query: the name box, the state picker and the column filters as one W&B filter, the sort as
+   * `order`, one page of RUNS_PER_PAGE. The gateway evaluates it (history/filters.py), so filters see every run.
+   */
+  query() {
+    const all = [];
+    const q = this.filter.value.trim();
+    if (q) {
+      const re = `(?i)${reEscape(q)}`;
+      all.push({ $or: [{ display_name: { $regex: re } }, { name: { $regex: re } }] });
+    }
+    const want = this.stateSel.value;
+    const idleBefore = Math.floor(Date.now() / 10_000) * 10 - IDLE_S; // whole 10 s: the same query twice in a row
+    if (want === "idle") all.push({ state: "running" }, { updated_at: { $lt: idleBefore } });
+    else if (want === "running") all.push({ state: "running" }, { updated_at: { $gte: idleBefore } });
+    else if (want !== "all") all.push({ state: want });
+    for (const [id, t] of this.filters) {
+      const f = columnFilter(id, t);
+      if (f) all.push(f);
+    }
+    const { id, desc } = this.sort;
+    const orderable = ORDERABLE.has(id) || id.startsWith("config.") || id.startsWith("summary.");
+    const params = { per_page: RUNS_PER_PAGE, page: this.pageNo,
+      order: orderable ? `${desc ? "-" : "+"}${filterField(id)}` : "-created_at" };
+    if (all.length) params.filters = JSON.stringify(all.length === 1 ? all[0] : { $and: all });
+    return params;
   }
 
   async refresh() {
-    const { runs } = await get(`projects/${enc(this.route.project)}/runs`);
+    const params = this.query();
+    const sig = JSON.stringify(params);
+    const { runs, total } = await get(`projects/${enc(this.route.project)}/runs`, params);
+    if (sig !== JSON.stringify(this.query())) return; // the query changed meanwhile: its own read follows
+    const pages = Math.max(1, Math.ceil(total / RUNS_PER_PAGE));
+    if (this.pageNo >= pages && total) { // the page went away (runs deleted or a narrower filter)
+      this.pageNo = pages - 1;
+      return this.refresh();
+    }
     this.runs = runs;
+    this.total = total;
+    this.pageInfo.textContent = `${total} run${total === 1 ? "" : "s"} · page ${this.pageNo + 1} of ${pages}`;
+    this.pageInfo.dataset.total = String(total);
+    this.pageInfo.dataset.page = String(this.pageNo);
+    this.prevBtn.disabled = this.pageNo === 0;
+    this.nextBtn.disabled = this.pageNo >= pages - 1;
     if (runs.some((r) => r.config !== undefined)) this.fillPickers();
     if (this.detailsWanted) await this.loadDetails();
     this.render();
@@ -410,6 +528,8 @@ class RunsView extends View {
     this.fillPickers();
     this.render();
   }
+
+  isFiltered() { return Boolean(this.query().filters); }
 
   fillPickers() {
     const keys = new Set();
@@ -465,28 +585,28 @@ class RunsView extends View {
       onclick: () => {
         this.sort = this.sort.id === c.id ? { id: c.id, desc: !this.sort.desc } : { id: c.id, desc: false };
         this.render();
+        this.requery(0);
       } }, el("span", { class: "th-label" }, c.label, sortMark(c.id)),
       this.extra.includes(c) ? el("button", { class: "x", title: "remove column", onclick: (ev) => {
         ev.stopPropagation();
         this.extra = this.extra.filter((x) => x !== c);
-        this.filters.delete(c.id);
+        const had = this.filters.delete(c.id);
         this.render();
+        if (had) this.requery(1);
       } }, "×") : null);
     const filterRow = this.extra.length ? el("tr", { class: "filters" }, el("th"),
       cols.filter((c) => !this.extra.includes(c)).map(() => el("th")),
       this.extra.map((c) => el("th", {}, el("input", { type: "search", class: "col-filter", "data-col": c.id,
         placeholder: "filter: >0.1, =adam", value: this.filters.get(c.id) || "",
-        onchange: (ev) => { this.filters.set(c.id, ev.target.value); this.render(); } })))) : null;
+        onchange: (ev) => { this.filters.set(c.id, ev.target.value); this.requery(1); } })))) : null;
     this.thead.replaceChildren(el("tr", {}, el("th", {}, ""), cols.map(th)), filterRow);
   }
 
   render() {
     this.header();
-    const q = this.filter.value.trim().toLowerCase();
-    const want = this.stateSel.value;
-    const tests = [...this.filters.entries()].map(([id, t]) => [id, columnFilter(t)]).filter(([, f]) => f);
-    let shown = this.runs.filter((r) => (!q || r.name.toLowerCase().includes(q) || r.id.toLowerCase().includes(q))
-      && (want === "all" || shownState(r) === want) && tests.every(([id, f]) => f(this.value(r, id))));
+    // Filtered and ordered by the gateway; the page's rows are sorted again here only for the columns the query
+    // cannot order by (counts), and so that a click re-sorts at once while the new page is read.
+    let shown = this.runs;
     const { id, desc } = this.sort;
     shown = shown.map((r, i) => [r, i]).sort(([a, i], [b, j]) => {
       const c = compareValues(this.value(a, id), this.value(b, id));
@@ -525,7 +645,12 @@ class RunsView extends View {
     } else {
       this.tbody.replaceChildren(...shown.map(row));
     }
-    this.empty.hidden = this.runs.length > 0;
+    this.empty.hidden = this.runs.length > 0 || this.isFiltered();
+    this.empty.textContent = "No runs in this project yet.";
+    if (!this.runs.length && this.isFiltered()) {
+      this.tbody.replaceChildren(el("tr", { id: "no-match" }, el("td", { colspan: cols.length + 1, class: "muted" },
+        "No run matches the filters.")));
+    }
     this.compareBtn.disabled = this.selected.size < 2;
   }
 }
@@ -992,8 +1117,8 @@ function configTree(obj, q, prefix = "") {
     if (v && typeof v === "object" && !Array.isArray(v) && !v._type) {
       const sub = configTree(v, q, name);
       if (sub) items.push(el("li", {}, el("details", { open: true }, el("summary", {}, k), sub)));
-    } else if (test(name) || test(fmt(v))) {
-      items.push(el("li", { "data-config-key": name }, el("span", { class: "ck" }, k), " ", el("span", { class: "cv" }, fmt(v))));
+    } else if (test(name) || test(valueText(v))) {
+      items.push(el("li", { "data-config-key": name }, el("span", { class: "ck" }, k), " ", el("span", { class: "cv" }, valueText(v))));
     }
   }
   return items.length ? el("ul", { class: "tree" }, items) : null;
@@ -1337,7 +1462,7 @@ function splitGalleries(table) {
 
 /** A summary cell: a list of images as "N images" (its JSON is long and says nothing), else the value. */
 function summaryText(v) {
-  return isImageList(v) ? `${v.length} image${v.length === 1 ? "" : "s"}` : fmt(v);
+  return isImageList(v) ? `${v.length} image${v.length === 1 ? "" : "s"}` : valueText(v);
 }
 
 /** One step's list of images as thumbnails with captions (each blob read once per page, as a single image's). */
@@ -1375,7 +1500,7 @@ class RunPage extends PanelsView {
   }
 
   async refresh() {
-    const info = await get(this.path, { rejections: 500 });
+    const info = await (takePrefetched(this.path) || get(`${this.path}/page_info`, { rejections: 500 }));
     this.rowsThrough = info.last_step ?? -1; // the panels read at least this far
     this.update(info);
     // The live stream opens once the first screen of panels has its data (it would compete with their reads).
@@ -1414,7 +1539,9 @@ class RunPage extends PanelsView {
 
   onEvent(name, data) {
     state.live.events++;
+    state.live.names[name] = (state.live.names[name] || 0) + 1;
     if (name === "run") this.update(data);
+    else if (name === "run_delta") this.update(applyDelta(this.info, data));
     else if (name === "rows") {
       this.rowsThrough = data.last_step;
       state.live.rows += data.rows.length;
@@ -1560,6 +1687,34 @@ class ComparePanel extends Panel {
     return true;
   }
 
+  /** Live rows of one run: appended to its line (one re-read when a line grows past MAX_LIVE_POINTS). */
+  appendRun(run, rows) {
+    if (!this.lines) return;
+    const xAxis = this.xAxis;
+    let line = this.lines.find((l) => l.run === run);
+    const fresh = rows.filter((r) => this.key in r && typeof r[xAxis] === "number");
+    if (!fresh.length) return;
+    if (!line) { // the run's first value of this key: its line starts now
+      const info = this.page.infos.find((x) => x.id === run);
+      line = { label: info?.name ?? run, run, x: [], y: [], step: [] };
+      this.lines.push(line);
+    }
+    const lastStep = line.step.length ? line.step[line.step.length - 1] : -Infinity;
+    const add = fresh.filter((r) => r._step > lastStep);
+    if (line.x.length + add.length > MAX_LIVE_POINTS) {
+      this.lines = null;
+      this.loaded = false;
+      if (this.visible) this.ensure(); else this.stale = true;
+      return;
+    }
+    for (const r of add) {
+      line.x.push(r[xAxis]);
+      line.y.push(r[this.key]);
+      line.step.push(r._step);
+    }
+    if (add.length && this.visible && this.chart) this.draw();
+  }
+
   async draw() {
     if (!this.lines) return;
     const xAxis = this.xAxis;
@@ -1671,33 +1826,52 @@ class ComparePage extends PanelsView {
     super(main, route);
     this.runs = route.runs;
     this.colSig = null;
+    this.counters = el("div", { class: "counters", id: "compare-runs" });
+    this.live = el("span", { class: "live", id: "live" });
     this.body = el("div", { id: "compare-body" });
-    main.replaceChildren(el("h1", {}, `Compare ${this.runs.length} runs`), this.toolbar, this.body);
+    main.replaceChildren(el("h1", {}, `Compare ${this.runs.length} runs`), this.counters, this.toolbar, this.live,
+      this.body);
   }
 
   async refresh() {
     const infos = [];
     await Promise.all(this.runs.map(async (r, i) => {
       try {
-        infos[i] = await get(runPath(this.project, r), { rejections: 0 });
+        infos[i] = await get(`${runPath(this.project, r)}/page_info`, { rejections: 0 });
       } catch (e) {
         if (!(e instanceof ApiError && e.status === 404)) throw e;
       }
     }));
     this.infos = infos.filter(Boolean);
+    this.rowsThrough = new Map(this.infos.map((i) => [i.id, i.last_step ?? -1])); // what the panels read at least
+    this.build();
+    // Live runs stream their rows once the first screen has its data (the stream would compete with its reads).
+    const first = this.panels.filter((pl) => inViewport(pl.el));
+    Promise.race([Promise.all(first.map((pl) => pl.shown)), new Promise((r) => { this.connectTimer = setTimeout(r, 2000); })])
+      .then(() => { clearTimeout(this.connectTimer); this.connect(); });
+  }
+
+  runBadges() {
+    this.counters.replaceChildren(...this.infos.map((i) => el("span", { "data-run": i.id },
+      el("a", { href: `#/p/${enc(this.project)}/r/${enc(i.id)}` }, i.name), " ", badge(shownState(i)))));
+  }
+
+  /** The panels for the runs' keys; rebuilt only when the set of keys (or runs) changed. */
+  build() {
     this.setAxes(axisOptions(this.infos));
+    this.runBadges();
     const cols = this.infos.flatMap((i) => i.columns);
     const keys = [...new Set(cols.filter((c) => c.kind === "number").map((c) => c.key))].sort();
     const media = [...new Map(cols.filter((c) => c.kind === "image" || c.kind === "histogram").map((c) => [c.key, c.kind]))]
       .sort(([a], [b]) => a.localeCompare(b));
     const colSig = JSON.stringify([keys, media, this.infos.map((i) => i.id)]);
     if (colSig === this.colSig) return;
+    const rebuild = this.colSig !== null;
     this.colSig = colSig;
     this.clearPanels();
     const missing = this.runs.filter((r) => !this.infos.some((i) => i.id === r));
-    this.body.replaceChildren(el("div", { class: "counters" }, this.infos.map((i) => el("span", {},
-      el("a", { href: `#/p/${enc(this.project)}/r/${enc(i.id)}` }, i.name), " ", badge(shownState(i))))),
-    ...(missing.length ? [el("div", { class: "err", id: "missing-runs" }, `No such run in ${this.project}: ${missing.join(", ")}`)] : []));
+    this.body.replaceChildren(
+      ...(missing.length ? [el("div", { class: "err", id: "missing-runs" }, `No such run in ${this.project}: ${missing.join(", ")}`)] : []));
     if (!keys.length && !media.length) this.body.append(el("div", { class: "empty", id: "no-data" }, "No data logged yet"));
     const sections = new Map();
     const put = (k, make) => {
@@ -1712,6 +1886,72 @@ class ComparePage extends PanelsView {
       for (const make of makers) this.add(make(), panels);
     }
     this.applySearch();
+    if (rebuild) for (const pl of this.panels) if (!pl.el.hidden && inViewport(pl.el)) pl.show();
+  }
+
+  /** One stream for every run of the compare that is still running (`.../projects/{p}/events?run=…`). */
+  connect(pause = 1000) {
+    const live = this.infos.filter((i) => !["finished", "crashed"].includes(i.state));
+    if (this.stream || !this.alive || !live.length) return;
+    const ctl = new AbortController();
+    this.stream = ctl;
+    this.live.textContent = `live: following ${live.length} run${live.length === 1 ? "" : "s"}`;
+    this.live.dataset.state = "connected";
+    const params = { interval: LIVE_S, run: live.map((i) => i.id), since: live.map((i) => this.rowsThrough.get(i.id) ?? -1) };
+    sse(`projects/${enc(this.project)}/events`, params, (name, data) => this.onEvent(name, data), ctl.signal)
+      .then(() => {
+        this.stream = null;
+        if (this.alive) this.connect();
+      }, (e) => {
+        this.stream = null;
+        if (!this.alive || e.name === "AbortError") return;
+        if (e instanceof ApiError) {
+          this.live.textContent = "live: stopped";
+          this.live.dataset.state = "stopped";
+          this.fail(e);
+          return;
+        }
+        this.live.textContent = `live: connection lost, retrying in ${Math.round(pause / 1000)} s`;
+        this.live.dataset.state = "retrying";
+        this.retry = setTimeout(() => this.connect(Math.min(pause * 2, 30_000)), pause);
+      });
+  }
+
+  onEvent(name, data) {
+    state.live.events++;
+    state.live.names[name] = (state.live.names[name] || 0) + 1;
+    const i = this.infos.findIndex((x) => x.id === (name === "run" ? data.id : data.run));
+    if (i < 0) return;
+    const run = this.infos[i].id;
+    if (name === "run" || name === "run_delta") {
+      this.infos[i] = name === "run" ? data : applyDelta(this.infos[i], data);
+      this.build();
+    } else if (name === "rows") {
+      this.rowsThrough.set(run, data.last_step);
+      state.live.rows += data.rows.length;
+      for (const pl of this.panels) pl.appendRun?.(run, data.rows);
+    } else if (name === "reset") {
+      this.rowsThrough.set(run, data.last_step);
+      for (const pl of this.panels) {
+        if (!pl.loaded) continue;
+        pl.loaded = false;
+        if (pl.visible) pl.ensure(); else pl.stale = true;
+      }
+    } else if (name === "end" || name === "gone") {
+      this.infos[i] = { ...this.infos[i], state: name === "gone" ? "deleted" : data.state };
+      this.runBadges();
+      const left = this.infos.filter((x) => !["finished", "crashed", "deleted"].includes(x.state)).length;
+      this.live.textContent = left ? `live: following ${left} run${left === 1 ? "" : "s"}` : "live: every run ended";
+      if (!left) this.live.dataset.state = "ended";
+    }
+  }
+
+  dispose() {
+    super.dispose();
+    clearTimeout(this.retry);
+    clearTimeout(this.connectTimer);
+    this.stream?.abort();
+    this.stream = null;
   }
 }
 

@@ -258,6 +258,7 @@ export class MultiLineChart {
   }
 
   set(lines) {
+    this.points = [];
     const tables = lines.map((l) => {
       // uPlot.join needs ascending x; keep each line's points in x order (stable on equal x).
       const idx = l.x.map((_, i) => i).filter((i) => num(l.x[i]) !== null);
@@ -265,6 +266,8 @@ export class MultiLineChart {
       const xs = idx.map((i) => l.x[i]);
       const ys = idx.map((i) => num(l.y[i]));
       const sm = this.smoothing > 0 ? smoothEMA(xs, ys, this.smoothing) : ys;
+      // For the tooltip: each line's own points in x order, raw values (±inf and NaN kept) and steps.
+      this.points.push({ x: xs, y: idx.map((i) => l.y[i]), step: l.step ? idx.map((i) => l.step[i]) : null, sm });
       return [xs, this.logY ? positive(sm) : sm];
     });
     this.lines = lines;
@@ -279,6 +282,7 @@ export class MultiLineChart {
         scales: { x: { time: timeAxis(this.xAxis) }, y: { distr: this.logY ? 3 : 1 } },
         legend: { show: true, live: true },
         cursor: { drag: { x: true, y: false } },
+        hooks: { setCursor: [(u) => this.hover(u)] },
         series: [{ label: this.xAxis || "x", value: (u, v) => (v === null ? "–" : xText(this.xAxis, v)) },
           ...lines.map((l, i) => ({ label: l.label, stroke: color(i), width: 1.5, spanGaps: true,
             points: { show: false }, value: (u, v) => (v === null ? "–" : exact(v)) }))],
@@ -289,14 +293,53 @@ export class MultiLineChart {
             font: "11px system-ui", values: axisValues },
         ],
       }, data, this.el);
+      this.tip = tooltip(this.u);
+      this.u.over.addEventListener("mouseleave", () => this.tip.hide());
     } else {
       this.u.setData(data, true);
     }
   }
 
+  /**
+   * The tooltip: at the hovered x, each line's value at its own nearest point (lines are sampled at different x,
+   * so the joined row holds only some of them), with that point's step; ±inf and NaN named.
+   */
+  hover(u) {
+    const i = u.cursor.idx;
+    if (i === null || i === undefined || !this.points || u.cursor.left < 0) {
+      this.tip?.hide();
+      this.hovered = null;
+      return;
+    }
+    const x = u.data[0][i];
+    const out = [`${this.xAxis || "x"} ${xText(this.xAxis, x)}`];
+    this.points.forEach((p, j) => {
+      const k = nearest(p.x, x);
+      if (k < 0) return;
+      const step = p.step && this.xAxis !== "_step" ? ` (step ${exact(p.step[k])})` : "";
+      const at = p.x[k] !== x && !step ? ` (at ${xText(this.xAxis, p.x[k])})` : "";
+      const sm = this.smoothing > 0 && p.sm[k] !== null ? `, smoothed ${exact(p.sm[k])}` : "";
+      out.push(`${this.lines[j].label}: ${exact(p.y[k])}${sm}${step || at}`);
+    });
+    this.tip.show(u.cursor.left, u.cursor.top, out);
+    this.hovered = out;
+  }
+
   resize(height) { if (this.u) this.u.setSize({ width: width(this.el), height: height || this.u.height }); }
 
   destroy() { if (this.u) this.u.destroy(); }
+}
+
+/** The index of the value in ascending `xs` nearest to `x` (-1 when empty). */
+function nearest(xs, x) {
+  if (!xs.length) return -1;
+  let lo = 0;
+  let hi = xs.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo > 0 && Math.abs(xs[lo - 1] - x) <= Math.abs(xs[lo] - x) ? lo - 1 : lo;
 }
 
 /** A histogram (`bins` edges, `values` counts) drawn as bars over the bins' left edges, with a hover tooltip. */
