@@ -18,6 +18,7 @@ Guarantees (both backends, so callers never branch on the backend):
   under its final name is complete: local files are written to a unique temporary name, fsync'd and renamed; an S3
   PUT is atomic (the bytes are built in memory first, so a failure half-way leaves no object, or at worst an
   incomplete multipart upload that S3 never shows as an object).
+- An object holds exactly the bytes given, whatever its name's extension (no compression by extension).
 - Objects are immutable: a name is written once (segments get fresh UUID names, blobs are content-addressed), so
   any cache keyed by name is sound.
 - Reads are lazy: :meth:`ObjectStore.parquet` opens a random-access file, so pyarrow fetches the footer and then only
@@ -134,7 +135,9 @@ class ObjectStore:
         """Store ``data`` under ``rel``, complete before this returns (see the module's guarantees); its size."""
         if self.local:
             return _put_local(Path(self.path(rel)), data)
-        with self.fs.open_output_stream(self.path(rel)) as out:
+        # compression=None: pyarrow would otherwise (de)compress by the name's extension (``.gz``, ``.zst``, ...),
+        # and an object's bytes must be exactly the ones given.
+        with self.fs.open_output_stream(self.path(rel), compression=None) as out:
             out.write(data)
         return len(data)
 
@@ -161,12 +164,12 @@ class ObjectStore:
 
     def get(self, rel: str) -> bytes:
         """The whole object (FileNotFoundError when missing): for small objects such as media blobs."""
-        with self.fs.open_input_stream(self.path(rel)) as f:
+        with self.fs.open_input_stream(self.path(rel), compression=None) as f:
             return bytes(f.read())
 
     def chunks(self, rel: str, size: int = 1 << 20) -> Iterator[bytes]:
         """The object in pieces of at most ``size`` bytes, opened at the first ``next()`` (FileNotFoundError)."""
-        with self.fs.open_input_stream(self.path(rel)) as f:
+        with self.fs.open_input_stream(self.path(rel), compression=None) as f:
             while piece := f.read(size):
                 yield bytes(piece)
 

@@ -14,6 +14,7 @@ neither imports the other.
 - ``segments``: immutable Parquet files of a run with their step range and level (0 fresh, 1+ compacted).
 - ``rejections``: every rejected call with its reason, tried step and cursor.
 - ``garbage``: files no longer referenced, removed after a grace period.
+- ``archive`` (defined in :mod:`schemas.archive`): the stream archive's objects, one row per object.
 - ``api_keys``: hashed API keys (the gateway's).
 - ``schema_version``: the migrations applied (``workers.migrations``), one row per version.
 - ``commits``: optional audit of successful commits (partition, epoch, offset), written in the commit's own
@@ -58,7 +59,7 @@ from .settings import normalize_db_url
 from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"

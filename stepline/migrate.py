@@ -7,9 +7,9 @@ data directory to a bucket, a bucket back to a directory, or bucket to bucket).
 
 Guarantees:
 
-- Copies every object under ``segments/`` and ``blobs/`` of the source; an object the destination holds already
-  with the same size is skipped, so an interrupted migration is resumed by running the command again, and a second
-  pass after the workers stopped picks up what they committed meanwhile.
+- Copies every object under ``segments/``, ``blobs/`` and ``archive/`` (the stream archive) of the source; an
+  object the destination holds already with the same size is skipped, so an interrupted migration is resumed by
+  running the command again, and a second pass after the workers stopped picks up what they committed meanwhile.
 - Each object is written complete under its name (:meth:`schemas.objects.ObjectStore.put`) and read back by size
   before it counts as copied; nothing in the source is modified or deleted, and the metadata (which names objects
   relative to the location) needs no change.
@@ -31,7 +31,7 @@ from typing import TextIO
 from schemas.objects import ObjectStore, open_store, parse_storage_url
 from schemas.settings import DEFAULT_DATA_DIR
 
-PREFIXES = ("segments", "blobs")
+PREFIXES = ("segments", "blobs", "archive")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ crash exactly, which random kills only hit by luck. Points:
 - ``read``: stream entries were read and applied in memory; nothing of them is committed;
 - ``segments``: a commit's segment files are written and fsync'd; the metadata transaction has not run;
 - ``committed``: the metadata transaction (segments + run state + offset) is done; the stream is not trimmed;
-- ``trimmed``: the stream was just trimmed behind the committed offset.
+- ``archived``: a stream archive object is complete in the storage location; its ``sl_archive`` row is not
+  written (``workers.archive``);
+- ``trimmed``: the stream was just trimmed behind the committed (and archived) offset.
 
 ``STEPLINE_TEST_POISON=<run>[:<how>]`` makes the frames of every run named ``<run>`` poison, the way an input
 nobody foresaw would be (a crash in native code, an out-of-memory kill, a value the store refuses): ``how`` is

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, update
 
 from schemas import unpackb
+from schemas.archive import archive
 from schemas.store import (
     SCHEMA_VERSION,
     api_keys,
@@ -82,12 +83,17 @@ def _v4_deployment(conn: Connection) -> None:
     deployment.create(conn, checkfirst=True)
 
 
+def _v5_stream_archive(conn: Connection) -> None:
+    archive.create(conn, checkfirst=True)
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
     (2, "sl_commits: optional audit of commits (partition, epoch, offset)", _v2_commit_audit),
     (3, "sl_runs: group, job type, tags, notes; config and summary as JSON for filters", _v3_run_metadata),
     (4, "sl_deployment: the namespace and partition count the metadata belongs to", _v4_deployment),
+    (5, "sl_archive: the stream archive's objects (partition, entry id range)", _v5_stream_archive),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

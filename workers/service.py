@@ -46,7 +46,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="lease time to live in ms (STEPLINE_LEASE_TTL_MS, default 10000)")
     ap.add_argument("--commit-interval", type=positive_float, dest="commit_interval_s", help="seconds between commits")
     ap.add_argument("--retention", type=non_negative_float, dest="retention_s",
-                    help="seconds of stream kept for replay")
+                    help="seconds of stream kept in Redis (STEPLINE_RETENTION_S, default 86400)")
+    ap.add_argument("--retention-bytes", type=positive_int, dest="retention_bytes",
+                    help="also trim the oldest entries past about this many bytes of Redis memory for all partition "
+                         "streams together (STEPLINE_RETENTION_BYTES)")
+    ap.add_argument("--no-archive", action="store_const", const=False, dest="archive",
+                    help="trim without keeping the committed entries in the stream archive first (STEPLINE_ARCHIVE=0): "
+                         "trimmed entries can then never be replayed")
     ap.add_argument("--metrics-port", type=port, help="serve /metrics on this port (STEPLINE_WORKER_METRICS_PORT)")
 
 
@@ -56,6 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         db_url=args.db_url, worker_id=args.worker_id,
         lease_ttl_s=None if args.lease_ttl_ms is None else args.lease_ttl_ms / 1000,
         commit_interval_s=args.commit_interval_s, retention_s=args.retention_s,
+        retention_bytes=args.retention_bytes, archive=args.archive,
         metrics_port=args.metrics_port, **storage_overrides(args),
     )
 

@@ -27,6 +27,9 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("STEPLINE_WORKER_ID", "worker_id"),
     EnvVar("STEPLINE_LEASE_TTL_MS", "lease_ttl_s", ms_to_s),
     EnvVar("STEPLINE_RETENTION_S", "retention_s", float),
+    EnvVar("STEPLINE_RETENTION_BYTES", "retention_bytes", int),
+    EnvVar("STEPLINE_ARCHIVE", "archive", flag),
+    EnvVar("STEPLINE_ARCHIVE_INTERVAL_S", "archive_interval_s", float),
     EnvVar("STEPLINE_DRAIN_TIMEOUT_S", "drain_timeout_s", float),
     EnvVar("STEPLINE_TRIM_INTERVAL_S", "trim_interval_s", float),
     EnvVar("STEPLINE_COMPACTION_INTERVAL_S", "compaction_interval_s", float),
@@ -54,8 +57,18 @@ class WorkerSettings(StoreDeployment):
     #: A partition whose stream has been quiet this long (seconds) commits at once: the end of a burst is visible
     #: without waiting for the interval, while a busy stream still commits in batches.
     commit_idle_s: float = 0.05
-    #: Stream entries older than this stay in Redis for replay (never trimmed past the committed offset).
+    #: Stream entries younger than this stay in Redis (never trimmed past the committed offset, nor, with
+    #: ``archive``, past the archived one).
     retention_s: float = 24 * 3600.0
+    #: With it, the oldest entries of the streams are also trimmed past about this many bytes of Redis memory for
+    #: all partition streams together (each stream gets ``retention_bytes / partitions``), within the same limits.
+    retention_bytes: int | None = None
+    #: Before trimming, write the committed entries to the stream archive in the storage location
+    #: (:mod:`workers.archive`), so ``stepline replay`` rebuilds history from the first event whatever the
+    #: retention. On by default: without it, a trimmed entry can never be replayed.
+    archive: bool = True
+    #: The committed entries are archived once the oldest of them is this old, even when no trim needs it yet.
+    archive_interval_s: float = 300.0
     trim_interval_s: float = 10.0
     #: SIGTERM: stop reading, commit and release within this many seconds.
     drain_timeout_s: float = 20.0
@@ -88,11 +101,13 @@ class WorkerSettings(StoreDeployment):
     def __post_init__(self) -> None:
         StoreDeployment.__post_init__(self)  # (a slots dataclass has no zero-argument super())
         for name in ("lease_ttl_s", "commit_interval_s", "drain_timeout_s", "trim_interval_s",
-                     "compaction_interval_s", "gc_grace_s", "orphan_grace_s"):
+                     "compaction_interval_s", "gc_grace_s", "orphan_grace_s", "archive_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.retention_s < 0 or self.commit_idle_s < 0:
             raise ValueError("retention_s and commit_idle_s must not be negative")
+        if self.retention_bytes is not None and self.retention_bytes <= 0:
+            raise ValueError(f"retention_bytes must be positive, got {self.retention_bytes!r}")
         if self.run_cache_max <= 0 or not self.run_cache_idle_s > 0:
             raise ValueError("run_cache_max and run_cache_idle_s must be positive")
         if self.read_count <= 0 or self.commit_entries <= 0 or self.compaction_fanin < 2:

@@ -8,7 +8,8 @@ Guarantees:
 - Partitions are spread over the live workers by rendezvous hashing; on join/leave the old owner commits its
   batch, then releases, then the new owner takes over from the committed offset.
 - Consumption restarts from the committed offset, so a crash at any point loses nothing and duplicates nothing.
-- The stream is trimmed (``XTRIM MINID``) only behind the committed offset and the retention window.
+- The stream is trimmed (``XTRIM MINID``) only behind the committed offset and the retention window and, with the
+  stream archive on (the default), only behind what is archived (:mod:`workers.archive`).
 - SIGTERM: stop reading, commit, release leases, exit within ``drain_timeout_s`` whatever the work waits on (one
   deadline for the whole shutdown; what is still blocked then is abandoned, and fencing makes it harmless).
   kill -9: the leases expire and other workers resume from the committed offsets.
@@ -35,12 +36,12 @@ from schemas import FencedError
 from schemas.clients import REDIS_ERRORS, AsyncRedis, async_redis
 from schemas.objects import open_store
 
-from ._faults import crash_point
+from .archive import StreamKeeper, collect_archive_orphans
 from .attempts import AttemptGuard, transient
 from .metastore import MetaStore, SegmentRef
 from .metrics import WorkerMetrics
 from .metrics import serve as serve_metrics
-from .partition import Entry, PartitionProcessor, PreparedCommit, id_tuple
+from .partition import Entry, PartitionProcessor, PreparedCommit
 from .segments import merge_tables, read_table, warm_up, write_table
 from .settings import WorkerSettings
 
@@ -144,6 +145,8 @@ class Worker:
         self._quiet = asyncio.Lock()
         #: Where segments and blobs go: the data directory or a bucket (no request made until used).
         self.objects = open_store(settings.storage)
+        #: Archives and trims the owned streams (made once Redis and the metadata store are open).
+        self._keeper: StreamKeeper | None = None
 
     @property
     def redis(self) -> AsyncRedis:
@@ -154,6 +157,16 @@ class Worker:
     def store(self) -> MetaStore:
         assert self._store is not None
         return self._store
+
+    @property
+    def keeper(self) -> StreamKeeper:
+        if self._keeper is None:
+            s = self.settings
+            self._keeper = StreamKeeper(
+                self.redis, self.names, self.store.engine, self.objects, archive=s.archive,
+                retention_s=s.retention_s, retention_bytes=s.retention_bytes,
+                archive_interval_s=s.archive_interval_s, max_object_age_s=s.orphan_grace_s / 2)
+        return self._keeper
 
     def stop(self) -> None:
         """Ask the worker to drain and exit within ``drain_timeout_s`` from now (safe from a signal handler)."""
@@ -632,9 +645,11 @@ class Worker:
                     last_orphans = time.monotonic()
                     async with self._quiet:
                         n = await asyncio.to_thread(self.store.collect_orphans, self.objects, s.orphan_grace_s)
+                        n += await asyncio.to_thread(collect_archive_orphans, self.store.engine, self.objects,
+                                                     s.orphan_grace_s)
                     if n:
-                        log.info("worker %s: deleted %d orphan segment object(s) of commits that never happened",
-                                 self.id, n)
+                        log.info("worker %s: deleted %d orphan segment or archive object(s) of commits that never "
+                                 "happened", self.id, n)
             except FencedError:
                 continue
             except REDIS_ERRORS as e:
@@ -643,13 +658,9 @@ class Worker:
                 log.exception("worker %s: housekeeping failed", self.id)
 
     async def _trim(self, proc: PartitionProcessor) -> None:
-        if proc.offset == "0-0":
-            return
-        horizon = (int((time.time() - self.settings.retention_s) * 1000), 0)
-        minid = min(id_tuple(proc.offset), horizon)
-        if minid > (0, 0):
-            await self.redis.xtrim(self.names.stream(proc.p), minid=f"{minid[0]}-{minid[1]}", approximate=False)
-            crash_point("trimmed")
+        """Archive (when on) and trim the stream behind the committed offset, within the retention."""
+        if self.owned.get(proc.p) is proc:
+            await self.keeper.keep(proc.p, proc.epoch, proc.offset)
 
     async def _compact(self, proc: PartitionProcessor) -> None:
         runs = sorted(proc.touched)
