@@ -34,6 +34,7 @@ from pathlib import Path
 from schemas import SettingsError
 from schemas.local import LocalStack, local_stack
 from schemas.names import Names
+from schemas.objects import parse_storage_url
 from schemas.settings import add_storage_arguments, port, positive_int, storage_overrides
 from workers.service import add_arguments as add_worker_arguments
 from workers.service import exit_now, settings_from_args
@@ -243,7 +244,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from workers.replay import replay
+    from schemas.settings import normalize_db_url
+    from workers.replay import ArchiveSource, replay
 
     settings = settings_from_args(with_local_stack(args, read_side=False))
     project, run = args.project, args.run
@@ -256,10 +258,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def keep(p: str, r: str) -> bool:
         return (project is None or p == project) and (run is None or r == run)
 
+    source = None
+    if args.from_data_dir is not None or args.from_db_url is not None:
+        # The live deployment's archive: its metadata names the objects; they are in its storage location, which is
+        # the bucket this replay writes to unless told otherwise (a bucket is shared), else its data directory.
+        from_dir = args.from_data_dir or settings.data_dir
+        if args.from_db_url is None and not (Path(from_dir) / "meta.sqlite").exists():
+            raise SettingsError(f"--from-data-dir {from_dir}: no meta.sqlite there (give the live deployment's data "
+                                "directory, or --from-db-url for its database)")
+        from_db = normalize_db_url(args.from_db_url or f"sqlite:///{Path(from_dir).absolute() / 'meta.sqlite'}")
+        try:
+            where = parse_storage_url(args.from_storage_url or settings.storage_url, Path(from_dir),
+                                      endpoint=settings.s3_endpoint_url, region=settings.s3_region)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        source = ArchiveSource(from_db, where)
     t0 = time.perf_counter()
-    report = asyncio.run(replay(settings, keep if (project or run) else None))
-    print(f"replayed {report.entries} stream entries of {report.partitions} partitions ({report.runs} runs) into "
-          f"{settings.data_dir} in {time.perf_counter() - t0:.1f} s")
+    report = asyncio.run(replay(settings, keep if (project or run) else None, archive_from=source))
+    print(f"replayed {report.entries} entries ({report.archived} from the archive) of {report.partitions} partitions "
+          f"({report.runs} runs) into {settings.data_dir} in {time.perf_counter() - t0:.1f} s")
+    for gap in report.gaps:
+        print(f"WARNING: {gap}" + ("" if source else " (give --from-data-dir or --from-db-url to read the archive)"),
+              file=sys.stderr)
     return 0
 
 
@@ -325,11 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_arguments(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("replay", help="rebuild history from the streams into a fresh data directory")
+    p = sub.add_parser("replay", help="rebuild history from the stream archive and the streams into a fresh data "
+                       "directory")
     add_worker_arguments(p)
     p.add_argument("path", nargs="?", help="PROJECT or PROJECT/RUN (default: everything)")
     p.add_argument("--project")
     p.add_argument("--run")
+    p.add_argument("--from-data-dir", type=Path, help="the live deployment's data directory: its stream archive is "
+                   "read first (its meta.sqlite names the objects, unless --from-db-url)")
+    p.add_argument("--from-db-url", help="the live deployment's metadata database (names the archive objects)")
+    p.add_argument("--from-storage-url", help="where the live deployment's archive objects are (default: this "
+                   "replay's --storage-url when it is a bucket, else --from-data-dir)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("status", help="partitions, owners, epochs, committed offsets, lag, dead letters")

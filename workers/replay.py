@@ -1,26 +1,44 @@
-"""Rebuild history from the streams into a fresh data directory.
+"""Rebuild history from the stream archive and the streams into a fresh data directory.
 
-Replay runs the same :class:`PartitionProcessor` as a live worker over every entry still in the partition
-streams (from the start, up to the end seen when replay began), with dead-lettering switched off so the live
-dead-letter streams are not touched. Because processing is deterministic, a replay of untrimmed streams gives
-history identical to the live one: same rows, same values, same rejections. Entries the live workers
-dead-lettered as ``poison`` (:mod:`workers.attempts`: they crashed a worker or failed its commits every time) are
-skipped as they were live.
+Replay runs the same :class:`PartitionProcessor` as a live worker over every entry of each partition: first the
+entries of its stream archive (``archive``: the live deployment's ``sl_archive`` rows and objects, in stream
+order; :mod:`workers.archive`), then the entries still in the stream after the archive's last one, up to the end
+seen when replay began. Dead-lettering is switched off so the live dead-letter streams are not touched. Because
+processing is deterministic and the archive holds the entries byte for byte, the replay gives history identical to
+the live one: same rows, same values, same rejections, even when Redis kept only minutes of stream. Entries the
+live workers dead-lettered as ``poison`` (:mod:`workers.attempts`: they crashed a worker or failed its commits
+every time) are skipped as they were live.
+
+Entries trimmed from a stream that the archive does not hold (archiving off, or switched on later) cannot be
+replayed: each such partition is reported (``ReplayReport.gaps``), never skipped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
+from sqlalchemy import Engine, inspect
+
+from schemas.archive import archive
 from schemas.clients import AsyncRedis, async_redis
-from schemas.objects import open_store
+from schemas.objects import ObjectStore, StorageTarget, open_store
+from schemas.store import reader_engine
 
+from .archive import archives_of, read_archive
 from .metastore import MetaStore
 from .partition import Entry, PartitionProcessor, id_tuple
 from .settings import WorkerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSource:
+    """Where the live deployment's stream archive is: its metadata database and its storage location."""
+
+    metadata_url: str
+    storage: StorageTarget
 
 
 @dataclass
@@ -28,6 +46,10 @@ class ReplayReport:
     partitions: int = 0
     entries: int = 0
     runs: int = 0
+    #: Of ``entries``, how many came from the archive.
+    archived: int = 0
+    #: One line per partition whose stream lost entries the archive does not hold (they could not be replayed).
+    gaps: list[str] = field(default_factory=list)
 
 
 async def replay(
@@ -35,48 +57,89 @@ async def replay(
     run_filter: Callable[[str, str], bool] | None = None,
     *,
     chunk: int = 1000,
+    archive_from: ArchiveSource | None = None,
 ) -> ReplayReport:
-    """Replay every partition stream into ``settings.db_url`` and the storage location (the data directory or
-    ``settings.storage_url``); the metadata must be fresh."""
+    """Replay every partition (its archive in ``archive_from``, then its stream) into ``settings.db_url`` and the
+    storage location (the data directory or ``settings.storage_url``); the metadata must be fresh."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     objects = open_store(settings.storage)
     names = settings.names
     report = ReplayReport()
     redis = async_redis(settings.redis_url, socket_timeout=30)
     store = await asyncio.to_thread(MetaStore, settings.metadata_url)
+    source: tuple[Engine, ObjectStore] | None = None
+    if archive_from is not None:
+        source = (reader_engine(archive_from.metadata_url), open_store(archive_from.storage))
+        if not await asyncio.to_thread(_has_archive, source[0]):
+            source[0].dispose()
+            source = None  # a database from before the archive: nothing archived
     try:
         await asyncio.to_thread(store.bind_deployment, names.namespace, names.partitions)
         for p in range(names.partitions):
             epoch, offset = await asyncio.to_thread(store.take_partition, p, "replay")
             if offset != "0-0":
                 raise RuntimeError(f"replay needs a fresh data directory: partition {p} already has history")
-            info = await redis.xinfo_stream(names.stream(p)) if await redis.exists(names.stream(p)) else None
-            if info is None:
+            stream = names.stream(p)
+            info: dict[str, Any] = await redis.xinfo_stream(stream) if await redis.exists(stream) else {}
+            rows = await asyncio.to_thread(archives_of, source[0], p) if source is not None else []
+            if not info and not rows:
                 continue
-            last = info["last-generated-id"]
-            end = id_tuple(last.decode() if isinstance(last, bytes) else str(last))
             proc = PartitionProcessor(
                 p=p, epoch=epoch, offset=offset, names=names, store=store, data_dir=settings.data_dir,
                 redis=redis, limits=settings.limits, dead_letters=False, run_filter=run_filter, objects=objects,
                 skip=await _poisoned(redis, names.dlq(p)),
             )
-            start = "-"
-            while True:
-                entries = cast("list[Entry]", await redis.xrange(names.stream(p), min=start, max="+", count=chunk))
-                entries = [e for e in entries if id_tuple(e[0].decode()) <= end]
-                if not entries:
-                    break
-                await proc.process(entries)
-                await proc.commit()
-                report.entries += len(entries)
-                start = "(" + entries[-1][0].decode()
+            archived_last = (0, 0)
+            if source is not None and rows:
+                async for entries in read_archive(source[0], source[1], p):
+                    for i in range(0, len(entries), chunk):
+                        await proc.process(entries[i:i + chunk])
+                        await proc.commit()
+                    report.entries += len(entries)
+                    report.archived += len(entries)
+                    archived_last = id_tuple(entries[-1][0].decode()) if entries else archived_last
+            gap = _gap(p, info, sum(int(r["entries"]) for r in rows))
+            if gap is not None:
+                report.gaps.append(gap)
+            if info:
+                last = info["last-generated-id"]
+                end = id_tuple(last.decode() if isinstance(last, bytes) else str(last))
+                start = "-" if archived_last == (0, 0) else f"({archived_last[0]}-{archived_last[1]}"
+                while True:
+                    entries = cast("list[Entry]", await redis.xrange(stream, min=start, max="+", count=chunk))
+                    entries = [e for e in entries if id_tuple(e[0].decode()) <= end]
+                    if not entries:
+                        break
+                    await proc.process(entries)
+                    await proc.commit()
+                    report.entries += len(entries)
+                    start = "(" + entries[-1][0].decode()
             report.partitions += 1
             report.runs += len(proc.runs)
             await asyncio.to_thread(store.release_partition, p, epoch)
     finally:
         await redis.aclose()
         store.close()
+        if source is not None:
+            source[0].dispose()
     return report
+
+
+def _has_archive(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return bool(inspect(conn).has_table(archive.name))
+
+
+def _gap(p: int, info: dict[str, Any], archived: int) -> str | None:
+    """Entries the stream no longer holds (``entries-added`` minus ``length``: trimmed, or deleted) that the
+    archive, which holds the stream's first entries, does not cover."""
+    if not info:
+        return None
+    gone = int(info.get("entries-added", 0)) - int(info.get("length", 0))
+    if gone <= archived:
+        return None
+    return (f"partition {p}: {gone - archived} entries were trimmed from the stream and are not in the archive "
+            f"(archived: {archived}); they could not be replayed")
 
 
 async def _poisoned(redis: AsyncRedis, dlq: str) -> frozenset[str]:
