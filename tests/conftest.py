@@ -15,11 +15,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from support.s3 import s3_bucket, s3_server, storage  # fixtures: S3 (moto) and both storage backends
+from support.s3 import Storage, parametrize_storage, s3_bucket, s3_server, storage  # S3 (moto), both backends
 from support.servers import PG_URL, REDIS_URL, RedisServer, free_port, need
 from support.worker_harness import WorkerFleet
 
 __all__ = ["PG_URL", "REDIS_URL", "RedisServer", "free_port", "need", "s3_bucket", "s3_server", "storage"]
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_storage(metafunc)  # tests marked both_backends (or naming storage) run on local and s3
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -82,7 +86,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fleet(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path) -> Iterator[WorkerFleet]:
-    """Worker processes on the shared Redis under the test's namespace; every one it started is killed after."""
-    with WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs") as f:
+def fleet(redis_url: str, namespace: str, data_dir: Path, tmp_path: Path, storage: Storage) -> Iterator[WorkerFleet]:
+    """Worker processes on the shared Redis under the test's namespace, keeping history where ``storage`` says (the
+    data directory, or a bucket in a test marked ``both_backends``: the processes inherit its variables); every one
+    it started is killed after."""
+    with WorkerFleet(redis_url=redis_url, namespace=namespace, data_dir=data_dir, log_dir=tmp_path / "logs",
+                     objects=storage.objects) as f:
         yield f

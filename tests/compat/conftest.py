@@ -1,5 +1,6 @@
 """Fixtures for the W&B compatibility suite: a real Redis, one in-process worker, and the ``STEPLINE_*`` variables
-pointing an unchanged W&B script (``import ingest as wandb``) at them."""
+pointing an unchanged W&B script (``import ingest as wandb``) at them. History goes where ``storage`` says (a bucket
+in the ``s3`` case of a test marked ``both_backends``)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from pathlib import Path
 
 import pytest
 from support.compat_stack import Stack
+from support.s3 import Storage
 
 from workers.settings import WorkerSettings
 from workers.worker import Worker
 
 
 @pytest.fixture
-def stack(redis_url: str, namespace: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def stack(redis_url: str, namespace: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+          storage: Storage) -> Iterator[Stack]:
     for name, value in (("REDIS_URL", redis_url), ("NAMESPACE", namespace), ("DATA_DIR", str(data_dir))):
         monkeypatch.setenv(f"STEPLINE_{name}", value)
     settings = WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=data_dir, worker_id="compat",
-                              commit_interval_s=0.1, lease_ttl_s=3.0)
+                              commit_interval_s=0.1, lease_ttl_s=3.0, **storage.settings())
     worker = Worker(settings, handle_signals=False)
     loop = asyncio.new_event_loop()
     errors: list[BaseException] = []

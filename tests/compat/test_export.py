@@ -42,6 +42,7 @@ def history(stack: Stack, path: str, keys: list[str] | None = None) -> pd.DataFr
         return api.run(path).history(keys=keys, samples=None)
 
 
+@pytest.mark.both_backends
 def test_parquet_round_trip_equals_history(stack: Stack, exported_run: str, tmp_path: Path) -> None:
     out = tmp_path / "h.parquet"
     assert main([exported_run, "--format", "parquet", "--out", str(out), "--data-dir", str(stack.data_dir)]) == 0
@@ -54,6 +55,7 @@ def test_parquet_round_trip_equals_history(stack: Stack, exported_run: str, tmp_
     assert got["weights"].iloc[:-1].isna().all()
 
 
+@pytest.mark.both_backends
 def test_parquet_with_keys_equals_history_with_keys(stack: Stack, exported_run: str, tmp_path: Path) -> None:
     out = tmp_path / "k.parquet"
     args = [exported_run, "--keys", "val/acc", "phase", "--out", str(out), "--data-dir", str(stack.data_dir)]
@@ -67,6 +69,7 @@ def plain(col: pd.Series) -> list[object]:
     return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in col.tolist()]
 
 
+@pytest.mark.both_backends
 def test_csv_round_trip_equals_history(stack: Stack, exported_run: str, tmp_path: Path) -> None:
     out = tmp_path / "h.csv"
     assert main([exported_run, "--format", "csv", "--out", str(out), "--data-dir", str(stack.data_dir)]) == 0
@@ -83,6 +86,7 @@ def test_csv_round_trip_equals_history(stack: Stack, exported_run: str, tmp_path
             assert plain(g) == plain(w), col
 
 
+@pytest.mark.both_backends
 def test_jsonl_holds_the_rows(stack: Stack, exported_run: str, tmp_path: Path) -> None:
     out = tmp_path / "h.jsonl"
     assert main([exported_run, "--format", "jsonl", "--out", str(out), "--data-dir", str(stack.data_dir)]) == 0

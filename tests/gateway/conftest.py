@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.gateway_server import GatewayTestServer
+from support.s3 import Storage
 from support.worker_harness import WorkerFleet
 
 from gateway import GatewaySettings, create_app
@@ -37,9 +38,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gw_settings(redis_url: str, namespace: str, data_dir: Path) -> GatewaySettings:
+def gw_settings(redis_url: str, namespace: str, data_dir: Path, storage: Storage) -> GatewaySettings:
+    """Settings under the test's namespace; history where ``storage`` keeps it (a bucket in the ``s3`` case of a
+    test marked ``both_backends``, whose variables the worker and gateway processes also inherit)."""
     return GatewaySettings(redis_url=redis_url, namespace=namespace, partitions=PARTITIONS, data_dir=data_dir,
-                           key_cache_s=0.0, backlog_refresh_s=0.1)
+                           key_cache_s=0.0, backlog_refresh_s=0.1, storage_url=storage.url,
+                           s3_endpoint_url=storage.server.endpoint if storage.server else None)
 
 
 @dataclass
@@ -195,11 +199,12 @@ def gateway_proc(gw_settings: GatewaySettings, tmp_path: Path) -> Iterator[Calla
 
 
 @pytest.fixture
-def worker(gw_settings: GatewaySettings, tmp_path: Path) -> Iterator[Callable[[], WorkerFleet]]:
+def worker(gw_settings: GatewaySettings, tmp_path: Path, storage: Storage) -> Iterator[Callable[[], WorkerFleet]]:
     """``worker()`` starts one real worker process (``python -m workers``) on the test's namespace; killed after."""
     s = gw_settings
     fleet = WorkerFleet(redis_url=s.redis_url, namespace=s.namespace, data_dir=s.data_dir,
-                        log_dir=tmp_path / "worker-logs", partitions=s.partitions, commit_interval_s=0.1)
+                        log_dir=tmp_path / "worker-logs", partitions=s.partitions, commit_interval_s=0.1,
+                        objects=storage.objects)
 
     def make() -> WorkerFleet:
         fleet.start()

@@ -9,7 +9,6 @@ B's blob (same partition) without ever sending its bytes; every upload was kept 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,24 +17,17 @@ import numpy as np
 import pytest
 import redis
 from support.gateway_frames import FRAMES, body
-from support.s3 import Storage
 
 import ingest
 from gateway import GatewaySettings
 from gateway.write import blob_owners_key, quota_keys
 from schemas import Log, Media, encode_event, encode_frame_raw
 
-pytestmark = pytest.mark.integration
+#: Both storage backends (issue #18): blobs in the data directory, and in a bucket of the moto S3 server (the
+#: ``storage`` fixture sets the gateway's settings and the variables the test's worker processes read).
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]
 
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-@pytest.fixture
-def gw_settings(gw_settings: GatewaySettings, storage: Storage) -> GatewaySettings:
-    """Both storage backends (issue #18): blobs in the data directory, and in a bucket of the moto S3 server (the
-    ``storage`` fixture also sets the variables the test's worker processes read)."""
-    return dataclasses.replace(gw_settings, storage_url=storage.url,
-                               s3_endpoint_url=storage.server.endpoint if storage.server else None)
 
 
 def image_frame(project: str, run: str, sha: str, size: int, producer: str = "m", seq: int = 0) -> bytes:

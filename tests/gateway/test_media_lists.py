@@ -16,7 +16,7 @@ import pytest
 import ingest
 from gateway import GatewaySettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]  # history on the data directory and a bucket
 
 
 async def test_a_list_of_images_reads_back_and_each_blob_is_served(

@@ -12,7 +12,7 @@ from test_live import start_run, wait_run
 
 from gateway import GatewaySettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]  # history on the data directory and a bucket
 
 
 async def test_sampled_batch_equals_sampled(gw_settings: GatewaySettings, keys: Any,

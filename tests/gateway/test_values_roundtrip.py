@@ -91,6 +91,7 @@ async def wait_finished(c: Any, base: str, fleet: Any) -> None:
     raise AssertionError(f"the run was not committed: {r.status} {await r.text()}\n{fleet.logs()}")
 
 
+@pytest.mark.both_backends
 async def test_every_value_kind_is_served_by_every_read_path(
         gw_settings: GatewaySettings, make_client: Callable[..., Awaitable[Any]], worker: Callable[[], Any]) -> None:
     s = gw_settings

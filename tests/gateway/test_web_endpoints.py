@@ -25,6 +25,7 @@ def expected(role: str, ok: int) -> int:
     return ok if role in ("read", "admin") else 403
 
 
+@pytest.mark.both_backends
 async def test_projects_and_blobs_authorization(gw_settings: GatewaySettings, keys: Any,
                                                 make_client: Callable[..., Awaitable[Any]],
                                                 worker: Callable[[], Any]) -> None:

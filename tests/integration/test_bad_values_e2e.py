@@ -18,7 +18,7 @@ import ingest
 from history.query import Api
 from schemas import SchemaError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]  # history on the data directory and a bucket
 
 BAD_TEXT = "ok\ud800"
 

@@ -78,6 +78,7 @@ def log_run(run: ingest.Run, steps: int) -> None:
     run.summary["best"] = 0.5
 
 
+@pytest.mark.both_backends
 def test_finish_returns_once_committed(redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     start_worker(fleet)
@@ -98,6 +99,7 @@ def test_finish_returns_once_committed(redis_url: str, namespace: str, data_dir:
     assert "stepline: run ryw/r4 finished: 300 rows, 1 call rejected (run.rejections() says why)" in err
 
 
+@pytest.mark.both_backends
 def test_afinish_returns_once_committed(redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet) -> None:
     start_worker(fleet)
 

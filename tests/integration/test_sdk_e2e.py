@@ -21,7 +21,7 @@ from support.worker_harness import WorkerFleet
 import ingest
 from history.query import Api
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]  # history on the data directory and a bucket
 
 RUNS, STEPS, FLOATS = 50, 2_000, 18
 

@@ -25,6 +25,8 @@ from workers.align import RunAligner
 from workers.metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
 from workers.segments import merge_tables, read_table, rows_to_table, write_table
 
+pytestmark = pytest.mark.both_backends  # every test: the data directory and a bucket (objects -> storage)
+
 PROJECT = "proj"
 
 

@@ -29,7 +29,7 @@ from support.worker_harness import (
 
 from schemas import FRAME_FIELD, Log, Names, encode_event, encode_frame_raw, packb
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_backends]  # history on the data directory and a bucket
 
 # The sizes the brief asks for; the test must stay within about a minute on two cores.
 E2E_RUNS, E2E_STEPS, E2E_FLOAT_KEYS = 50, 2_000, 18
@@ -57,7 +57,7 @@ def test_end_to_end_many_runs_three_workers(redis_url: str, namespace: str, data
         try:
             wait_caught_up(r, names, store, fleet, timeout=240)
             elapsed = time.monotonic() - t
-            check_history(data_dir, store, scripts)
+            check_history(fleet.objects, store, scripts)
             owners = {row["owner"] for row in store.partitions()}
         finally:
             store.close()
@@ -98,7 +98,7 @@ def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: s
         with redis.Redis.from_url(redis_url) as r:
             wait_caught_up(r, names, store, fleet, timeout=60)
             assert {p["owner"] for p in store.partitions()} <= {"w1", "w2"}
-        check_history(data_dir, store, scripts)
+        check_history(fleet.objects, store, scripts)
     finally:
         store.close()
 
@@ -141,7 +141,7 @@ def test_malformed_frames_go_to_the_dead_letter_stream(redis_url: str, namespace
         store = open_store(data_dir)
         try:
             wait_caught_up(r, names, store, fleet, timeout=30)
-            check_history(data_dir, store, [good])  # the good frames after the junk are applied
+            check_history(fleet.objects, store, [good])  # the good frames after the junk are applied
             dlq = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in r.xrange(names.dlq(p))]
             by_id: dict[str, list[dict[str, bytes]]] = {}
             for _, f in dlq:
@@ -156,7 +156,7 @@ def test_malformed_frames_go_to_the_dead_letter_stream(redis_url: str, namespace
             # A bad event inside a good frame is dead-lettered alone; the frame's other events are applied.
             assert sorted(f["reason"].decode() for f in by_id.get(bad_event_id, [])) == ["malformed", "unknown_event"]
             assert len(dlq) == len(junk) + 2 + len(good.oracle.rejections)
-            rows = [(s, v) for s, _, _, v in read_history(data_dir, store, "dlq", bad_run)]
+            rows = [(s, v) for s, _, _, v in read_history(fleet.objects, store, "dlq", bad_run)]
             assert rows == [(0, {"a": 1}), (1, {"a": 2})]
         finally:
             store.close()

@@ -4,8 +4,9 @@ that runs history tests on both backends.
 
 - :class:`MotoServer`: start/stop/pause/resume one server process; :func:`make_bucket` / :func:`drop_bucket`.
 - ``s3_server`` (session): one shared server; each test uses a bucket of its own, dropped after.
-- ``storage`` (parametrized ``local`` / ``s3``): a :class:`Storage` with the :class:`~schemas.objects.ObjectStore`,
-  the ``STEPLINE_STORAGE_URL`` value and the environment worker processes need to reach it.
+- ``storage``: a :class:`Storage` with the :class:`~schemas.objects.ObjectStore`, the ``STEPLINE_STORAGE_URL``
+  value and the environment worker processes need to reach it; ``local`` unless the test runs on both backends
+  (:func:`parametrize_storage`: marked ``both_backends``, or naming ``storage`` itself).
 
 Without moto the S3 cases skip with the reason, except under ``CI=true`` where they fail (:func:`need`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -145,12 +147,16 @@ class Storage:
         return {"storage_url": self.url, "s3_endpoint_url": self.server.endpoint if self.server else None}
 
 
-def s3_storage(srv: MotoServer, bucket: str, prefix: str = "hist", endpoint: str | None = None) -> Storage:
+def s3_storage(srv: MotoServer, bucket: str, prefix: str = "hist", endpoint: str | None = None,
+               quick: bool = True) -> Storage:
+    """A bucket's storage. ``quick``: the test's own client gives up on a request after 5 s (a fault test that
+    stops the server sees the outage in seconds); otherwise it waits as long as the workers' do (the product's
+    defaults), so a moto server slowed by a loaded machine is not mistaken for an outage."""
     url = f"s3://{bucket}/{prefix}"
     env = srv.env(endpoint)
     target = parse_storage_url(url, Path("."), environ=env)
-    # Short timeouts: a test that stops the server should see the outage in seconds, not the SDK's defaults.
-    objects = open_store(target, environ=env, connect_timeout_s=2.0, request_timeout_s=5.0)
+    timeouts = {"connect_timeout_s": 2.0, "request_timeout_s": 5.0} if quick else {}
+    objects = open_store(target, environ=env, **timeouts)
     return Storage("s3", objects, url, {**env, "STEPLINE_STORAGE_URL": url}, srv)
 
 
@@ -168,17 +174,35 @@ def s3_bucket(s3_server: MotoServer) -> Iterator[str]:
     drop_bucket(s3_server, name)
 
 
-@pytest.fixture(params=["local", "s3"])
+#: The marker that runs a test on both storage backends (``local`` and ``s3``) through the ``storage`` fixture, even
+#: when the test does not name ``storage`` itself (the ``fleet`` and ``worker`` fixtures and the gateway's settings
+#: depend on it). A test that names ``storage`` among its arguments runs on both without it.
+BOTH_BACKENDS = "both_backends"
+BACKENDS = ("local", "s3")
+
+
+def parametrize_storage(metafunc: pytest.Metafunc) -> None:
+    """``pytest_generate_tests``: the ``storage`` parameter for tests marked :data:`BOTH_BACKENDS` or asking for
+    ``storage`` by name; every other test that reaches ``storage`` through a fixture gets the data directory."""
+    if "storage" not in metafunc.fixturenames:
+        return
+    named = "storage" in inspect.signature(metafunc.function).parameters
+    if named or metafunc.definition.get_closest_marker(BOTH_BACKENDS) is not None:
+        metafunc.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def storage(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
-    """History storage on both backends: the data directory, and a bucket of its own on the moto server. For the
-    bucket, ``STEPLINE_STORAGE_URL`` and the AWS variables are set for the test, so every part it starts (worker
-    processes, in-process workers, gateways, ``Api``) uses the bucket without being told."""
-    if request.param == "local":
+    """History storage: the data directory, or (parameter ``s3``, :func:`parametrize_storage`) a bucket of its own
+    on the session's moto server. For the bucket, ``STEPLINE_STORAGE_URL`` and the AWS variables are set for the
+    test, so every part it starts (worker processes, in-process workers, gateways, ``Api``) uses the bucket without
+    being told."""
+    if getattr(request, "param", "local") == "local":
         monkeypatch.delenv("STEPLINE_STORAGE_URL", raising=False)
         return Storage("local", open_store(parse_storage_url(None, data_dir)), None, {})
     srv: MotoServer = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
-    st = s3_storage(srv, bucket)
+    st = s3_storage(srv, bucket, quick=False)
     for k, v in st.env.items():
         monkeypatch.setenv(k, v)
     return st

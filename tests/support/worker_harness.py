@@ -25,7 +25,7 @@ import redis
 from sqlalchemy import select
 
 from schemas import FRAME_FIELD, Finish, Log, Names, Start, encode_event, encode_frame_raw
-from schemas.objects import ObjectStore
+from schemas.objects import ObjectStore, local_store
 from schemas.store import rejections as rejections_table
 from support.blocks import block_of, must_go_fast
 from support.history_oracle import Oracle, OracleRow, read_history, rows_same
@@ -95,6 +95,13 @@ class WorkerFleet:
     db_url: str | None = None
     extra_args: list[str] = field(default_factory=list)
     procs: list[WorkerProc] = field(default_factory=list)
+    #: Where the workers keep history (what :func:`check_history` reads); None: the data directory. The processes
+    #: find a bucket through ``STEPLINE_STORAGE_URL`` in their environment (set by the ``storage`` fixture).
+    objects: ObjectStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.objects is None:
+            self.objects = local_store(self.data_dir)
 
     def start(self, wid: str | None = None, env: dict[str, str] | None = None) -> WorkerProc:
         wid = wid or f"w{len(self.procs)}"
