@@ -117,6 +117,8 @@ class ObjectStore:
         #: How many objects a reader should fetch at once: a bucket answers each request after a round trip, so
         #: reading several segments concurrently pays off; a local memory map does not need it.
         self.read_concurrency = 1 if local else 8
+        #: How many objects a writer should store at once (a commit's segments, its blobs), for the same reason.
+        self.write_concurrency = 1 if local else 8
 
     def __repr__(self) -> str:
         return f"<ObjectStore {self.url}>"

@@ -29,9 +29,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import ResponseError
 
@@ -63,6 +64,8 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 #: Redis; 2**32 events of one producer is far more than any retention window holds.
 SEQ_WINDOW = 1 << 32
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class StaleObjects(OSError):
@@ -484,19 +487,23 @@ class PartitionProcessor:
         return True
 
     def _write_segments(self, work: list[tuple[RunKey, RunAligner, list[Row | RowBatch]]]) -> list[SegmentRef]:
+        """One segment object per run with new rows, each complete before this returns. On a bucket the runs'
+        objects are encoded and PUT concurrently (``ObjectStore.write_concurrency`` at a time): each PUT waits a
+        round trip, and a commit of a partition holding many runs would otherwise wait for them one by one."""
         objects = self.objects
         assert objects is not None
-        out = []
-        for (project, run), r, rows in work:
-            if not rows:
-                continue
+        todo = [(key, r, rows) for key, r, rows in work if rows]
+
+        def one(item: tuple[RunKey, RunAligner, list[Row | RowBatch]]) -> SegmentRef:
+            (project, run), r, rows = item
             poison_point("segments", run)
             table = rows_to_table(rows, r.displays)
             rel, size = write_table(objects, project, run, table, level=0)
             steps = table.column("_step")
-            out.append(SegmentRef(project, run, 0, int(steps[0].as_py()), int(steps[-1].as_py()), table.num_rows,
-                                  size, rel))
-        return out
+            return SegmentRef(project, run, 0, int(steps[0].as_py()), int(steps[-1].as_py()), table.num_rows,
+                              size, rel)
+
+        return _concurrently(objects.write_concurrency, one, todo)
 
     async def _copy_blobs(self, rows: list[Row | RowBatch], infos: list[dict[str, Any]]) -> None:
         """Copy media blobs referenced by new rows, and by the summaries and configs of the runs in the commit
@@ -515,17 +522,35 @@ class PartitionProcessor:
                     shas.update(blob_shas(v))
         objects = self.objects
         assert objects is not None
-        todo = [s for s in sorted(shas) if not await asyncio.to_thread(objects.exists, blob_path(s))]
-        for sha in todo:
-            data = cast("bytes | None", await self.redis.get(self.names.blob(self.p, sha)))
-            if data is None:
-                log.warning("partition %d: blob %s is referenced but not in Redis (expired or never sent)",
-                            self.p, sha)
-                continue
-            if hashlib.sha256(data).hexdigest() != sha:
-                log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
-                continue
-            await asyncio.to_thread(objects.put, blob_path(sha), data)
+        if not shas:
+            return
+        n = objects.write_concurrency  # on a bucket: the HEADs, and then the PUTs, of several blobs at once
+        stored = await asyncio.to_thread(_concurrently, n, lambda s: objects.exists(blob_path(s)), sorted(shas))
+        todo = [s for s, there in zip(sorted(shas), stored, strict=True) if not there]
+        for i in range(0, len(todo), n):  # n blobs in memory at a time
+            chunk = todo[i:i + n]
+            pipe = self.redis.pipeline(transaction=False)
+            for sha in chunk:
+                pipe.get(self.names.blob(self.p, sha))
+            puts: list[tuple[str, bytes]] = []
+            for sha, data in zip(chunk, cast("list[bytes | None]", await pipe.execute()), strict=True):
+                if data is None:
+                    log.warning("partition %d: blob %s is referenced but not in Redis (expired or never sent)",
+                                self.p, sha)
+                elif hashlib.sha256(data).hexdigest() != sha:
+                    log.warning("partition %d: blob %s does not match its hash; not stored", self.p, sha)
+                else:
+                    puts.append((blob_path(sha), data))
+            await asyncio.to_thread(_concurrently, n, lambda item: objects.put(*item), puts)
+
+
+def _concurrently(n: int, fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``fn`` over ``items``, at most ``n`` at a time in threads (storage requests, which wait on the network with
+    the GIL released); results in order, the first error raised once every call has ended."""
+    if min(n, len(items)) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(n, len(items)), thread_name_prefix="stepline-objects") as pool:
+        return list(pool.map(fn, items))
 
 
 def _has_wide_int(ev: Log | LogBlock) -> bool:
