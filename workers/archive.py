@@ -41,8 +41,9 @@ from .partition import Entry, StaleObjects, id_tuple
 
 log = logging.getLogger("stepline.worker")
 
-#: Raw bytes of entries per archive object, at most (one more entry may pass it): bounds the worker's memory.
-OBJECT_BYTES = 32 << 20
+#: Raw bytes of entries per archive object, at most (one more entry may pass it): bounds the worker's memory (the
+#: entries, their msgpack and its zstd frame are held at once while an object is written).
+OBJECT_BYTES = 16 << 20
 #: Entries fetched per XRANGE while archiving.
 PAGE = 500
 #: Rounds of the byte-retention estimate per trim (each measures the stream again).

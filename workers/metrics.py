@@ -61,6 +61,9 @@ class _Families(Collector):
             ("stepline_worker_commits_total", "Fenced metadata commits that succeeded.", w.commits),
             ("stepline_worker_fenced_total", "Commits refused because another worker took the partition.", w.fenced),
             ("stepline_worker_stream_gaps_total", "Entries trimmed before this worker read them.", w.stream_gaps),
+            ("stepline_worker_archive_objects_total", "Stream archive objects written and recorded.",
+             w.archive_objects),
+            ("stepline_worker_archived_entries_total", "Stream entries archived before trimming.", w.archived_entries),
             ("stepline_worker_dead_letters_total", "Dead letters written (malformed input, rejections).",
              m.dead_letters),
         ):

@@ -159,6 +159,15 @@ class Worker:
         return self._store
 
     @property
+    def archive_objects(self) -> int:
+        """Stream archive objects this worker wrote and recorded."""
+        return 0 if self._keeper is None else self._keeper.objects_written
+
+    @property
+    def archived_entries(self) -> int:
+        return 0 if self._keeper is None else self._keeper.entries_archived
+
+    @property
     def keeper(self) -> StreamKeeper:
         if self._keeper is None:
             s = self.settings

@@ -126,6 +126,7 @@ async def test_replay_from_archive_after_trimming_to_nothing(redis_url: str, nam
         await task
     try:
         check_history(storage.objects, store, scripts)  # the live history is the oracle's
+        assert worker.archived_entries == sum(len(sc.frames) for sc in scripts) and worker.archive_objects >= 2
         archived = check_archive(r, names, store, storage)
         assert sum(len(sc.frames) for sc in scripts) == archived
 
