@@ -21,8 +21,8 @@ same processing gives the same history. Version ``1`` is the only one; a reader 
 
 Why zstd, through pyarrow (already a dependency of the workers): on the SDK's frames it compresses as well as
 gzip (``bench/archive.py``: 0.81 of the raw size, gzip 0.82) 25 to 35 times faster (417-840 against 16-23 MB/s at
-level 1, two runs on a loaded machine), so archiving stays a small share of a worker's time. pyarrow's codec needs the decompressed size, hence the
-envelope.
+level 1, two runs on a loaded machine), so archiving stays a small share of a worker's time. pyarrow's codec needs
+the decompressed size, hence the envelope.
 
 **Metadata**: ``sl_archive`` (:data:`archive`) names the objects a replay reads, one row per object, inserted in
 the partition owner's fenced transaction after the object is complete (``workers.archive``). Objects under
@@ -31,7 +31,6 @@ the partition owner's fenced transaction after the object is complete (``workers
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
 from typing import Final
@@ -82,15 +81,6 @@ def archive_dir(p: int) -> str:
 def archive_name(p: int, first_id: str, last_id: str) -> str:
     """A fresh object name for the entries ``first_id``..``last_id`` of partition ``p``."""
     return f"{archive_dir(p)}/{first_id.replace('-', '.')}_{last_id.replace('-', '.')}_{uuid.uuid4().hex[:8]}.msgpack"
-
-
-_NAME = re.compile(r"(\d+)\.(\d+)_(\d+)\.(\d+)_[0-9a-f]{8}\.msgpack$")
-
-
-def name_range(rel: str) -> tuple[str, str] | None:
-    """The (first, last) entry ids an object name says it holds, or None for a name not of this format."""
-    m = _NAME.search(rel)
-    return None if m is None else (f"{m[1]}-{m[2]}", f"{m[3]}-{m[4]}")
 
 
 def encode_archive(p: int, entries: Iterable[ArchiveEntry]) -> bytes:

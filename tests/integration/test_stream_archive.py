@@ -281,3 +281,43 @@ async def _first_id(r: AsyncRedis, stream: str) -> str:
 
 def _objects(data_dir: Path) -> ObjectStore:
     return local_store(data_dir)
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_archive_rows_are_fenced_and_never_overlap(db: str, data_dir: Path) -> None:
+    """``record_archive`` writes only for the partition's current epoch and only a range after the last one, on
+    both metadata databases; the format refuses what is not its version."""
+    from contextlib import ExitStack
+
+    from support.pg import fresh_database
+
+    from schemas import FencedError
+    from schemas.archive import ArchiveFormatError, encode_archive
+    from workers.archive import ArchiveRef, record_archive
+
+    with ExitStack() as stack:
+        url = stack.enter_context(fresh_database()) if db == "postgresql" else sqlite_url(data_dir)
+        store = MetaStore(url)
+        stack.callback(store.close)
+        epoch, _ = store.take_partition(3, "a")
+        record_archive(store.engine, epoch, ArchiveRef(3, "1-0", "5-2", 7, 100, "archive/p03/a"))
+        with pytest.raises(FencedError, match="overlaps"):
+            record_archive(store.engine, epoch, ArchiveRef(3, "5-2", "9-0", 3, 100, "archive/p03/b"))
+        newer, _ = store.take_partition(3, "b")  # another owner: the old epoch writes nothing
+        with pytest.raises(FencedError, match="no longer current"):
+            record_archive(store.engine, epoch, ArchiveRef(3, "6-0", "9-0", 3, 100, "archive/p03/c"))
+        record_archive(store.engine, newer, ArchiveRef(3, "5-3", "9-0", 3, 100, "archive/p03/d"))
+        assert [(r["first_id"], r["last_id"], r["file"]) for r in archives_of(store.engine, 3)] == [
+            ("1-0", "5-2", "archive/p03/a"), ("5-3", "9-0", "archive/p03/d")]
+        assert archived_offset(store.engine, 3) == "9-0" and archived_offset(store.engine, 0) == "0-0"
+
+    entries = [("1-0", [(b"f", b"\x00frame")]), ("1-1", [(b"f", b"x"), (b"g", b"y")])]
+    assert decode_archive(encode_archive(3, entries), 3) == entries
+    with pytest.raises(ArchiveFormatError, match="partition 3"):
+        decode_archive(encode_archive(3, entries), 4)
+    import msgpack
+
+    with pytest.raises(ArchiveFormatError, match="version 2"):
+        decode_archive(msgpack.packb(["stepline-archive", 2, 3, "zstd", 0, b""]))
+    with pytest.raises(ArchiveFormatError):
+        decode_archive(b"\x00garbage")
