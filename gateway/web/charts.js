@@ -196,16 +196,24 @@ export class LineChart {
         setCursor: [(u) => this.hover(u)],
       },
     };
-    this.u = new uPlot(opts, [[], [], [], [], []], el);
+    // uPlot is built by the first set(), with its data: built empty and then given data, it lays out and draws
+    // twice (about half of a chart's first-screen cost).
+    this.opts = opts;
+    this.onReset = onReset;
+    this.u = null;
+  }
+
+  build(data) {
+    this.u = new uPlot(this.opts, data, this.el);
     this.tip = tooltip(this.u);
     this.u.over.addEventListener("mouseleave", () => this.tip.hide());
-    this.u.over.addEventListener("dblclick", () => onReset && onReset());
+    this.u.over.addEventListener("dblclick", () => this.onReset && this.onReset());
   }
 
   hover(u) {
     const i = u.cursor.idx;
-    if (i === null || i === undefined || !this.s || u.cursor.left < 0) {
-      this.tip.hide();
+    if (i === null || i === undefined || !this.s || !this.tip || u.cursor.left < 0) {
+      this.tip?.hide();
       return;
     }
     const s = this.s;
@@ -233,15 +241,20 @@ export class LineChart {
     }
     // setData(…, false) alone draws nothing until the next redraw: set the scale in the same batch so the chart
     // shows the new points over the range they were fetched for.
+    if (!this.u && zoom === null) {
+      this.build(this.data);
+      return;
+    }
+    if (!this.u) this.build(this.data.map(() => []));
     this.u.batch(() => {
       this.u.setData(this.data, zoom === null);
       if (zoom !== null) this.u.setScale("x", { min: zoom[0], max: zoom[1] });
     });
   }
 
-  resize(height) { this.u.setSize({ width: width(this.el), height: height || this.u.height }); }
+  resize(height) { this.u?.setSize({ width: width(this.el), height: height || this.u.height }); }
 
-  destroy() { this.u.destroy(); }
+  destroy() { this.u?.destroy(); }
 }
 
 /** Several named lines on one chart with a legend; `lines` = [{label, x: [...], y: [...], step?: [...]}]. */

@@ -77,7 +77,37 @@ async def test_sampled_batch_f8_encoding(gw_settings: GatewaySettings, keys: Any
     as_json = (await (await c.get(base, headers=read)).json())["sampled"]
     as_f8 = (await (await c.get(base + "&encoding=f8", headers=read)).json())["sampled"]
     for k in ("a", "_big"):
-        assert {n: unpack(v) for n, v in as_f8[k].items()} == as_json[k], k
-    assert isinstance(as_f8["a"]["y"], dict) and isinstance(as_f8["a"]["step"], dict)
+        got = {n: unpack(v) for n, v in as_f8[k].items()}
+        assert got.pop("step") == {"same_as": "x"}  # x is _step here: the page copies x
+        assert got == {n: v for n, v in as_json[k].items() if n != "step"} and as_json[k]["step"] == got["x"], k
+    assert isinstance(as_f8["a"]["y"], dict)
     r = await c.get(base + "&encoding=text", headers=read)
     assert r.status == 400
+
+
+async def test_sampled_batch_cache_never_serves_an_older_run(gw_settings: GatewaySettings,
+                                                            make_client: Callable[..., Awaitable[Any]],
+                                                            worker: Callable[[], Any]) -> None:
+    """Replies are cached per run state: the same read of an unchanged run answers the same bytes; after a commit
+    the new rows are in the reply at once (a live run is never answered from the cache of its earlier commit)."""
+    s = gw_settings
+    worker()
+    run = start_run(s, "pc", "live")
+    for st in range(100):
+        run.log({"a": float(st)}, step=st)
+    run.log({}, commit=True)
+    c = await make_client(s)
+    await wait_run(c, "pc/runs/live", lambda i: i["rows"] == 100)
+    url = "/api/v1/projects/pc/runs/live/sampled_batch?key=a&buckets=10&encoding=f8"
+    first = await (await c.get(url)).text()
+    assert await (await c.get(url)).text() == first
+    for st in range(100, 150):
+        run.log({"a": float(st)}, step=st)
+    run.log({}, commit=True)
+    await wait_run(c, "pc/runs/live", lambda i: i["rows"] == 150)
+    got = (await (await c.get(url)).json())["sampled"]["a"]
+    assert got["count"] == 150 and unpack(got["x"])[-1] == 149
+    run.finish()
+    await wait_run(c, "pc/runs/live", lambda i: i["state"] == "finished")
+    got = (await (await c.get(url)).json())["sampled"]["a"]
+    assert got["count"] == 150
