@@ -302,7 +302,10 @@ class View {
       if (this.alive) this.fail(e);
       return; // no retry loop on errors: the message stays, the user retries (or enters a key)
     }
-    if (this.alive && this.pollMs) this.timer = setTimeout(() => this.tick(), this.pollMs);
+    if (this.alive && this.pollMs) { // one timer however many ticks ran at once (a query changed meanwhile)
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.tick(), this.pollMs);
+    }
   }
 
   /** Say what went wrong, once: auth errors in the page-wide box only, others in the view with a Retry button. */
