@@ -4,7 +4,8 @@
 summary, counters, warnings, conflicts, rejection counts and the latest rejections) · ``.../runs/{run}/history``
 (``keys=a,b&samples=500|all&x_axis=&min_step=&max_step=``) · ``.../runs/{run}/scan`` (``keys&page_size&min_step&
 max_step``, streamed; both take ``split_kinds=1`` for one column per kind of a key, ``key`` and ``key:<kind>``,
-instead of W&B's one column per key) · ``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
+instead of W&B's one column per key; ``key=<one key>``, repeated, asks for keys holding commas) ·
+``.../runs/{run}/sampled`` (``key&x_axis&buckets&x_min&x_max``) ·
 ``.../runs/{run}/sections`` · ``GET /api/v1/projects`` (the projects the caller may read: every project in open
 mode, the key's own project otherwise, with run counts) · ``GET /api/v1/blobs/{sha256}?project=&run=`` (a stored
 media blob that run references, 404 otherwise: images with their type, HTML as ``text/html`` under a ``sandbox``
@@ -168,9 +169,11 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 def _keys(request: web.Request) -> list[str] | None:
-    raw = request.query.getall("keys", [])
-    keys = [k for part in raw for k in part.split(",") if k]
-    return keys or None
+    """The keys asked for: each ``key=`` parameter is one key as it is (commas, spaces, any text), each ``keys=``
+    a comma-separated list (the first form, kept for keys without commas); both may be given, in that order."""
+    one = [k for k in request.query.getall("key", []) if k]
+    listed = [k for part in request.query.getall("keys", []) for k in part.split(",") if k]
+    return [*one, *listed] or None
 
 
 def _encode(obj: Any, fmt: str, table: Callable[[], tuple[list[str], list[list[Any]]]] | None = None) -> web.Response:

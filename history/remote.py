@@ -117,7 +117,7 @@ class RemoteApi(Api):
     def _request(self, path: str, params: Mapping[str, Any] | None = None, stream: bool = False,
                  ) -> urllib3.BaseHTTPResponse:
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        target = self.url + path + ("?" + urlencode(query) if query else "")
+        target = self.url + path + ("?" + urlencode(query, doseq=True) if query else "")
         try:
             resp = self._http.request("GET", target, preload_content=not stream)
         except urllib3.exceptions.MaxRetryError as e:
@@ -303,11 +303,9 @@ class RemoteRunView(RunView):
     ) -> Any:
         if samples is not None and samples < 1:
             raise QueryError(f"samples must be >= 1 or None, got {samples}")
-        params = {"keys": None if keys is None else ",".join(keys), "samples": "all" if samples is None else samples,
+        params = {"key": _key_list(keys), "samples": "all" if samples is None else samples,
                   "x_axis": x_axis, "min_step": min_step, "max_step": max_step,
                   "split_kinds": 1 if split_kinds else None}
-        if keys is not None and any("," in k for k in keys):
-            raise QueryError("a key with a comma cannot be asked for over HTTP (the keys parameter is a,b,c)")
         data = self._remote._columns(self._base + "/history", params)
         if pandas:
             try:
@@ -323,14 +321,12 @@ class RemoteRunView(RunView):
     ) -> Iterator[dict[str, Any]]:
         if page_size < 1:
             raise QueryError(f"page_size must be >= 1, got {page_size}")
-        if keys is not None and any("," in k for k in keys):
-            raise QueryError("a key with a comma cannot be asked for over HTTP (the keys parameter is a,b,c)")
         return self._stream(keys, page_size, min_step, max_step, split_kinds)
 
     def _stream(self, keys: Sequence[str] | None, page_size: int, lo: int | None, hi: int | None,
               split_kinds: bool) -> Iterator[dict[str, Any]]:
         # The gateway pages at most 10,000 rows per request page; the stream carries every row either way.
-        params = {"keys": None if keys is None else ",".join(keys), "page_size": min(page_size, 10_000),
+        params = {"key": _key_list(keys), "page_size": min(page_size, 10_000),
                   "min_step": lo, "max_step": hi, "split_kinds": 1 if split_kinds else None}
         resp = self._remote._request(self._base + "/scan", params, stream=True)
         try:
@@ -357,6 +353,12 @@ class RemoteRunView(RunView):
                        bucket_min=_array(body["bucket_min"]).astype(np.float64, copy=False),
                        bucket_max=_array(body["bucket_max"]).astype(np.float64, copy=False),
                        count=int(body["count"]), sampled=bool(body["sampled"]))
+
+
+def _key_list(keys: Sequence[str] | None) -> list[str] | None:
+    """Keys as repeated ``key=`` parameters, one key each whatever it holds (commas, spaces, any text); the
+    gateway's comma-separated ``keys=`` cannot carry a key with a comma."""
+    return None if keys is None else list(keys)
 
 
 def _num(v: float | None) -> str | None:

@@ -30,6 +30,7 @@ from schemas import Media, packb
 pytestmark = pytest.mark.integration
 
 STEPS = 300
+ODD_KEY = "a,b c/é"
 
 
 class Gateway:
@@ -80,6 +81,8 @@ def log_runs() -> None:
             data["hist"] = wandb.Histogram(np.linspace(0, 1, 20) * i)
             data["vec"] = np.arange(4, dtype=np.float32) * i
             data["val/loss"], data["epoch"] = 0.5 / (i + 1), i // 50
+        if i % 10 == 0:
+            data[ODD_KEY] = i / 2  # a comma, a space and unicode: asked for as one key over HTTP too
         if i == 7:
             data["odd"] = math.nan
         if i == 8:
@@ -154,6 +157,8 @@ def test_history(api: Api) -> None:
     assert math.isnan(h["odd"][7]) and math.copysign(1, h["odd"][8]) == -1 and h["odd"][9] == math.inf
     some = r.history(keys=["val/loss"], x_axis="epoch", samples=3, pandas=False)
     assert list(some) == ["_step", "epoch", "val/loss"] and some["_step"].tolist() == [0, 100, 250]
+    odd = r.history(keys=[ODD_KEY, "count"], samples=None, pandas=False)
+    assert list(odd) == ["_step", ODD_KEY, "count"] and odd[ODD_KEY].tolist() == [i / 2 for i in range(0, STEPS, 10)]
     split = r.history(keys=["mixed"], samples=None, pandas=False, split_kinds=True)
     assert set(split) == {"_step", "mixed", "mixed:string", "mixed:bool"}
     df = r.history(keys=["train/loss"], samples=10, min_step=100, max_step=200)
@@ -174,6 +179,8 @@ def test_scan_history_and_sampled(api: Api) -> None:
     part = list(r.scan_history(keys=["val/loss", "epoch"], min_step=60, max_step=260))
     assert [(x["_step"], x["epoch"]) for x in part] == [(100, 2), (150, 3), (200, 4), (250, 5)]
     assert set(part[0]) == {"_step", "_timestamp", "_runtime", "val/loss", "epoch"}
+    odd = list(r.scan_history(keys=[ODD_KEY], page_size=4))
+    assert [(x["_step"], x[ODD_KEY]) for x in odd] == [(i, i / 2) for i in range(0, STEPS, 10)]
     s = r.sampled("train/loss", buckets=10)
     assert s["sampled"] and s["count"] == STEPS and s["step"][0] == 0 and s["step"][-1] == STEPS - 1
     assert s["y"].dtype == np.float64 and len(s["bucket_min"]) == 10
@@ -253,14 +260,33 @@ def test_both_backends_give_the_same_values(served: tuple[Stack, Gateway]) -> No
                        {"min_step": 3, "max_step": 77, "samples": None}):
                 same(outcome(lambda v=lr, a=kw: v.history(pandas=False, **a)),  # type: ignore[misc]
                      outcome(lambda v=rr, a=kw: v.history(pandas=False, **a)), f"{path}.history{kw}")  # type: ignore[misc]
-            for kw2 in ({}, {"keys": ["odd"]}, {"min_step": 40, "max_step": 120, "page_size": 9},
-                        {"split_kinds": True}):
+            for kw2 in ({}, {"keys": ["odd"]}, {"keys": [ODD_KEY, "count"]},
+                        {"min_step": 40, "max_step": 120, "page_size": 9}, {"split_kinds": True}):
                 same(list(lr.scan_history(**kw2)), list(rr.scan_history(**kw2)), f"{path}.scan{kw2}")
             for key, kw3 in (("train/loss", {"buckets": 13}), ("count", {"x_min": 5.5, "x_max": 99.0}),
                              ("val/loss", {"x_axis": "epoch"}), ("nothing", {})):
                 same(outcome(lambda v=lr, k=key, a=kw3: dict(v.sampled(k, **a))),  # type: ignore[misc]
                      outcome(lambda v=rr, k=key, a=kw3: dict(v.sampled(k, **a))), f"{path}.sampled({key})")  # type: ignore[misc]
         same([r.path for r in local.runs("pp")], [r.path for r in remote.runs("pp")])
+
+
+def test_keys_parameter_forms(served: tuple[Stack, Gateway]) -> None:
+    """``key=`` (repeated) carries one key each, whatever it holds; ``keys=a,b`` (the first form) still works, and
+    both may be given together."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    _, gw = served
+
+    def columns(query: str) -> list[str]:
+        with urllib.request.urlopen(f"{gw.url}/api/v1/projects/pp/runs/r1/history?samples=all&{query}") as resp:
+            return list(json.loads(resp.read())[0])
+
+    assert columns("keys=count,epoch") == ["_step", "count", "epoch"]
+    odd = urllib.parse.urlencode({"key": ODD_KEY})
+    assert columns(f"{odd}&keys=count") == ["_step", ODD_KEY, "count"]
+    assert columns(f"{odd}&key=count") == ["_step", ODD_KEY, "count"]
 
 
 # --- the HTTP client's own guarantees ---------------------------------------------------------------------------
