@@ -96,10 +96,10 @@ def record_archive(engine: Engine, epoch: int, ref: ArchiveRef) -> None:
             file=ref.file, created_at=time.time()))
 
 
-def archives_of(engine: Engine, p: int) -> list[dict[str, Any]]:
-    """Partition ``p``'s archive objects, in stream order."""
+def archives_of(engine: Engine, p: int, after: int = 0) -> list[dict[str, Any]]:
+    """Partition ``p``'s archive objects (those whose row id is above ``after``), in stream order."""
     with engine.connect() as conn:
-        q = select(archive).where(archive.c.p == p).order_by(archive.c.id)
+        q = select(archive).where(archive.c.p == p, archive.c.id > after).order_by(archive.c.id)
         return [dict(r._mapping) for r in conn.execute(q)]
 
 
@@ -268,9 +268,11 @@ def _text(v: Any) -> str:
 # --- replay ------------------------------------------------------------------------------------------------------
 
 
-async def read_archive(engine: Engine, objects: ObjectStore, p: int) -> AsyncIterator[list[Entry]]:
-    """Partition ``p``'s archived entries, object by object in stream order, as stream entries."""
-    for row in await asyncio.to_thread(archives_of, engine, p):
+async def read_archive(engine: Engine, objects: ObjectStore, p: int, after: int = 0,
+                       ) -> AsyncIterator[tuple[int, list[Entry]]]:
+    """Partition ``p``'s archived entries, object by object in stream order (objects whose row id is above
+    ``after``), as (row id, stream entries)."""
+    for row in await asyncio.to_thread(archives_of, engine, p, after):
         data = await asyncio.to_thread(objects.get, str(row["file"]))
         entries = await asyncio.to_thread(decode_archive, data, p)
-        yield [(eid.encode(), dict(fields)) for eid, fields in entries]
+        yield int(row["id"]), [(eid.encode(), dict(fields)) for eid, fields in entries]

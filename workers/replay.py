@@ -1,13 +1,14 @@
 """Rebuild history from the stream archive and the streams into a fresh data directory.
 
 Replay runs the same :class:`PartitionProcessor` as a live worker over every entry of each partition: first the
-entries of its stream archive (``archive``: the live deployment's ``sl_archive`` rows and objects, in stream
+entries of its stream archive (``archive_from``: the live deployment's ``sl_archive`` rows and objects, in stream
 order; :mod:`workers.archive`), then the entries still in the stream after the archive's last one, up to the end
-seen when replay began. Dead-lettering is switched off so the live dead-letter streams are not touched. Because
-processing is deterministic and the archive holds the entries byte for byte, the replay gives history identical to
-the live one: same rows, same values, same rejections, even when Redis kept only minutes of stream. Entries the
-live workers dead-lettered as ``poison`` (:mod:`workers.attempts`: they crashed a worker or failed its commits
-every time) are skipped as they were live.
+seen when replay began; archive objects recorded while replay runs (live workers archive and trim meanwhile) are
+read before the stream entries after them. Dead-lettering is switched off so the live dead-letter streams are not
+touched. Because processing is deterministic and the archive holds the entries byte for byte, the replay gives
+history identical to the live one: same rows, same values, same rejections, even when Redis kept only minutes of
+stream. Entries the live workers dead-lettered as ``poison`` (:mod:`workers.attempts`: they crashed a worker or
+failed its commits every time) are skipped as they were live.
 
 Entries trimmed from a stream that the archive does not hold (archiving off, or switched on later) cannot be
 replayed: each such partition is reported (``ReplayReport.gaps``), never skipped silently.
@@ -89,31 +90,44 @@ async def replay(
                 redis=redis, limits=settings.limits, dead_letters=False, run_filter=run_filter, objects=objects,
                 skip=await _poisoned(redis, names.dlq(p)),
             )
-            archived_last = (0, 0)
-            if source is not None and rows:
-                async for entries in read_archive(source[0], source[1], p):
-                    for i in range(0, len(entries), chunk):
-                        await proc.process(entries[i:i + chunk])
-                        await proc.commit()
-                    report.entries += len(entries)
-                    report.archived += len(entries)
-                    archived_last = id_tuple(entries[-1][0].decode()) if entries else archived_last
             gap = _gap(p, info, sum(int(r["entries"]) for r in rows))
             if gap is not None:
                 report.gaps.append(gap)
+            end = (0, 0)
             if info:
                 last = info["last-generated-id"]
                 end = id_tuple(last.decode() if isinstance(last, bytes) else str(last))
-                start = "-" if archived_last == (0, 0) else f"({archived_last[0]}-{archived_last[1]}"
-                while True:
-                    entries = cast("list[Entry]", await redis.xrange(stream, min=start, max="+", count=chunk))
-                    entries = [e for e in entries if id_tuple(e[0].decode()) <= end]
-                    if not entries:
-                        break
-                    await proc.process(entries)
-                    await proc.commit()
-                    report.entries += len(entries)
-                    start = "(" + entries[-1][0].decode()
+            pos, row_id = (0, 0), 0
+            while True:
+                # The stream after what was replayed; then, if live workers archived more meanwhile, those objects
+                # first (they may have trimmed entries after ``pos`` from the stream once archived: a trim never
+                # passes a recorded archive row, so every entry missing before the read is in a row visible now).
+                start = "-" if pos == (0, 0) else f"({pos[0]}-{pos[1]}"
+                entries = cast("list[Entry]", await redis.xrange(stream, min=start, max="+", count=chunk)) \
+                    if info else []
+                entries = [e for e in entries if id_tuple(e[0].decode()) <= end]
+                newer = False
+                if source is not None:
+                    seen = row_id
+                    async for rid, got in read_archive(source[0], source[1], p, seen):
+                        row_id = rid
+                        got = [e for e in got if id_tuple(e[0].decode()) > pos]
+                        for i in range(0, len(got), chunk):
+                            await proc.process(got[i:i + chunk])
+                            await proc.commit()
+                        report.entries += len(got)
+                        report.archived += len(got)
+                        if got:
+                            pos = id_tuple(got[-1][0].decode())
+                        newer = True
+                if newer:
+                    continue  # read the stream again from after the archive
+                if not entries:
+                    break
+                await proc.process(entries)
+                await proc.commit()
+                report.entries += len(entries)
+                pos = id_tuple(entries[-1][0].decode())
             report.partitions += 1
             report.runs += len(proc.runs)
             await asyncio.to_thread(store.release_partition, p, epoch)
