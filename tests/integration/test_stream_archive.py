@@ -33,7 +33,7 @@ from support.worker_harness import (
 from schemas import Names
 from schemas.archive import decode_archive
 from schemas.objects import ObjectStore, local_store
-from workers.archive import StreamKeeper, archived_offset, archives_of, collect_archive_orphans
+from workers.archive import StreamKeeper, archived_offset, archives_of, collect_archive_orphans, read_archive
 from workers.metastore import MetaStore, sqlite_url
 from workers.partition import id_tuple
 from workers.replay import ArchiveSource, replay
@@ -321,3 +321,51 @@ def test_archive_rows_are_fenced_and_never_overlap(db: str, data_dir: Path) -> N
         decode_archive(msgpack.packb(["stepline-archive", 2, 3, "zstd", 0, b""]))
     with pytest.raises(ArchiveFormatError):
         decode_archive(b"\x00garbage")
+
+
+async def test_replay_reads_archive_rows_recorded_while_it_runs(redis_url: str, namespace: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live owner archives and trims past the replay's position while the replay reads the stream (placed
+    exactly by a hook on the replay's archive listing): the replay takes those entries from the archive, and its
+    history still equals the oracle."""
+    import workers.replay as replay_module
+    from schemas.clients import async_redis
+    from schemas.objects import parse_storage_url
+
+    names = Names(namespace, 1)
+    live = tmp_path / "live"
+    live.mkdir()
+    scripts = scripts_for(names, 5, runs=2, steps=300)
+    r = redis.Redis.from_url(redis_url)
+    xadd_frames(r, names, interleave(scripts, random.Random(5)))
+    ids = [e[0].decode() for e in cast("list[tuple[bytes, Any]]", r.xrange(names.stream(0)))]
+    r.close()
+    store = MetaStore(sqlite_url(live))
+    owner = async_redis(redis_url)
+    try:
+        epoch, _ = store.take_partition(0, "live")
+        keeper = StreamKeeper(owner, names, store.engine, local_store(live), retention_s=0.0)
+        await keeper.keep(0, epoch, ids[len(ids) // 3])  # archived and trimmed up to a third
+        real = read_archive
+        calls = 0
+
+        async def racing(engine: Any, objects: ObjectStore, p: int, after: int = 0) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # the replay is reading the stream: the owner archives and trims up to two thirds
+                await keeper.keep(0, epoch, ids[2 * len(ids) // 3])
+            async for got in real(engine, objects, p, after):
+                yield got
+
+        monkeypatch.setattr(replay_module, "read_archive", racing)
+        fresh = tmp_path / "fresh"
+        report = await replay(
+            WorkerSettings(redis_url=redis_url, namespace=namespace, partitions=1, data_dir=fresh),
+            archive_from=ArchiveSource(sqlite_url(live), parse_storage_url(None, live)), chunk=7)
+        assert calls > 3 and keeper.objects_written == 2
+        assert report.gaps == [] and report.entries == len(ids)
+        with _open(fresh) as replayed:
+            check_history(local_store(fresh), replayed, scripts)
+    finally:
+        store.close()
+        await owner.aclose()
