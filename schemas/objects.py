@@ -191,6 +191,13 @@ class ObjectStore:
 
         return pq.ParquetFile(self.open(rel), metadata=metadata, pre_buffer=not self.local)
 
+    def holds_any(self, prefix: str) -> bool:
+        """Whether anything is under ``prefix``: one listing of its first level (bounded whatever it holds)."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(self.path(prefix.strip("/")), recursive=False, allow_not_found=True)
+        return bool(self.fs.get_file_info(sel))
+
     def list(self, prefix: str) -> list[tuple[str, int, float]]:
         """Objects under ``prefix`` (a relative directory): ``(relative name, size, modification time as epoch
         seconds)``; empty when the prefix holds nothing."""

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, inspect
 
 from schemas.archive import archive
 from schemas.clients import AsyncRedis, async_redis
+from schemas.errors import SettingsError
 from schemas.objects import ObjectStore, StorageTarget, open_store
 from schemas.store import reader_engine
 
@@ -76,10 +77,17 @@ async def replay(
             source = None  # a database from before the archive: nothing archived
     try:
         await asyncio.to_thread(store.bind_deployment, names.namespace, names.partitions)
+        # Segments already there belong to another history: on a bucket shared with the live deployment (the same
+        # STEPLINE_STORAGE_URL), its orphan sweep would delete every segment this replay writes, as no row of its
+        # metadata names them.
+        if await asyncio.to_thread(objects.holds_any, "segments"):
+            where = settings.data_dir if objects.local else objects.url
+            raise SettingsError(f"replay needs an empty storage location: {where} already holds segments "
+                                "(a live deployment's?); give --storage-url a new bucket or prefix")
         for p in range(names.partitions):
             epoch, offset = await asyncio.to_thread(store.take_partition, p, "replay")
             if offset != "0-0":
-                raise RuntimeError(f"replay needs a fresh data directory: partition {p} already has history")
+                raise SettingsError(f"replay needs a fresh data directory: partition {p} already has history")
             stream = names.stream(p)
             info: dict[str, Any] = await redis.xinfo_stream(stream) if await redis.exists(stream) else {}
             rows = await asyncio.to_thread(archives_of, source[0], p) if source is not None else []

@@ -16,6 +16,7 @@ from support.s3 import Storage
 
 import ingest
 from history.query import Api
+from schemas import SettingsError
 from workers.replay import replay
 from workers.settings import WorkerSettings
 from workers.worker import Worker
@@ -83,9 +84,16 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
     finally:
         worker.stop()
         await task
-    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=fresh_dir, **where))
+    # Into a new storage location: a replay refuses one holding segments (the live deployment's sweep would delete
+    # the replay's as orphans).
+    with pytest.raises(SettingsError, match="replay needs an empty storage location"):
+        await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=tmp_path / "refused",
+                                    **(where if storage.url else {"storage_url": f"file://{live_dir}"})))
+    target = storage.elsewhere(fresh_dir, "fresh")
+    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=fresh_dir,
+                                         **target.settings()))
     assert report.runs == 3
-    with Api(data_dir=live_dir) as live, Api(data_dir=fresh_dir) as fresh:
+    with Api(data_dir=live_dir) as live, Api(data_dir=fresh_dir, objects=target.objects) as fresh:
         for r in expected:
             a, b = everything(live, f"rp/{r}"), everything(fresh, f"rp/{r}")
             assert a == b
@@ -98,10 +106,11 @@ async def test_replay_gives_identical_history(redis_url: str, namespace: str, tm
             assert float(cols["epoch"][-1]) == 7  # step_sync filled the step metric on the last row
     # Replaying one run only touches that run.
     one_dir = tmp_path / "one"
-    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=one_dir, **where),
-                          lambda p, r: r == "run1")
+    one = storage.elsewhere(one_dir, "one")
+    report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, data_dir=one_dir,
+                                         **one.settings()), lambda p, r: r == "run1")
     assert report.runs == 1
-    with Api(data_dir=one_dir) as api:
+    with Api(data_dir=one_dir, objects=one.objects) as api:
         assert [r.id for r in api.runs("rp")] == ["run1"]
 
 

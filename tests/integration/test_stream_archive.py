@@ -132,37 +132,36 @@ async def test_replay_from_archive_after_trimming_to_nothing(redis_url: str, nam
 
         source = ArchiveSource(sqlite_url(live_dir), settings.storage)
         fresh_dir = tmp_path / "fresh"
+        fresh_at = storage.elsewhere(fresh_dir, "fresh")  # a replay writes into a location of its own
         report = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, partitions=PARTITIONS,
-                                             data_dir=fresh_dir, **where), archive_from=source)
+                                             data_dir=fresh_dir, **fresh_at.settings()), archive_from=source)
         assert report.gaps == []
         assert report.archived == archived == report.entries  # the streams hold nothing after the archive
         with _open(fresh_dir) as fresh:
-            check_history(objects_of(storage, fresh_dir), fresh, scripts)
+            check_history(fresh_at.objects, fresh, scripts)
 
         # Without the archive the trimmed entries are gone: reported, per partition.
+        bare_dir = tmp_path / "bare"
         bare = await replay(WorkerSettings(redis_url=redis_url, namespace=namespace, partitions=PARTITIONS,
-                                           data_dir=tmp_path / "bare", **where))
+                                           data_dir=bare_dir, **storage.elsewhere(bare_dir, "bare").settings()))
         assert len(bare.gaps) == len(stream_ends(r, names)) and "not in the archive" in bare.gaps[0]
 
-        # The command: `stepline replay --from-data-dir <live>` reads the same archive.
+        # The command: `stepline replay --from-data-dir <live> --from-storage-url <live's>` reads the same archive.
         cli_dir = tmp_path / "cli"
+        cli_at = storage.elsewhere(cli_dir, "cli")
         proc = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "stepline.cli", "replay", "--redis-url", redis_url, "--namespace", namespace,
-             "--partitions", str(PARTITIONS), "--data-dir", str(cli_dir), "--from-data-dir", str(live_dir)],
+             "--partitions", str(PARTITIONS), "--data-dir", str(cli_dir), "--from-data-dir", str(live_dir),
+             *(["--from-storage-url", storage.url, "--storage-url", str(cli_at.url)] if storage.url else [])],
             capture_output=True, text=True, timeout=DEADLINE_S, env={**os.environ, **storage.env})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"({archived} from the archive)" in proc.stdout and "not in the archive" not in proc.stderr
         with _open(cli_dir) as replayed:
-            check_history(objects_of(storage, cli_dir), replayed, scripts)
+            check_history(cli_at.objects, replayed, scripts)
     finally:
         store.close()
         r.close()
-
-
-def objects_of(storage: Storage, data_dir: Path) -> ObjectStore:
-    """Where a deployment with this data directory keeps history: the test's bucket, or the directory itself."""
-    return storage.objects if storage.kind == "s3" else local_store(data_dir)
 
 
 class _open:
@@ -217,14 +216,15 @@ def test_kill_between_archive_write_and_commit(redis_url: str, namespace: str, d
         finally:
             store.close()
     fresh = tmp_path / "fresh"
+    fresh_at = storage.elsewhere(fresh, "fresh")
     report = asyncio.run(replay(
         WorkerSettings(redis_url=redis_url, namespace=namespace, partitions=PARTITIONS, data_dir=fresh,
-                       **storage.settings()),
+                       **fresh_at.settings()),
         archive_from=ArchiveSource(sqlite_url(data_dir),
                                    WorkerSettings(data_dir=data_dir, **storage.settings()).storage)))
     assert report.gaps == [] and report.archived == archived
     with _open(fresh) as replayed:
-        check_history(objects_of(storage, fresh), replayed, scripts)
+        check_history(fresh_at.objects, replayed, scripts)
     r.close()
 
 

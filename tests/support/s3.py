@@ -146,6 +146,14 @@ class Storage:
         """Settings overrides (``WorkerSettings.from_env(**storage.settings(), ...)``)."""
         return {"storage_url": self.url, "s3_endpoint_url": self.server.endpoint if self.server else None}
 
+    def elsewhere(self, data_dir: Path, prefix: str) -> Storage:
+        """Another, empty storage location of the same kind, for a second deployment (a replay): the data
+        directory ``data_dir``, or the prefix ``prefix`` of the same bucket. A replay refuses a location that holds
+        segments already (the live deployment's orphan sweep would delete its segments)."""
+        if self.server is None or self.url is None:
+            return Storage("local", open_store(parse_storage_url(None, data_dir)), None, {})
+        return s3_storage(self.server, self.url.removeprefix("s3://").split("/", 1)[0], prefix=prefix, quick=False)
+
 
 def s3_storage(srv: MotoServer, bucket: str, prefix: str = "hist", endpoint: str | None = None,
                quick: bool = True) -> Storage:
