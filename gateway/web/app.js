@@ -226,10 +226,12 @@ const runPath = (p, r) => `projects/${enc(p)}/runs/${enc(r)}`;
 /** The reply index.html's inline script started for `path`'s page_info (once), read as get() reads; else null. */
 function takePrefetched(path) {
   const pre = window.__steplinePrefetch;
-  if (!pre || pre.path !== path) return null;
-  window.__steplinePrefetch = null;
+  const reply = pre?.get(path);
+  if (!reply) return null;
+  pre.delete(path);
+  if (!pre.size) window.__steplinePrefetch = null;
   state.requests++;
-  return pre.reply.then(async (r) => {
+  return reply.then(async (r) => {
     if (!r.ok) throw await apiError(r);
     document.getElementById("auth-error").hidden = true;
     return r.json();
@@ -1854,7 +1856,8 @@ class ComparePage extends PanelsView {
     const infos = [];
     await Promise.all(this.runs.map(async (r, i) => {
       try {
-        infos[i] = await get(`${runPath(this.project, r)}/page_info`, { rejections: 0 });
+        const path = runPath(this.project, r);
+        infos[i] = await (takePrefetched(path) || get(`${path}/page_info`, { rejections: 0 }));
       } catch (e) {
         if (!(e instanceof ApiError && e.status === 404)) throw e;
       }

@@ -83,6 +83,7 @@ def test_compare_follows_a_live_run(stack: Stack, page: Any) -> None:
     assert len(c["runs"]["done"]["x"]) == 100  # the finished run's line is unchanged
     after = requests[before:]
     assert not [u for u in after if "sampled" in u or "/history" in u], after  # appended, not read again
+    assert len([u for u in requests if "/page_info" in u]) == 2  # read once per run (from index.html's script)
     streams = [u for u in requests if "/projects/cl/events?" in u]
     assert len(streams) == 1 and "run=live" in streams[0] and "run=done" not in streams[0]
     shot(page, "compare-live")
