@@ -8,6 +8,11 @@ JSON copies of config and summary, :func:`workers.metastore.run_columns`), in a 
 PostgreSQL database (dropped afterwards). Each case is the first page (50 runs) of a query, as ``stepline runs``
 or the web page asks for it, and ``len()`` (a COUNT of the matches) separately; medians of ``--repeat`` calls after
 one warm-up. Target (issue 16): a filtered, ordered query <= 50 ms on each database.
+
+The index of config and summary values (``sl_run_values``, :mod:`schemas.run_values`) is written by the worker's
+commit; its cost there is measured too: ``--commits`` commits of 50 live runs each (config 20 keys, unchanged;
+summary 20 keys, all new values each commit, as a run logging every key does), as ``MetaStore.commit`` writes them,
+with the index kept and with its maintenance switched off (the reference), medians per commit.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from typing import Any
 
 from sqlalchemy import insert
 
+import workers.metastore
 from history.query import Api
 from schemas import packb
+from schemas.run_values import run_values, value_rows
 from schemas.store import runs, writer_engine
-from workers.metastore import MetaStore, run_columns, sqlite_url
+from workers.metastore import Commit, MetaStore, RunUpdate, run_columns, sqlite_url
 
 OPTIMIZERS = ("adam", "sgd", "adamw", "lion")
 CASES: list[tuple[str, dict[str, Any] | None, str]] = [
@@ -49,6 +56,7 @@ def fill(url: str, n: int) -> None:
     engine = writer_engine(url)
     try:
         batch: list[dict[str, Any]] = []
+        values: list[dict[str, Any]] = []
         for i in range(n):
             config: dict[str, Any] = {"lr": rng.random() / 10, "batch": rng.choice([16, 32, 64, 128]),
                                       "optimizer": rng.choice(OPTIMIZERS)}
@@ -58,20 +66,28 @@ def fill(url: str, n: int) -> None:
             info = {"config": config, "summary": summary, "group": f"g{i % 100}", "job_type": "train",
                     "tags": ["best"] if i % 50 == 0 else ["base"], "notes": None, "columns": [], "warnings": [],
                     "conflicts": [], "rejected": {}, "metrics": []}
+            columns = run_columns(info)
             batch.append({"project": "bench", "run": f"r{i:06d}", "name": f"run {i}",
                           "state": "finished" if i % 10 else "running", "partition": i % 16,
                           "created_at": 1.7e9 + i, "updated_at": 1.7e9 + i, "last_step": 1000, "rows": 1000,
-                          "rejected": 0, "info": packb(info), "state_blob": b"", **run_columns(info)})
+                          "rejected": 0, "info": packb(info), "state_blob": b"", **columns})
+            # The worker's commit writes these in the run's transaction (workers.metastore, schemas.run_values).
+            values += [{"project": "bench", "run": f"r{i:06d}", "src": src, "path": path, "kind": kind, "num": num,
+                        "str": text} for (src, path), (kind, num, text)
+                       in value_rows(columns["config"], columns["summary"]).items()]
             if len(batch) == 5000:
                 with engine.begin() as conn:
                     conn.execute(insert(runs), batch)
-                batch = []
+                    conn.execute(insert(run_values), values)
+                batch, values = [], []
         if batch:
             with engine.begin() as conn:
                 conn.execute(insert(runs), batch)
+                conn.execute(insert(run_values), values)
         if url.startswith("postgresql"):
-            with engine.connect() as conn:
+            with engine.begin() as conn:  # committed: statistics written by a rolled-back ANALYZE are lost
                 conn.exec_driver_sql("ANALYZE sl_runs")
+                conn.exec_driver_sql("ANALYZE sl_run_values")
         else:
             with engine.begin() as conn:
                 conn.exec_driver_sql("ANALYZE")
@@ -101,10 +117,46 @@ def measure(label: str, url: str, data_dir: Path, repeat: int) -> dict[str, Any]
     return out
 
 
+def commit_cost(url: str, commits: int) -> dict[str, float]:
+    """Median ms per ``MetaStore.commit`` of 50 run updates, with the value index kept and without it."""
+    out: dict[str, float] = {}
+    keep = workers.metastore.write_values
+    store = MetaStore(url)
+    try:
+        for label, project in (("without_index_ms", "c0"), ("with_index_ms", "c1")):
+            workers.metastore.write_values = keep if label == "with_index_ms" else (lambda *a, **k: 0)  # type: ignore[assignment]
+            rng = random.Random(1)
+            epoch, _ = store.take_partition(0, "bench")
+            times = []
+            for c in range(commits + 1):
+                commit = Commit(0, epoch, f"{c + 1}-0")
+                for r in range(50):
+                    config = {f"c{j:02d}": j * 0.5 for j in range(19)} | {"optimizer": "adam"}
+                    summary = {f"s{j:02d}": rng.random() for j in range(20)}
+                    info = {"config": config, "summary": summary, "group": None, "job_type": None, "tags": [],
+                            "notes": None, "columns": [], "warnings": [], "conflicts": [], "rejected": {},
+                            "metrics": []}
+                    commit.runs.append(RunUpdate(project=project, run=f"r{r}", partition=0, name=None,
+                                                 state="running", created_at=1.0, updated_at=float(c),
+                                                 last_step=c, rows=c, rejected=0, info=info, state_blob=b""))
+                t0 = time.perf_counter()
+                store.commit(commit)
+                if c:  # the first commit inserts the runs: the steady state is the updates that follow
+                    times.append(time.perf_counter() - t0)
+            out[label] = round(statistics.median(times) * 1e3, 2)
+    finally:
+        workers.metastore.write_values = keep  # type: ignore[assignment]
+        store.close()
+    print(f"commit of 50 run updates: {out['with_index_ms']:.1f} ms with the value index, "
+          f"{out['without_index_ms']:.1f} ms without")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--commits", type=int, default=40)
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
                     help="a PostgreSQL server's URL; a fresh database is made next to this one ('' skips)")
     args = ap.parse_args()
@@ -115,6 +167,8 @@ def main() -> None:
         fill(sqlite_url(d), args.runs)
         print(f"SQLite: {args.runs} runs written in {time.perf_counter() - t0:.1f} s")
         result["sqlite"] = measure("sqlite", sqlite_url(d), d, args.repeat)
+        (d / "commits").mkdir()
+        result["sqlite_commit"] = commit_cost(sqlite_url(d / "commits"), args.commits)
         if args.pg:
             import psycopg
 
@@ -128,6 +182,7 @@ def main() -> None:
                 fill(url, args.runs)
                 print(f"PostgreSQL: {args.runs} runs written in {time.perf_counter() - t0:.1f} s")
                 result["postgresql"] = measure("postgresql", url, d, args.repeat)
+                result["postgresql_commit"] = commit_cost(url, args.commits)
             finally:
                 with psycopg.connect(base, autocommit=True) as admin:
                     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

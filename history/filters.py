@@ -25,12 +25,19 @@ operators on one field all apply. Semantics (the same on SQLite and PostgreSQL):
 - ``created_at``/``updated_at`` compare with epoch seconds or ISO 8601 strings (``"2026-12-01T00:00:00Z"``).
 
 Ordering: ``order`` is a field with ``+`` (ascending, the default) or ``-`` (descending); on JSON fields numbers
-sort before strings, runs without a value last (bools, lists and objects: after the strings, in an order that may
-differ between the databases), ties newest first. A malformed filter raises
-:class:`~history.query.QueryError` naming the operator or field.
+sort before strings, then the runs with neither (bools, lists, objects, null, or no value) newest first; ties
+newest first. A malformed filter raises :class:`~history.query.QueryError` naming the operator or field.
 
 Indexes: ``(project, created_at)`` and ``(project, group_name)`` on both databases, GIN (``jsonb_path_ops``)
-on config, summary and tags on PostgreSQL, which an ``$eq`` there uses (compiled to containment ``@>``).
+on config, summary and tags on PostgreSQL, which an ``$eq`` there uses (compiled to containment ``@>``), and
+``sl_run_values`` (:mod:`schemas.run_values`): every number and string leaf of config and summary as plain columns,
+indexed by ``(project, src, path, num)`` and ``(project, src, path, str)``. An order on a JSON field is three
+:class:`Section` s (the numbers, joined with it and walking its num index; the strings, walking its str index;
+then the rest), so an ordered first page reads about as many index entries as it takes to find ``per_page``
+matches. On PostgreSQL a comparison of a JSON field with a number or a string is an EXISTS on it (a semi-join
+its planner may drive from the index); on SQLite it reads the run's JSON (no statistics to choose a driving
+index by). ``len()`` is a COUNT: every run of the project the cheapest index leaves is tested against the filter,
+so it grows with the project (hundreds of ms at 100,000 runs: bench/runs_query.py).
 """
 
 from __future__ import annotations
@@ -62,11 +69,14 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.selectable import Join
 
 from schemas import SteplineError
+from schemas.run_values import CONFIG, STR_PREFIX, SUMMARY, leaf_path, run_values
 from schemas.store import runs
 
-__all__ = ["FIELDS", "FilterError", "compile_filters", "compile_order"]
+__all__ = ["FIELDS", "FilterError", "Section", "compile_filters", "compile_order"]
 
 
 class FilterError(SteplineError, ValueError):
@@ -119,6 +129,20 @@ class _Json:
     col: Any
     path: tuple[str, ...]
     pg: bool
+
+    @property
+    def src(self) -> int:
+        return CONFIG if self.col is runs.c.config else SUMMARY
+
+    def side(self, *conds: Any) -> Any:
+        """A correlated EXISTS over the run's rows of ``sl_run_values`` at this path (its primary key)."""
+        v = run_values.alias()
+        return exists(select(literal(1)).select_from(v).where(
+            v.c.project == runs.c.project, v.c.run == runs.c.run, v.c.src == self.src,
+            v.c.path == leaf_path(self.path), *(c(v) for c in conds)))
+
+    def collated(self, expr: Any) -> Any:
+        return expr.collate("C") if self.pg else expr
 
     def _sqlite_path(self) -> str:
         return "$" + "".join('."' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in self.path)
@@ -315,12 +339,22 @@ class _Compiler:
             for p in reversed(j.path):
                 doc = {p: doc}
             return j.col.op("@>", is_comparison=True)(literal(doc, type_=JSONB))
-        expr = j.number() if k == "number" else j.text()
-        if k == "string" and self.pg:
-            expr = expr.collate("C")
-        if op == "$eq":
-            return expr == v
-        return getattr(expr, _CMP[op])(v)
+        cmp = "__eq__" if op == "$eq" else _CMP[op]
+        if not self.pg:
+            # SQLite: reading the value from the run's JSON (which the page's walk has in hand) costs less than a
+            # probe of sl_run_values, and its planner cannot drive a query from an EXISTS anyway.
+            expr = j.number() if k == "number" else j.text()
+            return getattr(expr, cmp)(v)
+        if k == "number":
+            # PostgreSQL: sl_run_values (schemas.run_values) as a semi-join: the planner drives from a range of
+            # its num index when that is selective, or probes its primary key per run.
+            return j.side(lambda t: getattr(t.c.num, cmp)(v))  # num is NULL for any other kind
+        if len(v) <= STR_PREFIX:
+            # A long stored string (kind S) is compared whole, from the JSON: its prefix alone cannot say.
+            whole = getattr(j.collated(j.text()), cmp)(v)
+            return j.side(lambda t: or_(and_(t.c.kind == "s", getattr(j.collated(t.c.str), cmp)(v)),
+                                        and_(t.c.kind == "S", whole)))
+        return getattr(j.collated(j.text()), cmp)(v)
 
     # --- tags (a JSON array of strings) ----------------------------------------------------------------------
 
@@ -341,7 +375,7 @@ class _Compiler:
 
     # --- order -----------------------------------------------------------------------------------------------
 
-    def order(self, order: Any) -> list[Any]:
+    def order(self, order: Any) -> list[Section]:
         if not isinstance(order, str) or not order.strip("+-"):
             raise FilterError(f"order must be a field name with an optional + or - prefix, got {_show(order)}")
         desc = order.startswith("-")
@@ -349,22 +383,59 @@ class _Compiler:
         kind, target = self.field(name)
         if kind == "tags":
             raise FilterError("runs cannot be ordered by tags")
+
+        def way(k: Any) -> Any:
+            return k.desc() if desc else k.asc()
+
+        newest = [runs.c.created_at.desc(), runs.c.run]
         if kind == "column" and target[0] == "created_at":
             # The (project, created_at) index gives this order; created_at is never null (a run's first event
             # sets it), so no NULLS LAST that would keep PostgreSQL from scanning the index backwards.
-            return [runs.c.created_at.desc() if desc else runs.c.created_at.asc(), runs.c.run]
+            return [Section(runs, None, [way(runs.c.created_at), runs.c.run])]
         if kind == "column":
-            keys = [target[1]]
-        elif self.pg:
-            keys = [target.number(), target.text().collate("C")]
-        else:
-            # Numbers, then text, then the rest; within a group SQLite's own order (numbers by value, text by
-            # code point): two JSON parses per row instead of four.
-            raw = target.raw()
-            group = case((func.typeof(raw).in_(["integer", "real"]), 0), (func.typeof(raw) == "text", 1), else_=2)
-            return [group.asc(), raw.desc() if desc else raw.asc(), runs.c.created_at.desc(), runs.c.run]
-        out = [(k.desc() if desc else k.asc()).nulls_last() for k in keys]
-        return [*out, runs.c.created_at.desc(), runs.c.run]
+            return [Section(runs, None, [way(target[1]).nulls_last(), *newest])]
+        # A JSON field: numbers, then strings, then the rest (bools, lists, objects, null, missing) newest first,
+        # as three sections paged one after the other. The first two join sl_run_values and walk its (project,
+        # src, path, num|str) index in order, so a first page stops after per_page matches.
+        j: _Json = target
+        o = run_values.alias("ord")
+
+        def on(present: Any) -> Any:
+            return and_(o.c.project == runs.c.project, o.c.run == runs.c.run, o.c.src == j.src,
+                        o.c.path == leaf_path(j.path), present.is_not(None))
+
+        # Two long strings with the same indexed prefix: their whole values decide (case: NULL for the rest).
+        whole = case((o.c.kind == "S", j.collated(j.text())))
+        return [
+            Section(_Walk(o, runs, on(o.c.num)), None, [way(o.c.num), *newest]),
+            Section(_Walk(o, runs, on(o.c.str)), None, [way(j.collated(o.c.str)), way(whole), *newest]),
+            Section(runs, not_(j.side(lambda t: t.c.kind.in_(["n", "s", "S"]))), newest),
+        ]
+
+
+class _Walk(Join):
+    """``ord JOIN sl_runs``, read in that order: SQLite's planner (no histograms) would rather read every run of
+    the project and sort them than walk the value index in order, which a first page of an ordered query needs
+    (CROSS JOIN is how SQLite is told the order of a join); PostgreSQL plans it from its statistics."""
+
+    inherit_cache = True
+
+
+@compiles(_Walk, "sqlite")
+def _walk_sqlite(join: _Walk, compiler: Any, **kw: Any) -> str:
+    # "<ord> JOIN <sl_runs> ON ...": the left side is a plain aliased table, so its first " JOIN " is the join's.
+    return str(compiler.visit_join(join, **kw)).replace(" JOIN ", " CROSS JOIN ", 1)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of an order: the runs of ``source`` (``sl_runs``, or it joined with ``sl_run_values`` as
+    ``ord``), also filtered by ``where`` when set, sorted by ``order_by``. A query's runs are its sections' runs
+    one after the other."""
+
+    source: Any
+    where: Any | None
+    order_by: list[Any]
 
 
 def _epoch(s: str, name: str) -> float:
@@ -388,7 +459,7 @@ def compile_filters(filters: Mapping[str, Any] | None, dialect: str) -> ColumnEl
     return _Compiler(dialect == "postgresql").filters(filters)
 
 
-def compile_order(order: str, dialect: str) -> list[Any]:
-    """ORDER BY terms for ``order`` (``"-summary_metrics.loss"``), ties broken newest first, then by run id."""
+def compile_order(order: str, dialect: str) -> list[Section]:
+    """The sections of ``order`` (``"-summary_metrics.loss"``), ties broken newest first, then by run id."""
     return _Compiler(dialect == "postgresql").order(order)
 

@@ -75,7 +75,7 @@ from schemas.store import (
 )
 from schemas.values import BOOL, NUMBER, STRING
 
-from .filters import FilterError, compile_filters, compile_order
+from .filters import FilterError, Section, compile_filters, compile_order
 from .sampling import m4
 from .stored import unpack_stored
 
@@ -222,12 +222,12 @@ class Api:
         dialect = self._engine.url.get_backend_name()
         try:
             where = [runs.c.project == project, compile_filters(filters, dialect)]
-            order_by = compile_order(order, dialect)
+            sections = compile_order(order, dialect)
         except FilterError as e:
             raise QueryError(str(e)) from None
         if state is not None:
             where.append(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
-        return Runs(self, where, order_by, per_page)
+        return Runs(self, where, sections, per_page)
 
     def run(self, path: str) -> RunView:
         """Open ``"project/run"`` (or W&B's ``"entity/project/run"``); raises :class:`RunNotFound`."""
@@ -250,8 +250,8 @@ class Runs(Sequence["RunView"]):
     index, slice or ``len()`` it. Each page is one query, so runs added meanwhile may shift later pages; ``len()``
     is a COUNT of the matches when first asked. Compares equal to a list of the same runs."""
 
-    def __init__(self, api: Api, where: list[Any], order_by: list[Any], per_page: int) -> None:
-        self._api, self._where, self._order_by, self.per_page = api, where, order_by, per_page
+    def __init__(self, api: Api, where: list[Any], order: list[Section], per_page: int) -> None:
+        self._api, self._where, self._order, self.per_page = api, where, order, per_page
         self._pages: dict[int, list[RunView]] = {}
         self._count: int | None = None
 
@@ -264,12 +264,29 @@ class Runs(Sequence["RunView"]):
         if page is None:
             page = []
             if self._api._ready():
-                q = (select(*_RUN_COLUMNS).where(*self._where).order_by(*self._order_by)
-                     .limit(self.per_page).offset(n * self.per_page))
                 with self._api._connect() as conn, conn.begin():
-                    page = [RunView(self._api, dict(r._mapping)) for r in conn.execute(q)]
+                    page = [RunView(self._api, dict(r._mapping)) for r in self._query(conn, n * self.per_page)]
             self._pages[n] = page
         return page
+
+    def _query(self, conn: Connection, offset: int) -> list[Any]:
+        """``per_page`` rows from ``offset`` on: the order's sections (history.filters.Section) one after the
+        other. A section that ends within the page hands on to the next at its start; a page that lies past a
+        section counts that section's matches to know where in the next one it starts."""
+        got: list[Any] = []
+        for sec in self._order:
+            where = [*self._where, *([] if sec.where is None else [sec.where])]
+            q = (select(*_RUN_COLUMNS).select_from(sec.source).where(*where).order_by(*sec.order_by)
+                 .limit(self.per_page - len(got)).offset(offset))
+            rows = list(conn.execute(q))
+            got += rows
+            if len(got) == self.per_page or sec is self._order[-1]:
+                break
+            if rows:
+                offset = 0
+            else:
+                offset -= int(conn.execute(select(func.count()).select_from(sec.source).where(*where)).scalar_one())
+        return got
 
     def __len__(self) -> int:
         if self._count is None:

@@ -17,6 +17,8 @@ neither imports the other.
 - ``archive`` (defined in :mod:`schemas.archive`): the stream archive's objects, one row per object.
 - ``api_keys``: hashed API keys (the gateway's).
 - ``schema_version``: the migrations applied (``workers.migrations``), one row per version.
+- ``run_values`` (:mod:`schemas.run_values`): the number and string leaves of each run's config and summary as
+  plain indexed columns, written by the same commit, for filters and orders on ``config.*``/``summary_metrics.*``.
 - ``commits``: optional audit of successful commits (partition, epoch, offset), written in the commit's own
   transaction when the workers run with ``STEPLINE_COMMIT_AUDIT=1`` (tests of ownership under churn).
 
@@ -59,7 +61,7 @@ from .settings import normalize_db_url
 from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, SettingsError, packb
 from schemas.objects import ObjectStore, as_store
+from schemas.run_values import value_rows, write_values
 from schemas.store import commits, deployment, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
 
 from ._faults import poison_point
@@ -248,6 +249,9 @@ class MetaStore:
                 )
                 if res.rowcount == 0:
                     conn.execute(insert(runs).values(project=u.project, run=u.run, **values))
+                # The run's indexed config/summary values (schemas.run_values), from the same JSON copies.
+                write_values(conn, u.project, u.run, value_rows(values["config"], values["summary"]),
+                             fresh=res.rowcount == 0)
 
     # --- segments and compaction -------------------------------------------------------------------------------
 

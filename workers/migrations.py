@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, 
 
 from schemas import unpackb
 from schemas.archive import archive
+from schemas.run_values import create_run_values, value_rows, write_values
 from schemas.store import (
     SCHEMA_VERSION,
     api_keys,
@@ -87,6 +88,14 @@ def _v5_stream_archive(conn: Connection) -> None:
     archive.create(conn, checkfirst=True)
 
 
+def _v6_run_values(conn: Connection) -> None:
+    """``sl_run_values`` (:mod:`schemas.run_values`): an index of config and summary values for finding and
+    ordering runs, filled here for the runs already stored (from their JSON columns, as a commit would)."""
+    create_run_values(conn)
+    for r in conn.execute(select(runs.c.project, runs.c.run, runs.c.config, runs.c.summary)).all():
+        write_values(conn, r.project, r.run, value_rows(r.config, r.summary), fresh=True)
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
@@ -94,6 +103,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "sl_runs: group, job type, tags, notes; config and summary as JSON for filters", _v3_run_metadata),
     (4, "sl_deployment: the namespace and partition count the metadata belongs to", _v4_deployment),
     (5, "sl_archive: the stream archive's objects (partition, entry id range)", _v5_stream_archive),
+    (6, "sl_run_values: config and summary values indexed for filters and orders", _v6_run_values),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

@@ -173,6 +173,88 @@ def test_order_and_pagination(api: Api) -> None:
     assert (r1.group, r1.job_type, r1.tags, r1.notes) == ("g1", "train", ["a", "b"], "first try")
 
 
+def test_pages_of_a_json_order_cross_its_sections(api: Api) -> None:
+    """An order on a JSON field is read section by section (numbers, strings, the rest: history.filters.Section):
+    every page size gives the same runs in the same order, whichever section a page starts or ends in."""
+    for order in ("summary_metrics.loss", "-summary_metrics.loss", "config.lr", "-config.opt", "config.flag"):
+        whole = ids(api, order=order)
+        assert sorted(whole) == ["r1", "r2", "r3", "r4", "r5"], order
+        for per_page in (1, 2, 3, 4):
+            found = api.runs(P, order=order, per_page=per_page)
+            paged = [r.id for n in range(6) for r in found.page(n)]
+            assert paged == whole, (order, per_page)
+            assert len(found) == 5
+    assert [r.id for r in api.runs(P, {"config.lr": {"$lt": 5}}, order="-config.lr", per_page=1)] == [
+        "r3", "r1", "r2"]
+
+
+LONG = "x" * 600
+
+
+@pytest.mark.parametrize(("filters", "want"), [
+    ({"config.s": LONG + "b"}, ["l2"]),
+    ({"config.s": {"$gt": LONG}}, ["l1", "l2", "l4"]),
+    ({"config.s": {"$gt": LONG + "a"}}, ["l2", "l4"]),
+    ({"config.s": {"$gte": LONG + "a"}}, ["l1", "l2", "l4"]),
+    ({"config.s": {"$lt": LONG + "b"}}, ["l1", "l3"]),
+    ({"config.s": {"$lte": "x" * 500}}, ["l3"]),
+    ({"config.s": {"$gt": "x" * 500}}, ["l1", "l2", "l4"]),
+    ({"config.s": {"$in": ["y", LONG + "a"]}}, ["l1", "l4"]),
+    ({"config.s": {"$ne": LONG + "a"}}, ["l2", "l3", "l4", "l5"]),
+    ({"config.s": {"$regex": "xb$"}}, ["l2"]),
+])
+def test_long_strings_compare_whole(db_url: str, data_dir: Path, filters: Any, want: list[str]) -> None:
+    """Strings past the index's prefix (schemas.run_values.STR_PREFIX code points) compare and sort by their whole
+    value, as shorter ones do."""
+    specs = {rid: {**RUNS["r5"], "config": {"s": s}, "created_at": float(i)}
+             for i, (rid, s) in enumerate([("l1", LONG + "a"), ("l2", LONG + "b"), ("l3", "x" * 10), ("l4", "y"),
+                                           ("l5", 3)])}
+    store = MetaStore(db_url)
+    try:
+        commit_runs(store, "long", specs)
+    finally:
+        store.close()
+    with Api(data_dir=data_dir, db_url=db_url) as api:
+        assert [r.id for r in api.runs("long", filters, order="created_at")] == want
+        assert [r.id for r in api.runs("long", order="config.s")] == ["l5", "l3", "l1", "l2", "l4"]
+        assert [r.id for r in api.runs("long", order="-config.s", per_page=2)] == ["l5", "l4", "l2", "l1", "l3"]
+
+
+def test_the_value_index_follows_each_commit(db_url: str, data_dir: Path) -> None:
+    """sl_run_values is rewritten by the commit that changes a run's config or summary (a value changed, a key
+    gone, a number become a string, a nested key): filters and orders see the new values, and the index holds
+    exactly the JSON columns' number and string leaves."""
+    from schemas.run_values import run_values, value_rows
+
+    first = {**RUNS["r1"], "summary": {"loss": 0.5, "acc": 0.9, "gone": 1}, "config": {"lr": 0.1, "m": {"d": 2}}}
+    later = {**RUNS["r1"], "summary": {"loss": "nan-ish", "acc": 0.95, "new": 2.0},
+             "config": {"lr": 0.1, "m": {"d": 3, "e": "x"}}}
+    store = MetaStore(db_url)
+    try:
+        commit_runs(store, "live", {"a": first, "b": {**RUNS["r2"], "summary": {"loss": 0.7}}})
+        with Api(data_dir=data_dir, db_url=db_url) as api:
+            assert [r.id for r in api.runs("live", {"summary_metrics.loss": {"$lt": 0.6}})] == ["a"]
+        commit_runs(store, "live", {"a": later})
+        with Api(data_dir=data_dir, db_url=db_url) as api:
+            assert [r.id for r in api.runs("live", {"summary_metrics.loss": {"$lt": 0.6}})] == []
+            assert [r.id for r in api.runs("live", {"summary_metrics.loss": "nan-ish"})] == ["a"]
+            assert [r.id for r in api.runs("live", {"summary_metrics.gone": {"$gte": 0}})] == []
+            assert [r.id for r in api.runs("live", {"summary_metrics.new": {"$gte": 2}})] == ["a"]
+            assert [r.id for r in api.runs("live", {"config.m.d": {"$gt": 2}, "config.m.e": {"$gte": "x"}})] == ["a"]
+            assert [r.id for r in api.runs("live", order="summary_metrics.loss")] == ["b", "a"]
+        with store.engine.connect() as conn:
+            stored = {(r.run, r.src, r.path): (r.kind, r.num, r.str) for r in conn.execute(
+                select(run_values).where(run_values.c.project == "live"))}
+            json_cols = {r.run: (r.config, r.summary) for r in conn.execute(
+                select(runs_table.c.run, runs_table.c.config, runs_table.c.summary).where(
+                    runs_table.c.project == "live"))}
+        want = {(run, *k): v for run, (config, summary) in json_cols.items()
+                for k, v in value_rows(config, summary).items()}
+        assert stored == want and ("a", 1, '["new"]') in stored and ("a", 1, '["gone"]') not in stored
+    finally:
+        store.close()
+
+
 BAD: list[tuple[Any, str]] = [
     ({"config.lr": {"$gtt": 1}}, "unknown operator '$gtt' on field 'config.lr'"),
     ({"$xor": []}, "unknown operator '$xor'"),
