@@ -191,12 +191,17 @@ def with_local_stack(args: argparse.Namespace, *, read_side: bool = True) -> arg
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from workers.archive import archived_offset
     from workers.metastore import MetaStore
 
     settings = settings_from_args(with_local_stack(args))
     store = MetaStore(settings.metadata_url)
-    parts = {int(p["p"]): p for p in store.partitions()}
-    store.close()
+    try:
+        parts = {int(p["p"]): p for p in store.partitions()}
+        # the last entry of each stream's archive: everything up to it can be trimmed from Redis and replayed
+        archived = {p: archived_offset(store.engine, p) for p in range(settings.names.partitions)}
+    finally:
+        store.close()
     names = settings.names
     rows = []
     from schemas.clients import sync_redis
@@ -211,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             owner = owners[p]
             rows.append({
                 "partition": p, "owner": owner.decode() if owner else None, "epoch": meta.get("epoch", 0),
-                "offset": offset, "lag": lag, "stream_len": r.xlen(names.stream(p)),
+                "offset": offset, "archived": archived[p], "lag": lag, "stream_len": r.xlen(names.stream(p)),
                 "dead_letters": r.xlen(names.dlq(p)),
             })
         workers = {k.decode(): int(v) for k, v in r.hgetall(names.workers).items()}
@@ -223,9 +228,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w, hb in workers.items():
         print(f"  {w} (heartbeat {now - hb} ms ago)")
     console.print_table(
-        [("part", "right"), ("owner", "left"), ("epoch", "right"), ("offset", "left"), ("lag", "right"),
-         ("stream", "right"), ("dlq", "right")],
-        [[row["partition"], row["owner"] or "-", row["epoch"], row["offset"],
+        [("part", "right"), ("owner", "left"), ("epoch", "right"), ("offset", "left"), ("archived", "left"),
+         ("lag", "right"), ("stream", "right"), ("dlq", "right")],
+        [[row["partition"], row["owner"] or "-", row["epoch"], row["offset"], row["archived"],
           ">10000" if int(row["lag"]) > 10000 else row["lag"], row["stream_len"], row["dead_letters"]]
          for row in rows])
     return 0
