@@ -34,10 +34,10 @@ on config, summary and tags on PostgreSQL, which an ``$eq`` there uses (compiled
 indexed by ``(project, src, path, num)`` and ``(project, src, path, str)``. An order on a JSON field is three
 :class:`Section` s (the numbers, joined with it and walking its num index; the strings, walking its str index;
 then the rest), so an ordered first page reads about as many index entries as it takes to find ``per_page``
-matches. On PostgreSQL a comparison of a JSON field with a number or a string is an EXISTS on it (a semi-join
-its planner may drive from the index); on SQLite it reads the run's JSON (no statistics to choose a driving
-index by). ``len()`` is a COUNT: every run of the project the cheapest index leaves is tested against the filter,
-so it grows with the project (hundreds of ms at 100,000 runs: bench/runs_query.py).
+matches, each match tested against the filter on the run's own row. A filter that few runs pass walks far
+(``tags``/``$eq`` on PostgreSQL may start from their GIN index instead). ``len()`` is a COUNT: every run of the
+project the cheapest index leaves is tested against the filter, so it grows with the project (hundreds of ms at
+100,000 runs: bench/runs_query.py).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import Join
 
 from schemas import SteplineError
-from schemas.run_values import CONFIG, STR_PREFIX, SUMMARY, leaf_path, run_values
+from schemas.run_values import CONFIG, SUMMARY, leaf_path, run_values
 from schemas.store import runs
 
 __all__ = ["FIELDS", "FilterError", "Section", "compile_filters", "compile_order"]
@@ -339,22 +339,15 @@ class _Compiler:
             for p in reversed(j.path):
                 doc = {p: doc}
             return j.col.op("@>", is_comparison=True)(literal(doc, type_=JSONB))
-        cmp = "__eq__" if op == "$eq" else _CMP[op]
-        if not self.pg:
-            # SQLite: reading the value from the run's JSON (which the page's walk has in hand) costs less than a
-            # probe of sl_run_values, and its planner cannot drive a query from an EXISTS anyway.
-            expr = j.number() if k == "number" else j.text()
-            return getattr(expr, cmp)(v)
-        if k == "number":
-            # PostgreSQL: sl_run_values (schemas.run_values) as a semi-join: the planner drives from a range of
-            # its num index when that is selective, or probes its primary key per run.
-            return j.side(lambda t: getattr(t.c.num, cmp)(v))  # num is NULL for any other kind
-        if len(v) <= STR_PREFIX:
-            # A long stored string (kind S) is compared whole, from the JSON: its prefix alone cannot say.
-            whole = getattr(j.collated(j.text()), cmp)(v)
-            return j.side(lambda t: or_(and_(t.c.kind == "s", getattr(j.collated(t.c.str), cmp)(v)),
-                                        and_(t.c.kind == "S", whole)))
-        return getattr(j.collated(j.text()), cmp)(v)
+        # A comparison reads the run's JSON, not sl_run_values: measured (bench/runs_query.py), probing the
+        # index per run costs more than reading the JSON the query holds anyway, and an EXISTS on it led
+        # PostgreSQL's planner to worse plans for $or and COUNT; the index serves orders (Section).
+        expr = j.number() if k == "number" else j.text()
+        if k == "string" and self.pg:
+            expr = expr.collate("C")
+        if op == "$eq":
+            return expr == v
+        return getattr(expr, _CMP[op])(v)
 
     # --- tags (a JSON array of strings) ----------------------------------------------------------------------
 
