@@ -56,6 +56,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b) and type(a) is type(b)
 
 
+@pytest.mark.timeout(360)  # generous: only catches a hang (it took 120 s on the bucket with a CPU hog at load 15)
 def test_sdk_to_api_equals_oracle(redis_url: str, namespace: str, data_dir: Path, fleet: WorkerFleet) -> None:
     for _ in range(3):
         fleet.start()

@@ -86,10 +86,10 @@ def test_worker_joins_and_another_leaves_mid_stream(redis_url: str, namespace: s
         # Both must have joined: a worker still starting (slow imports on a fresh machine) owns nothing yet, and a
         # SIGTERM then would test nothing.
         wait_until(lambda: {"w0", "w1"} <= {p["owner"] for p in store.partitions()}
-                   and len([p for p in store.partitions() if p["offset"] != "0-0"]) >= 8, 30,
-                   "the first two workers to own partitions and commit")
+                   and len([p for p in store.partitions() if p["offset"] != "0-0"]) >= 8, 120,
+                   "the first two workers to own partitions and commit")  # deadlines here only catch hangs
         fleet.start()  # joins: takes its share of partitions from the others
-        wait_until(lambda: {"w0", "w2"} <= {p["owner"] for p in store.partitions()}, 20,
+        wait_until(lambda: {"w0", "w2"} <= {p["owner"] for p in store.partitions()}, 120,
                    "the new worker to own partitions (w0 keeping some)")
         assert not feeder.done.is_set(), "the held feeder ended before the handover"
         w0.proc.send_signal(signal.SIGTERM)  # leaves: commits, releases and exits cleanly
