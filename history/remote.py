@@ -141,11 +141,14 @@ class RemoteApi(Api):
     def _columns(self, path: str, params: Mapping[str, Any]) -> dict[str, Array]:
         """A ``history`` reply in the columnar form (gateway.read._columns_body): each numeric column is an aligned,
         writable view of one buffer holding the body (no copy per column)."""
-        resp = self._request(path, params)
-        ctype = resp.headers.get("Content-Type", "")
-        if not ctype.startswith(COLUMNS_TYPE):
-            raise GatewayError(f"gateway {self.url} answered {ctype!r} to a request for {COLUMNS_TYPE}")
-        buf = bytearray(resp.data)  # one copy: the columns are writable views of it, as the local ones are arrays
+        resp = self._request(path, params, stream=True)
+        try:
+            ctype = resp.headers.get("Content-Type", "")
+            if not ctype.startswith(COLUMNS_TYPE):
+                raise GatewayError(f"gateway {self.url} answered {ctype!r} to a request for {COLUMNS_TYPE}")
+            buf = _read_body(resp)
+        finally:
+            resp.release_conn()
         size = len(buf)
         n = int.from_bytes(buf[:4], "big")
         head = unpack_stored(bytes(buf[4:4 + n]))
@@ -381,6 +384,27 @@ def _array(v: Any) -> Array:
     for i, x in enumerate(v):  # cell by cell: numpy would broadcast a list of equal-length lists into 2-D
         out[i] = x
     return out
+
+
+def _read_body(resp: urllib3.BaseHTTPResponse) -> bytearray:
+    """The whole body in one writable buffer (the columns are views of it, as the local ones are arrays they
+    own), read in 256 KiB pieces: reading it whole first and copying it would allocate the body twice, and a fresh
+    18 MB allocation costs more in page faults than the copy itself (profiled: 2M points, 40 ms of 119)."""
+    length = resp.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return bytearray(resp.read())
+    buf = bytearray(int(length))
+    view = memoryview(buf)
+    got = 0
+    try:
+        while got < len(buf):
+            n = resp.readinto(view[got:got + (1 << 18)])
+            if not n:
+                raise GatewayError(f"the gateway's reply ended after {got} of {len(buf)} bytes")
+            got += n
+    except urllib3.exceptions.HTTPError as e:
+        raise GatewayError(f"the gateway's reply broke off: {type(e).__name__}: {e}") from None
+    return buf
 
 
 def _read_exact(resp: urllib3.BaseHTTPResponse, n: int) -> bytes:
