@@ -1,8 +1,8 @@
 """An index of runs' config and summary values: ``sl_run_values``, one row per number or string leaf.
 
-Finding runs (``history.filters``) by a range on a JSON key, or ordering them by one, cannot use an index on the
-JSON columns of ``sl_runs`` (SQLite has none on JSON paths; PostgreSQL's GIN serves containment only), so every
-such query read and parsed every run of the project. This side table holds the same values as plain columns:
+Ordering runs by a JSON key (``history.filters``) cannot use an index on the JSON columns of ``sl_runs`` (SQLite
+has none on JSON paths; PostgreSQL's GIN serves containment only), so every such query read, parsed and sorted
+every run of the project. This side table holds the same values as plain, indexed columns:
 
 - ``(project, run, src, path)`` is the key: ``src`` 0 for config, 1 for summary; ``path`` the leaf's path of
   keys through nested objects as a compact JSON array (``["model","depth"]``), unambiguous whatever the keys hold.
@@ -11,7 +11,7 @@ such query read and parsed every run of the project. This side table holds the s
   a longer string, ``str`` its first :data:`STR_PREFIX` code points (index entries stay small: PostgreSQL's b-tree
   refuses entries past ~2.7 kB). Comparing prefixes orders strings as comparing them does, except between two
   long strings with the same prefix, which readers break with the full value.
-- Bools, nulls, lists and objects have no row: filters on them read the JSON columns.
+- Bools, nulls, lists and objects have no row (an order puts those runs after the strings).
 - Indexes ``(project, src, path, num)`` and ``(project, src, path, str)`` (PostgreSQL: ``str COLLATE "C"``, code
   point order as SQLite's BINARY), created by ``workers.migrations``: an ordered first page walks one of them and
   stops after a page of matches.
