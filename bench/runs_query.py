@@ -120,11 +120,11 @@ def measure(label: str, url: str, data_dir: Path, repeat: int) -> dict[str, Any]
 def commit_cost(url: str, commits: int) -> dict[str, float]:
     """Median ms per ``MetaStore.commit`` of 50 run updates, with the value index kept and without it."""
     out: dict[str, float] = {}
-    keep = workers.metastore.write_values
+    keep = workers.metastore.write_values_many
     store = MetaStore(url)
     try:
         for label, project in (("without_index_ms", "c0"), ("with_index_ms", "c1")):
-            workers.metastore.write_values = keep if label == "with_index_ms" else (lambda *a, **k: 0)  # type: ignore[assignment]
+            workers.metastore.write_values_many = keep if label == "with_index_ms" else (lambda *a, **k: 0)  # type: ignore[assignment]
             rng = random.Random(1)
             epoch, _ = store.take_partition(0, "bench")
             times = []
@@ -145,7 +145,7 @@ def commit_cost(url: str, commits: int) -> dict[str, float]:
                     times.append(time.perf_counter() - t0)
             out[label] = round(statistics.median(times) * 1e3, 2)
     finally:
-        workers.metastore.write_values = keep  # type: ignore[assignment]
+        workers.metastore.write_values_many = keep  # type: ignore[assignment]
         store.close()
     print(f"commit of 50 run updates: {out['with_index_ms']:.1f} ms with the value index, "
           f"{out['without_index_ms']:.1f} ms without")

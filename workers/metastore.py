@@ -29,7 +29,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from schemas import FencedError, SettingsError, packb
 from schemas.objects import ObjectStore, as_store
-from schemas.run_values import value_rows, write_values
+from schemas.run_values import value_rows, write_values_many
 from schemas.store import commits, deployment, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
 
 from ._faults import poison_point
@@ -236,6 +236,7 @@ class MetaStore:
                      "step": _int64(r.step), "cursor": _int64(r.cursor), "message": _text(r.message), "ts": r.ts}
                     for r in c.rejections
                 ])
+            indexed: list[tuple[str, str, dict[Any, Any], bool]] = []
             for u in c.runs:
                 poison_point("sql", u.run)
                 values = {
@@ -250,8 +251,10 @@ class MetaStore:
                 if res.rowcount == 0:
                     conn.execute(insert(runs).values(project=u.project, run=u.run, **values))
                 # The run's indexed config/summary values (schemas.run_values), from the same JSON copies.
-                write_values(conn, u.project, u.run, value_rows(values["config"], values["summary"]),
-                             fresh=res.rowcount == 0)
+                indexed.append((u.project, u.run, value_rows(values["config"], values["summary"]),
+                                res.rowcount == 0))
+            # All runs' index changes at once: a few round trips per commit, not a few per run.
+            write_values_many(conn, indexed)
 
     # --- segments and compaction -------------------------------------------------------------------------------
 

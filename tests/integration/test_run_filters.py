@@ -242,15 +242,28 @@ def test_the_value_index_follows_each_commit(db_url: str, data_dir: Path) -> Non
             assert [r.id for r in api.runs("live", {"summary_metrics.new": {"$gte": 2}})] == ["a"]
             assert [r.id for r in api.runs("live", {"config.m.d": {"$gt": 2}, "config.m.e": {"$gte": "x"}})] == ["a"]
             assert [r.id for r in api.runs("live", order="summary_metrics.loss")] == ["b", "a"]
-        with store.engine.connect() as conn:
-            stored = {(r.run, r.src, r.path): (r.kind, r.num, r.str) for r in conn.execute(
-                select(run_values).where(run_values.c.project == "live"))}
-            json_cols = {r.run: (r.config, r.summary) for r in conn.execute(
-                select(runs_table.c.run, runs_table.c.config, runs_table.c.summary).where(
-                    runs_table.c.project == "live"))}
-        want = {(run, *k): v for run, (config, summary) in json_cols.items()
-                for k, v in value_rows(config, summary).items()}
+
+        def index_and_json() -> tuple[dict[Any, Any], dict[Any, Any]]:
+            with store.engine.connect() as conn:
+                stored = {(r.run, r.src, r.path): (r.kind, r.num, r.str) for r in conn.execute(
+                    select(run_values).where(run_values.c.project == "live"))}
+                json_cols = {r.run: (r.config, r.summary) for r in conn.execute(
+                    select(runs_table.c.run, runs_table.c.config, runs_table.c.summary).where(
+                        runs_table.c.project == "live"))}
+            return stored, {(run, *k): v for run, (config, summary) in json_cols.items()
+                            for k, v in value_rows(config, summary).items()}
+
+        stored, want = index_and_json()
         assert stored == want and ("a", 1, '["new"]') in stored and ("a", 1, '["gone"]') not in stored
+        # One commit changing several runs at once (the index's changes of all runs are written together): a key
+        # gone from one, a value changed and a key added in the other, a third run new.
+        commit_runs(store, "live", {"a": first, "b": {**RUNS["r2"], "summary": {"loss": 0.1, "extra": "e"}},
+                                    "c": {**RUNS["r3"], "summary": {"loss": 0.3}}})
+        stored, want = index_and_json()
+        assert stored == want and ("a", 1, '["new"]') not in stored and ("a", 1, '["gone"]') in stored
+        assert stored[("b", 1, '["loss"]')] == ("n", 0.1, None) and ("b", 1, '["extra"]') in stored
+        with Api(data_dir=data_dir, db_url=db_url) as api:
+            assert [r.id for r in api.runs("live", order="summary_metrics.loss")] == ["b", "c", "a"]
     finally:
         store.close()
 
