@@ -242,6 +242,33 @@ function takePrefetched(path) {
  * One Server-Sent Events stream read with fetch (EventSource cannot send the API key header). `on(name, data)`
  * gets each event; resolves when the server ends the stream, rejects on an HTTP error or a broken connection.
  */
+/** A view's live stream (the run page's or the compare page's): `view.stream` holds its AbortController while it is
+ * open and `view.live` shows its state. When the server ends it, `reopen()` decides whether to open it again; a
+ * broken connection retries (`view.connect`) with a growing pause; a 4xx stops it (`view.fail`). */
+function follow(view, path, params, label, pause, reopen) {
+  const ctl = new AbortController();
+  view.stream = ctl;
+  view.live.textContent = label;
+  view.live.dataset.state = "connected";
+  sse(path, params, (name, data) => view.onEvent(name, data), ctl.signal)
+    .then(() => {
+      view.stream = null;
+      reopen();
+    }, (e) => {
+      view.stream = null;
+      if (!view.alive || e.name === "AbortError") return;
+      if (e instanceof ApiError) {
+        view.live.textContent = "live: stopped";
+        view.live.dataset.state = "stopped";
+        view.fail(e);
+        return;
+      }
+      view.live.textContent = `live: connection lost, retrying in ${Math.round(pause / 1000)} s`;
+      view.live.dataset.state = "retrying";
+      view.retry = setTimeout(() => view.connect(Math.min(pause * 2, 30_000)), pause);
+    });
+}
+
 async function sse(path, params, on, signal) {
   state.requests++;
   const r = await fetch(apiUrl(path, params), { headers: { ...authHeaders(), Accept: "text/event-stream" },
@@ -1530,29 +1557,11 @@ class RunPage extends PanelsView {
   /** The live stream: one per page; reconnects with a growing pause when the connection breaks (not on 4xx). */
   connect(pause = 1000) {
     if (this.stream || !this.alive || ["finished", "crashed"].includes(this.info?.state)) return;
-    const ctl = new AbortController();
-    this.stream = ctl;
-    this.live.textContent = "live: connected";
-    this.live.dataset.state = "connected";
     // since: the last step this page has read, so rows committed before the stream opened still arrive.
     const since = this.rowsThrough ?? -1;
-    sse(`${this.path}/events`, { interval: LIVE_S, since }, (name, data) => this.onEvent(name, data), ctl.signal)
-      .then(() => {
-        this.stream = null;
-        if (this.alive && !["finished", "crashed"].includes(this.info?.state)) this.connect();
-      }, (e) => {
-        this.stream = null;
-        if (!this.alive || e.name === "AbortError") return;
-        if (e instanceof ApiError) {
-          this.live.textContent = "live: stopped";
-          this.live.dataset.state = "stopped";
-          this.fail(e);
-          return;
-        }
-        this.live.textContent = `live: connection lost, retrying in ${Math.round(pause / 1000)} s`;
-        this.live.dataset.state = "retrying";
-        this.retry = setTimeout(() => this.connect(Math.min(pause * 2, 30_000)), pause);
-      });
+    follow(this, `${this.path}/events`, { interval: LIVE_S, since }, "live: connected", pause, () => {
+      if (this.alive && !["finished", "crashed"].includes(this.info?.state)) this.connect();
+    });
   }
 
   onEvent(name, data) {
@@ -1913,28 +1922,9 @@ class ComparePage extends PanelsView {
   connect(pause = 1000) {
     const live = this.infos.filter((i) => !["finished", "crashed"].includes(i.state));
     if (this.stream || !this.alive || !live.length) return;
-    const ctl = new AbortController();
-    this.stream = ctl;
-    this.live.textContent = `live: following ${live.length} run${live.length === 1 ? "" : "s"}`;
-    this.live.dataset.state = "connected";
     const params = { interval: LIVE_S, run: live.map((i) => i.id), since: live.map((i) => this.rowsThrough.get(i.id) ?? -1) };
-    sse(`projects/${enc(this.project)}/events`, params, (name, data) => this.onEvent(name, data), ctl.signal)
-      .then(() => {
-        this.stream = null;
-        if (this.alive) this.connect();
-      }, (e) => {
-        this.stream = null;
-        if (!this.alive || e.name === "AbortError") return;
-        if (e instanceof ApiError) {
-          this.live.textContent = "live: stopped";
-          this.live.dataset.state = "stopped";
-          this.fail(e);
-          return;
-        }
-        this.live.textContent = `live: connection lost, retrying in ${Math.round(pause / 1000)} s`;
-        this.live.dataset.state = "retrying";
-        this.retry = setTimeout(() => this.connect(Math.min(pause * 2, 30_000)), pause);
-      });
+    follow(this, `projects/${enc(this.project)}/events`, params,
+      `live: following ${live.length} run${live.length === 1 ? "" : "s"}`, pause, () => { if (this.alive) this.connect(); });
   }
 
   onEvent(name, data) {
