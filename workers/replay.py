@@ -81,7 +81,7 @@ async def replay(
         # STEPLINE_STORAGE_URL), its orphan sweep would delete every segment this replay writes, as no row of its
         # metadata names them.
         if await asyncio.to_thread(objects.holds_any, "segments"):
-            where = settings.data_dir if objects.local else objects.url
+            where = settings.data_dir if objects.url == "local" else objects.url  # "local": the data directory
             raise SettingsError(f"replay needs an empty storage location: {where} already holds segments "
                                 "(a live deployment's?); give --storage-url a new bucket or prefix")
         for p in range(names.partitions):
