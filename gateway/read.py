@@ -226,6 +226,12 @@ def _run_listed(r: RunView) -> dict[str, Any]:
     return {**run_brief(r), "config": r.config, "summary": r.summary}
 
 
+def _run_tagged(r: RunView) -> dict[str, Any]:
+    from .live import tagged  # live imports this module (run_brief)
+
+    return {**run_brief(r), "config": tagged(r.config), "summary": tagged(r.summary)}
+
+
 async def list_projects(request: web.Request) -> web.Response:
     gw = request.app[GW.KEY]
     key = await gw.auth.identify(request.headers.get("Authorization"), "read", request.remote or "?")
@@ -327,7 +333,10 @@ async def list_runs(request: web.Request) -> web.Response:
     """Runs of a project: ``?filters=<W&B filter JSON>&order=-summary_metrics.loss&per_page=50&page=0&state=``.
     Without ``per_page`` every match is listed. Each run: the brief fields, group, job_type, tags, notes, config
     and summary; ``total`` counts all matches. A malformed filter is 400 ``bad_query`` naming the operator or
-    field."""
+    field. ``values=tagged`` (JSON only; the web page's runs table) sends config and summary as ``page_info`` does
+    (:func:`gateway.live.tagged`: NaN and ±inf as ``{"_type": "nonfinite", ...}``, ints past 2**53 as
+    ``{"_type": "bigint", ...}``) instead of JSON's ``null``/``"Infinity"``, which read as a missing value and a
+    string."""
     gw, project, _ = await authorized(request)
     fmt = _fmt(request)
     raw_state = request.query.get("state")
@@ -345,13 +354,19 @@ async def list_runs(request: web.Request) -> web.Response:
     per_page = int_param(request, "per_page", None, lo=1)
     page = int_param(request, "page", 0, lo=0)
     assert page is not None
+    values = request.query.get("values", "plain")
+    if values not in ("plain", "tagged"):
+        raise Refused(400, "bad_param", f"values must be plain or tagged, got {values!r:.40}")
+    if values == "tagged" and fmt != "json":
+        raise Refused(400, "bad_param", "values=tagged is for format=json (msgpack and exact keep every value)")
+    listed = _run_tagged if values == "tagged" else _run_listed
 
     def load() -> tuple[list[dict[str, Any]], int]:
         found = gw.api.runs(project, filters=filters, order=order, per_page=per_page or 1000, state=state)
         if per_page is None:
             chosen = list(found)
-            return [_run_listed(r) for r in chosen], len(chosen)
-        return [_run_listed(r) for r in found.page(page)], len(found)
+            return [listed(r) for r in chosen], len(chosen)
+        return [listed(r) for r in found.page(page)], len(found)
 
     briefs, total = await call(gw, load)
     body = {"runs": briefs, "total": total, "page": page, "per_page": per_page}

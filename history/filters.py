@@ -8,7 +8,7 @@
 Fields: ``config.<path>`` (``config.lr``, ``config.model.depth``; W&B's ``config.lr.value`` is accepted as
 ``config.lr``), ``summary_metrics.<path>`` (also ``summary.<path>``), ``state``, ``created_at``, ``updated_at``,
 ``name`` (the run id, as in W&B), ``display_name``, ``group``, ``job_type``, ``tags``, ``notes``, ``rows``,
-``last_step`` (camelCase spellings are accepted too). A path is split on ``.``.
+``rejected`` (rejected calls), ``last_step`` (camelCase spellings are accepted too). A path is split on ``.``.
 
 Operators: ``$and``, ``$or`` (a list of filters), ``$not`` (a filter), and per field ``$eq``, ``$ne``, ``$gt``,
 ``$gte``, ``$lt``, ``$lte``, ``$in``, ``$nin``, ``$regex``, ``$exists``; ``{"field": value}`` is ``$eq``, and several
@@ -95,12 +95,13 @@ _COLUMNS: dict[str, Any] = {
     "job_type": runs.c.job_type,
     "notes": runs.c.notes,
     "rows": runs.c.rows,
+    "rejected": runs.c.rejected,  # rejected calls (the sum of the run's counts by reason)
     "last_step": runs.c.last_step,
 }
 _ALIASES = {"createdAt": "created_at", "updatedAt": "updated_at", "displayName": "display_name",
             "jobType": "job_type", "lastStep": "last_step", "summaryMetrics": "summary_metrics"}
 _TIMES = frozenset({"created_at", "updated_at"})
-_NUMBERS = frozenset({"created_at", "updated_at", "rows", "last_step"})
+_NUMBERS = frozenset({"created_at", "updated_at", "rows", "rejected", "last_step"})
 FIELDS = (*_COLUMNS, "tags", "config.<path>", "summary_metrics.<path>")
 _CMP = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}
 _FIELD_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$exists"})

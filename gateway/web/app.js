@@ -395,12 +395,31 @@ const BASE_COLUMNS = [
   { id: "updated_at", label: "updated", get: (r) => r.updated_at, show: (r) => ago(r.updated_at) },
 ];
 
+/**
+ * A table value's place in a sort: numbers (±inf at their ends, a tagged bigint by value) before strings; NaN after
+ * them and a missing value last, whichever the direction (the gateway's order puts both among "the rest").
+ */
+function sortKey(v) {
+  if (v === null || v === undefined) return { last: 2 };
+  if (isNonFinite(v)) return v.value === "NaN" ? { last: 1 } : { num: v.value === "Infinity" ? Infinity : -Infinity };
+  if (v && typeof v === "object" && v._type === "bigint") return { num: Number(v.value), big: BigInt(v.value) };
+  if (typeof v === "number") return { num: v };
+  return { str: String(v) };
+}
+
+/** Pinned to the end of a sort in both directions (`sortKey`). */
+const sortsLast = (v) => Boolean(sortKey(v).last);
+
 function compareValues(a, b) {
-  const na = a === null || a === undefined;
-  const nb = b === null || b === undefined;
-  if (na || nb) return na && nb ? 0 : na ? 1 : -1; // missing last
-  if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b), "en", { numeric: true });
+  const ka = sortKey(a);
+  const kb = sortKey(b);
+  if (ka.last || kb.last) return (ka.last || 0) - (kb.last || 0);
+  if (ka.num !== undefined && kb.num !== undefined) {
+    if (ka.big !== undefined && kb.big !== undefined) return ka.big < kb.big ? -1 : ka.big > kb.big ? 1 : 0;
+    return ka.num < kb.num ? -1 : ka.num > kb.num ? 1 : 0; // no subtraction: Infinity - Infinity is NaN
+  }
+  if (ka.num !== undefined || kb.num !== undefined) return ka.num !== undefined ? -1 : 1;
+  return ka.str.localeCompare(kb.str, "en", { numeric: true });
 }
 
 const reEscape = (t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
@@ -427,7 +446,7 @@ function columnFilter(id, text) {
 }
 
 /** Columns the runs query can order by (the others sort the shown page only). */
-const ORDERABLE = new Set(["name", "state", "last_step", "rows", "updated_at", "group"]);
+const ORDERABLE = new Set(["name", "state", "last_step", "rows", "rejected", "updated_at", "group"]);
 const RUNS_PER_PAGE = Number(localStorage.getItem("stepline.runsPerPage")) || 50;
 
 class RunsView extends View {
@@ -513,7 +532,8 @@ class RunsView extends View {
   async refresh() {
     const params = this.query();
     const sig = JSON.stringify(params);
-    const { runs, total } = await get(`projects/${enc(this.route.project)}/runs`, params);
+    // values=tagged: NaN and ±inf in config and summary come as {"_type": "nonfinite", ...}, shown exactly.
+    const { runs, total } = await get(`projects/${enc(this.route.project)}/runs`, { ...params, values: "tagged" });
     if (sig !== JSON.stringify(this.query())) return; // the query changed meanwhile: its own read follows
     const pages = Math.max(1, Math.ceil(total / RUNS_PER_PAGE));
     if (this.pageNo >= pages && total) { // the page went away (runs deleted or a narrower filter)
@@ -641,10 +661,10 @@ class RunsView extends View {
     let shown = this.runs;
     const { id, desc } = this.sort;
     shown = shown.map((r, i) => [r, i]).sort(([a, i], [b, j]) => {
-      const c = compareValues(this.value(a, id), this.value(b, id));
-      const missing = this.value(a, id) === null || this.value(a, id) === undefined
-        || this.value(b, id) === null || this.value(b, id) === undefined;
-      return (missing ? c : desc ? -c : c) || i - j;
+      const va = this.value(a, id);
+      const vb = this.value(b, id);
+      const c = compareValues(va, vb);
+      return (sortsLast(va) || sortsLast(vb) ? c : desc ? -c : c) || i - j;
     }).map(([r]) => r);
     const cols = this.columns();
     const row = (r) => el("tr", { "data-run": r.id },
@@ -659,7 +679,7 @@ class RunsView extends View {
         }
         if (c.id === "state") return el("td", {}, badge(shownState(r)));
         const v = this.value(r, c.id);
-        const isNum = c.num || (!c.show && typeof v === "number");
+        const isNum = c.num || (!c.show && (typeof v === "number" || isNonFinite(v) || v?._type === "bigint"));
         return el("td", { class: isNum ? "num" : null, "data-col": c.id }, c.show ? c.show(r) : fmt(v));
       }));
     const groupBy = this.groupSel.value;

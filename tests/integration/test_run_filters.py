@@ -3,6 +3,7 @@ database per test), plus ordering, pagination, malformed filters and the migrati
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,62 @@ def test_pages_of_a_json_order_cross_its_sections(api: Api) -> None:
             assert len(found) == 5
     assert [r.id for r in api.runs(P, {"config.lr": {"$lt": 5}}, order="-config.lr", per_page=1)] == [
         "r3", "r1", "r2"]
+
+
+def test_counters_order_every_run_also_over_http(db_url: str, data_dir: Path, redis_url: str,
+                                                namespace: str) -> None:
+    """``rows`` and ``rejected`` (rejected calls) order and filter every run of the project on both databases, page
+    after page, directly and through the gateway's runs listing (what the web page's runs table sorts by)."""
+    counts = {"c1": (10, 0), "c2": (500, 3), "c3": (7, 12), "c4": (500, 1), "c5": (0, 3)}  # run -> (rows, rejected)
+    store = MetaStore(db_url)
+    try:
+        epoch, _ = store.take_partition(0, "test")
+        c = Commit(0, epoch, "1-0")
+        for n, (rid, (rows, rejected)) in enumerate(counts.items()):
+            info = {"config": {}, "summary": {}, "columns": [], "warnings": [], "conflicts": [],
+                    "rejected": {"non_monotonic_step": rejected} if rejected else {}, "metrics": []}
+            c.runs.append(RunUpdate(project="cnt", run=rid, partition=0, name=rid, state="finished",
+                                    created_at=1000.0 + n, updated_at=1001.0 + n, last_step=None, rows=rows,
+                                    rejected=rejected, info=info, state_blob=b""))
+        store.commit(c)
+    finally:
+        store.close()
+    # Ties newest first (c5 is newer than c2, c4 newer than c2).
+    want = {"-rejected": ["c3", "c5", "c2", "c4", "c1"], "rejected": ["c1", "c4", "c5", "c2", "c3"],
+            "-rows": ["c4", "c2", "c1", "c3", "c5"], "rows": ["c5", "c3", "c1", "c4", "c2"]}
+    with Api(data_dir=data_dir, db_url=db_url) as api:
+        for order, runs_in_order in want.items():
+            found = api.runs("cnt", order=order, per_page=2)
+            assert [r.id for n in range(3) for r in found.page(n)] == runs_in_order, order
+        assert [r.id for r in api.runs("cnt", {"rejected": {"$gte": 3}}, order="created_at")] == ["c2", "c3", "c5"]
+        with pytest.raises(QueryError, match="takes a number"):
+            api.runs("cnt", {"rejected": "many"}, order="created_at")
+
+    async def over_http() -> None:
+        from aiohttp.test_utils import TestClient
+        from support.gateway_server import GatewayTestServer
+
+        from gateway import GatewaySettings, create_app
+
+        settings = GatewaySettings(redis_url=redis_url, namespace=namespace, partitions=4, data_dir=data_dir,
+                                   db_url=db_url)
+        client: Any = TestClient(GatewayTestServer(create_app(settings)))
+        await client.start_server()
+        try:
+            for order, runs_in_order in want.items():
+                got = []
+                for page in range(3):
+                    r = await client.get("/api/v1/projects/cnt/runs", params={"order": order, "per_page": "2",
+                                                                             "page": str(page)})
+                    assert r.status == 200, await r.text()
+                    body = await r.json()
+                    assert body["total"] == 5
+                    got += [(b["id"], b["rows"], b["rejected"]) for b in body["runs"]]
+                assert got == [(rid, *counts[rid]) for rid in runs_in_order], order
+        finally:
+            await client.close()
+
+    asyncio.run(over_http())
 
 
 LONG = "x" * 600
