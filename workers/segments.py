@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from schemas import packb
 from schemas.objects import ObjectStore, as_store
-from schemas.store import RUNTIME, STEP, TIMESTAMP, concat_segments, field_name, run_dir
+from schemas.store import INT_PART, RUNTIME, STEP, TIMESTAMP, concat_segments, field_name, int_field, run_dir
 from schemas.values import BOOL, NUMBER, STRING
 
 from .align import ColId, Row, RowBatch
@@ -31,7 +31,8 @@ def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.
     """Rows and row batches (ascending, unique steps) → an Arrow table in the segment format.
 
     Built column by column in one pass (slices of the fast path's arrays, single values of plain rows); a
-    missing value is null. A number column is int64 only while every value in the segment is an int.
+    missing value is null. A number column is int64 only while every value in the segment is an int; a float64
+    one holding some ints gets their exact values in its int companion (:func:`schemas.store.int_field`).
     """
     n = sum(len(r) if isinstance(r, RowBatch) else 1 for r in rows)
     pieces: dict[ColId, list[tuple[int, Any]]] = {}
@@ -67,9 +68,13 @@ def rows_to_table(rows: list[Row | RowBatch], displays: dict[ColId, str]) -> pa.
     arrays: list[pa.Array] = [pa.array(steps), pa.array(ts), pa.array(runtime)]
     for col in sorted(pieces, key=lambda c: field_name(displays[c], c[1])):
         arr = _column(col[1], pieces[col], n)
-        display = displays[col]
-        fields.append(pa.field(field_name(display, col[1]), arr.type, metadata={"key": display, "kind": col[1]}))
+        display, name = displays[col], field_name(displays[col], col[1])
+        fields.append(pa.field(name, arr.type, metadata={"key": display, "kind": col[1]}))
         arrays.append(arr)
+        ints = _int_companion(pieces[col], n) if col[1] == NUMBER and arr.type == pa.float64() else None
+        if ints is not None:
+            fields.append(pa.field(int_field(name), pa.int64(), metadata={"key": display, "kind": INT_PART}))
+            arrays.append(ints)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -77,6 +82,31 @@ def _is_int_piece(v: Any) -> bool:
     if isinstance(v, np.ndarray):
         return bool(v.dtype.kind == "i")
     return all(type(x) is int for x in v)
+
+
+def _int_companion(pieces: list[tuple[int, Any]], n: int) -> pa.Array | None:
+    """The int companion of a float64 number column (:func:`schemas.store.int_field`): each int logged, exactly,
+    in its row, null elsewhere; None when no value was an int (the usual all-float column costs nothing)."""
+    data: np.ndarray[Any, Any] | None = None
+    mask = np.ones(n, dtype=bool)  # True: no int in that row
+    for off, v in pieces:
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind != "i":
+                continue
+            if data is None:
+                data = np.zeros(n, dtype=np.int64)
+            data[off:off + len(v)] = v
+            mask[off:off + len(v)] = False
+            continue
+        for j, x in enumerate(v):
+            if type(x) is int:
+                if data is None:
+                    data = np.zeros(n, dtype=np.int64)
+                data[off + j] = x
+                mask[off + j] = False
+    if data is None:
+        return None
+    return pa.array(data, mask=mask if mask.any() else None)
 
 
 def _column(kind: str, pieces: list[tuple[int, Any]], n: int) -> pa.Array:
@@ -150,8 +180,8 @@ def read_table(where: ObjectStore | Path, rel: str) -> pa.Table:
 def merge_tables(tables: list[pa.Table]) -> pa.Table:
     """Concatenate segments of one run (disjoint step ranges) into one table, sorted by step.
 
-    A number column that is int64 in one segment and float64 in another becomes float64 (int64 only while every
-    value is an int; :func:`schemas.store.concat_segments`).
+    A number column that is int64 in one segment and float64 in another becomes float64, its ints kept exactly in
+    the column's int companion (:func:`schemas.store.concat_segments`).
     """
     merged = concat_segments(tables)
     return merged.sort_by(STEP)

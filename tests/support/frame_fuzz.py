@@ -86,7 +86,7 @@ from schemas.frame import MAX_SEQ, MAX_STEP
 from schemas.store import RUNTIME, STEP, TIMESTAMP
 from schemas.values import NUMBER
 from support.fuzz_report import Findings
-from support.history_oracle import Oracle
+from support.history_oracle import Oracle, exact_columns
 from workers.align import Row, RowBatch, RunAligner, expand
 from workers.metastore import MetaStore, sqlite_url
 from workers.partition import SEQ_WINDOW, PartitionProcessor
@@ -960,11 +960,12 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def same_number(want: Any, got: Any, float_column: bool) -> bool:
-    """A number as a segment holds it: an int stays an int in an int64 column; a float64 column holds ``float(v)``."""
-    if float_column:
-        return type(got) is float and same(float(want), got)
-    return type(got) is int and type(want) is int and want == got
+def same_number(want: Any, got: Any) -> bool:
+    """A number as a segment holds it: an int stays an int, exactly (an int64 column, or a float64 column's int
+    companion: :func:`support.history_oracle.exact_columns`), and a float is a float, bit for bit."""
+    if type(want) is int:
+        return type(got) is int and want == got
+    return type(got) is float and same(want, got)
 
 
 def check_segment(table: Any, rows: list[Row | RowBatch], where: str) -> int:
@@ -972,13 +973,13 @@ def check_segment(table: Any, rows: list[Row | RowBatch], where: str) -> int:
     checked. Every value must also render as strict JSON (what every read route relies on)."""
     want = expand(rows)
     assert table.num_rows == len(want), f"[segment_rows] {where}: {table.num_rows} rows stored, {len(want)} emitted"
-    cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    cols = exact_columns(table)  # a float64 column's logged ints from its int companion
     assert cols[STEP] == [r.step for r in want], f"[segment_steps] {where}: steps differ"
     assert same(cols[TIMESTAMP], [float(r.ts) for r in want]), f"[segment_ts] {where}: timestamps differ"
     assert same(cols[RUNTIME], [float(r.runtime) for r in want]), f"[segment_runtime] {where}: runtimes differ"
     by_col: dict[tuple[str, str], tuple[str, bool]] = {}
     for f in table.schema:
-        if f.name in (STEP, TIMESTAMP, RUNTIME):
+        if f.name in (STEP, TIMESTAMP, RUNTIME) or f.name not in cols:  # not an int companion
             continue
         meta = {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
         by_col[(key_ident(meta["key"]), meta["kind"])] = (f.name, str(f.type) == "double")
@@ -989,10 +990,10 @@ def check_segment(table: Any, rows: list[Row | RowBatch], where: str) -> int:
             f"[segment_values] {where}: row {i} has {len(row.values)} values, {stored} stored")
         for col, v in row.values.items():
             assert col in by_col, f"[segment_columns] {where}: no column for {col}"
-            name, is_float = by_col[col]
+            name, _ = by_col[col]
             got = cols[name][i]
             if col[1] == NUMBER:
-                ok = same_number(v.item() if isinstance(v, np.generic) else v, got, is_float)
+                ok = same_number(v.item() if isinstance(v, np.generic) else v, got)
             elif col[1] in ("string", "bool"):
                 ok = type(got) is type(v) and got == v
             else:
@@ -1229,7 +1230,7 @@ class _Harness:
                 for k, v in w[3].items():
                     gv = g[3][k]
                     if isinstance(v, int | float) and not isinstance(v, bool):
-                        ok = same_number(v, gv, type(gv) is float)
+                        ok = same_number(v, gv)
                     else:
                         ok = same(_py(v), gv)
                     assert ok, (f"[clean_value] {where}: clean run {r.run} step {g[0]} {k!r}: stored {gv!r:.200}, "
@@ -1250,7 +1251,7 @@ def segment_values(data_dir: Path, store: MetaStore, project: str,
     for seg in store.segments_of(project, run):
         table = pq.read_table(data_dir / seg["file"])
         kinds = {f.name: (f.metadata or {}).get(b"kind", b"").decode() for f in table.schema}
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        cols = exact_columns(table)
         for i in range(table.num_rows):
             values = {}
             for name, col in cols.items():

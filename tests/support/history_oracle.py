@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.objects import ObjectStore, open_store, parse_storage_url
-from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name
+from schemas.store import RUNTIME, STEP, TIMESTAMP, field_name, int_field, is_int_field
 from schemas.values import kind_of
 
 OracleRow = tuple[int, float, float, dict[str, Any]]
@@ -114,12 +114,24 @@ def segment_rows(data_dir: Path | ObjectStore, store: Any, project: str, run: st
     with ThreadPoolExecutor(objects.read_concurrency) as pool:
         tables = list(pool.map(lambda f: objects.parquet(f).read(), files))
     for table in tables:
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        cols = exact_columns(table)
         for i in range(table.num_rows):
             values = {name: col[i] for name, col in cols.items()
                       if name not in (STEP, TIMESTAMP, RUNTIME) and col[i] is not None}
             out.append((cols[STEP][i], cols[TIMESTAMP][i], cols[RUNTIME][i], values))
     return out
+
+
+def exact_columns(table: Any) -> dict[str, list[Any]]:
+    """A segment's columns as Python lists, a float64 number column's logged ints taken from its int companion
+    (``schemas.store.int_field``), which is not a column of its own."""
+    cols = {name: table.column(name).to_pylist() for name in table.column_names if not is_int_field(name)}
+    for name in table.column_names:
+        if is_int_field(name):
+            field = name.removesuffix(int_field(""))
+            cols[field] = [v if i is None else i for v, i in zip(cols[field], table.column(name).to_pylist(),
+                                                                 strict=True)]
+    return cols
 
 
 def read_history(data_dir: Path | ObjectStore, store: Any, project: str, run: str) -> list[OracleRow]:

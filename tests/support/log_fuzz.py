@@ -421,8 +421,8 @@ def check_run(api: Api, r: _Run, res: LogResult, where: str) -> None:
             f"[row_keys] {where} step {step}: stored {sorted(values)!r:.300}, oracle {sorted(want)!r:.300}")
         for k, w in want.items():
             g = values[k]
-            # A column that is float64 somewhere in the run reads as floats everywhere.
-            ok = same(float(w), g) if type(w) is int and type(g) is float else same(_wire(w), g)
+            # Each value as logged: an int stays an int (exactly) also where its column holds floats.
+            ok = type(g) is int and g == w if type(w) is int else same(_wire(w), g)
             assert ok, f"[value] {where} step {step} {k!r}: stored {g!r:.200}, logged {w!r:.200}"
             try:
                 json.dumps(plain(g), allow_nan=False)
