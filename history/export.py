@@ -4,7 +4,9 @@ What is written is ``Api().run(path).history(keys, samples=None)``: every row (o
 holding all of them), columns ``_step``, ``_timestamp``, ``_runtime`` and the keys in the run's order, so
 ``pandas.read_parquet(out)`` equals ``history(samples=None)``.
 
-Rows have W&B's shape: a key logged with values of several kinds is one column holding each row's value.
+Rows have W&B's shape: a key logged with values of several kinds is one column holding each row's value. CSV and
+JSON Lines write every value as it was logged, an int as an int (``1``, not ``1.0``; exactly, also past 2**53),
+even in a number column that also holds floats or misses rows, as ``scan_history()`` gives it.
 
 - **Parquet**: number columns int64 or float64 (NaN where a row lacks the key, as ``history`` gives), strings and
   bools as nullable columns; lists, arrays and media as JSON text (media as W&B-style ``{"_type": ...}`` dicts).
@@ -33,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import SteplineError
+from schemas.store import STEP
 
 from .formatting import plain
 from .query import Api, Array
@@ -156,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             suffix, "parquet")
     try:
         with Api(data_dir=args.data_dir, db_url=args.db_url, storage_url=args.storage_url) as api:
-            data = api.run(args.path).history(
-                keys=args.keys, samples=None, min_step=args.min_step, max_step=args.max_step, pandas=False,
-            )
+            # CSV and JSON write each value as logged (an int as an int); Parquet's number columns are history()'s.
+            data = api.run(args.path)._history_arrays(
+                args.keys, None, STEP, args.min_step, args.max_step, exact=fmt != "parquet")
         n = export_history(data, fmt, sys.stdout if args.out == "-" else Path(args.out))
     except SteplineError as e:
         print(f"stepline export: error: {e}", file=sys.stderr)

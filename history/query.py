@@ -27,8 +27,10 @@ Guarantees:
   bools as bools (the store keeps one column per kind; a row holds a value of one of them at most). The kind split
   stays available: ``split_kinds=True`` names each kind's column by its field, ``key`` (number) or
   ``key:<kind>`` (others), and asking for a field name (``"m:string"``) gives that column alone, under that name;
-  :attr:`RunView.columns` lists the stored columns. A number column that is int64 in one segment and float64 in
-  another reads as float64.
+  :attr:`RunView.columns` lists the stored columns. Rows hold each value as it was logged, as W&B's do: an int
+  as an int (exactly, also past 2**53), a float as a float, even where the key's number column also holds floats
+  (the segment's int companion, :mod:`schemas.store`). A number column as an array (``history()``, pandas) is
+  float64 when it holds both, as W&B's pandas gives it.
 - Downsampling is deterministic: same history, same arguments → same rows. :meth:`RunView.history` keeps evenly
   spaced rows (first and last included); :meth:`RunView.sampled` keeps M4 points (docs/DESIGN.md §8).
 
@@ -68,6 +70,7 @@ from schemas.store import (
     STEP,
     TIMESTAMP,
     concat_segments,
+    int_field,
     reader_engine,
     rejections,
     runs,
@@ -285,7 +288,7 @@ class Runs(Sequence["RunView"]):
             if rows:
                 offset = 0
             else:
-                offset -= int(conn.execute(select(func.count()).select_from(sec.source).where(*where)).scalar_one())
+                offset -= int(conn.execute(select(func.count()).select_from(source).where(*where)).scalar_one())
         return got
 
     def __len__(self) -> int:
@@ -721,7 +724,8 @@ class RunView:
         ``max_step`` exclusive. Returns a pandas DataFrame when ``pandas`` and pandas is importable, else a dict
         of numpy arrays: number columns float64 with NaN for missing (int64 when every value is an int and none
         is missing), strings/bools/other as object arrays with None for missing, media decoded. A key logged with
-        several kinds is one object column holding each row's value (None where missing); ``split_kinds=True``
+        several kinds is one object column holding each row's value as logged (ints as ints, floats as floats;
+        None where missing); ``split_kinds=True``
         gives one column per kind instead, named ``key`` (number) and ``key:<kind>``.
         """
         if samples is not None and samples < 1:
@@ -737,8 +741,11 @@ class RunView:
 
     def _history_arrays(
         self, keys: Sequence[str] | None, samples: int | None, x_axis: str, lo: int | None, hi: int | None,
-        split_kinds: bool = False,
+        split_kinds: bool = False, exact: bool = False,
     ) -> dict[str, Array]:
+        """``history()``'s arrays; with ``exact``, a number column that holds an int together with a float or a
+        missing value (which float64 cannot tell from a float) is an object column of the values as logged
+        (None where missing), as a key of several kinds is: what ``stepline export`` writes to CSV and JSON."""
         # W&B adds the x axis to the keys: rows without an x value cannot be drawn.
         wanted = None if keys is None else list(dict.fromkeys([x_axis, *keys]))
 
@@ -750,8 +757,13 @@ class RunView:
             out = {c.field: c for g in [[HistoryColumn(STEP, STEP, NUMBER)], *groups] for c in g}
             return groups, list(out.values())
 
-        table, cols = self._read(lambda cols: None if wanted is None else [c.field for c in plan(cols)[1]], lo, hi,
-                                 split_kinds)
+        def fields(cols: list[HistoryColumn]) -> list[str] | None:
+            if wanted is None:
+                return None
+            out = plan(cols)[1]
+            return [c.field for c in out] + _int_fields(out)
+
+        table, cols = self._read(fields, lo, hi, split_kinds)
         groups, out_cols = plan(cols)
         mask = _rows_holding(table, groups)
         idx = np.flatnonzero(mask) if mask is not None else None
@@ -765,7 +777,8 @@ class RunView:
         by_label: dict[str, list[HistoryColumn]] = {}
         for c in out_cols:
             by_label.setdefault(c.label, []).append(c)
-        return {name: _to_numpy(table, g[0]) if len(g) == 1 else _merged(table, g) for name, g in by_label.items()}
+        return {name: _to_numpy(table, g[0]) if len(g) == 1 and not (exact and _inexact(table, g[0]))
+                else _merged(table, g) for name, g in by_label.items()}
 
     def _x_columns(self, cols: list[HistoryColumn], x_axis: str) -> list[HistoryColumn]:
         found = [c for c in self._resolve(cols, x_axis) if c.kind == NUMBER]
@@ -783,8 +796,9 @@ class RunView:
 
         A row holds ``_step``, ``_timestamp``, ``_runtime`` and its present values (absent keys are absent, NaN
         stays NaN); other and media values are decoded. With ``keys``, only rows holding all of them, with only
-        those keys. A number column that is a float anywhere in the run yields floats everywhere. A key logged
-        with several kinds holds each row's value; ``split_kinds=True`` names them ``key`` and ``key:<kind>``.
+        those keys. Each value is as logged: an int as an int, a float as a float, whatever else the key holds
+        (W&B's rows). A key logged with several kinds holds each row's value; ``split_kinds=True`` names them
+        ``key`` and ``key:<kind>``.
         """
         if page_size < 1:
             raise QueryError(f"page_size must be >= 1, got {page_size}")
@@ -813,17 +827,13 @@ class RunView:
             if any(not g for g in groups):
                 return  # a key the run never logged: no row holds it
             user = [c for c in {c.field: c for g in groups for c in g}.values() if c.field not in SPECIAL_COLUMNS]
-        fields = [*SPECIAL_COLUMNS, *(c.field for c in user)]
-        # Types across the whole scan, from the files' footers: a float64 anywhere makes the column float64
-        # everywhere (as history's concatenation does), so a consumer never sees 3 then 2.5 then 4 as int/float.
-        floats: set[str] = set()
+        # Each row holds what was logged there, as W&B's rows do: an int as an int (from an int64 column, or from a
+        # float64 column's int companion), a float as a float, whatever the column holds in other segments.
+        fields = [*SPECIAL_COLUMNS, *(c.field for c in user), *_int_fields(user)]
         objects, cache = self._api.objects, self._api._cache
-        footers = {s.file: _open(objects, s.file, cache.footer(s.file)).metadata for s in segs}  # footers only
-        for footer in footers.values():
-            floats.update(f.name for f in footer.schema.to_arrow_schema() if f.type == pa.float64())
         for seg in segs:
-            # Opened again when its turn comes (the footer is known): a file collected since is found missing here.
-            pf = _open(objects, seg.file, footers[seg.file])
+            # Opened when its turn comes: a file collected since the listing is found missing here.
+            pf = _open(objects, seg.file, cache.footer(seg.file))
             names = set(pf.schema_arrow.names)
             present = [f for f in fields if f in names]
             for batch in _batches(objects, seg.file, pf, page_size, present):
@@ -832,7 +842,7 @@ class RunView:
                 if mask is not None:
                     t = t.filter(pa.array(mask))
                 if t.num_rows:
-                    yield from _rows(t, [c for c in user if c.field in names], floats)
+                    yield from _rows(t, [c for c in user if c.field in names])
                 # Files are sorted by step and segments by range: once past max_step, nothing later qualifies.
                 if hi is not None and batch.num_rows and batch.column(STEP)[batch.num_rows - 1].as_py() >= hi - 1:
                     return
@@ -958,6 +968,18 @@ def _to_numpy(table: pa.Table, col: HistoryColumn) -> Array:
     return np.array([None if v is None else unpack_stored(v) for v in arr.to_pylist()] + [None], dtype=object)[:-1]
 
 
+def _inexact(table: pa.Table, c: HistoryColumn) -> bool:
+    """Whether a number column's float64 array would not give back its logged ints (ints and missing values, or
+    ints and floats)."""
+    if c.kind != NUMBER or c.field in SPECIAL_COLUMNS or c.field not in table.column_names:
+        return False
+    col = table.column(c.field)
+    if pa.types.is_integer(col.type):
+        return bool(col.null_count > 0)
+    companion = int_field(c.field)
+    return companion in table.column_names and table.column(companion).null_count < table.num_rows
+
+
 def _merged(table: pa.Table, group: list[HistoryColumn]) -> Array:
     """One object column for the kinds of one key: each row holds the value logged there (None: none)."""
     out = np.full(table.num_rows, None, dtype=object)
@@ -968,7 +990,7 @@ def _merged(table: pa.Table, group: list[HistoryColumn]) -> Array:
         valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         if not valid.any():
             continue
-        vals = col.filter(pa.array(valid)).to_pylist()
+        vals = _values(table, c, pa.array(valid))
         if c.kind not in (NUMBER, STRING, BOOL):
             vals = [unpack_stored(v) for v in vals]
         picked = np.empty(len(vals), dtype=object)
@@ -977,16 +999,32 @@ def _merged(table: pa.Table, group: list[HistoryColumn]) -> Array:
     return out
 
 
-def _rows(table: pa.Table, user: list[HistoryColumn], floats: set[str]) -> Iterator[dict[str, Any]]:
+def _int_fields(cols: Sequence[HistoryColumn]) -> list[str]:
+    """The int companions (:func:`schemas.store.int_field`) a segment may hold for these columns."""
+    return [int_field(c.field) for c in cols if c.kind == NUMBER and c.field not in SPECIAL_COLUMNS]
+
+
+def _values(table: pa.Table, c: HistoryColumn, rows: pa.Array | None = None) -> list[Any]:
+    """The column's values (of the ``rows`` mask's rows) as logged: a number column's ints taken from its int
+    companion where it has one."""
+    col = table.column(c.field)
+    vals: list[Any] = (col if rows is None else col.filter(rows)).to_pylist()
+    companion = int_field(c.field)
+    if c.kind == NUMBER and companion in table.column_names:
+        ints = table.column(companion)
+        if ints.null_count < len(ints):
+            exact = (ints if rows is None else ints.filter(rows)).to_pylist()
+            vals = [v if i is None else i for v, i in zip(vals, exact, strict=True)]
+    return vals
+
+
+def _rows(table: pa.Table, user: list[HistoryColumn]) -> Iterator[dict[str, Any]]:
     steps = table.column(STEP).to_pylist()
     tss = table.column(TIMESTAMP).to_pylist()
     rts = table.column(RUNTIME).to_pylist()
     values: list[tuple[str, list[Any], bool]] = []
     for c in user:
-        arr = table.column(c.field)
-        if c.kind == NUMBER and c.field in floats and arr.type != pa.float64():
-            arr = arr.cast(pa.float64(), safe=False)  # ints past 2**53 round, as in concat_segments
-        values.append((c.label, arr.to_pylist(), c.kind not in (NUMBER, STRING, BOOL)))
+        values.append((c.label, _values(table, c), c.kind not in (NUMBER, STRING, BOOL)))
     for i, step in enumerate(steps):
         row: dict[str, Any] = {STEP: step, TIMESTAMP: tss[i], RUNTIME: rts[i]}
         for name, vals, packed in values:

@@ -71,8 +71,9 @@ def log_runs() -> None:
     run.define_metric("val/*", step_metric="epoch")
     for i in range(STEPS):
         data: dict[str, Any] = {"train/loss": 1.0 / (i + 1), "count": i, "big": 2**62 + i}
+        data["num"] = 2**53 + i if i % 4 == 0 else i / 4  # exact ints among floats (an int companion)
         if i % 3 == 0:
-            data["mixed"] = i
+            data["mixed"] = i + 0.5 if i % 9 == 6 else i
         elif i % 3 == 1:
             data["mixed"] = f"s{i}"
         else:
@@ -152,6 +153,8 @@ def test_history(api: Api) -> None:
     h = r.history(samples=None, pandas=False)
     assert len(h["_step"]) == STEPS and h["big"].dtype == np.int64 and h["big"][-1] == 2**62 + STEPS - 1
     assert h["mixed"].tolist()[:4] == [0, "s1", True, 3]
+    assert [type(v) for v in h["mixed"][[0, 3, 6]]] == [int, int, float] and h["mixed"][6] == 6.5
+    assert h["num"].dtype == np.float64 and h["num"][1] == 0.25  # a number column: float64, as W&B's pandas
     assert isinstance(h["hist"][0], Media) and h["hist"][1] is None
     assert h["vec"][50].dtype == np.float32 and h["vec"][50].tolist() == [0.0, 50.0, 100.0, 150.0]
     assert math.isnan(h["odd"][7]) and math.copysign(1, h["odd"][8]) == -1 and h["odd"][9] == math.inf
@@ -174,6 +177,11 @@ def test_scan_history_and_sampled(api: Api) -> None:
     rows = list(r.scan_history(page_size=7))
     assert [row["_step"] for row in rows] == list(range(STEPS))
     assert [rows[i]["mixed"] for i in range(4)] == [0, "s1", True, 3]
+    # Each value as logged (W&B's rows): ints stay ints, exactly, among the floats of the same key.
+    assert [(type(rows[i]["mixed"]), rows[i]["mixed"]) for i in (0, 3, 6, 9)] == [
+        (int, 0), (int, 3), (float, 6.5), (int, 9)]
+    assert [(type(rows[i]["num"]), rows[i]["num"]) for i in range(5)] == [
+        (int, 2**53), (float, 0.25), (float, 0.5), (float, 0.75), (int, 2**53 + 4)]
     assert isinstance(rows[50]["hist"], Media) and rows[50]["vec"].dtype == np.float32
     assert "odd" not in rows[6] and math.isnan(rows[7]["odd"])
     part = list(r.scan_history(keys=["val/loss", "epoch"], min_step=60, max_step=260))

@@ -15,19 +15,17 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 from support.pg import fresh_database
+from support.run_writer import PROJECT, RunWriter
 from support.s3 import Storage
 
 from history import Api, QueryError, RunNotFound, format_history
-from schemas import Config, DefineMetric, FencedError, Finish, Histogram, Media, Start, SteplineError
+from schemas import Config, DefineMetric, FencedError, Histogram, Media, SteplineError
 from schemas.objects import ObjectStore
 from schemas.store import segments as segments_table
-from workers.align import RunAligner
-from workers.metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef, sqlite_url
-from workers.segments import merge_tables, read_table, rows_to_table, write_table
+from workers.metastore import MetaStore, SegmentRef, sqlite_url
+from workers.segments import merge_tables, read_table, write_table
 
 pytestmark = pytest.mark.both_backends  # every test: the data directory and a bucket (objects -> storage)
-
-PROJECT = "proj"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,56 +35,6 @@ def db_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
         return
     with fresh_database() as url:
         yield url
-
-
-class RunWriter:
-    """What a worker does for one run, driven by hand: apply events, then commit segments + state (fenced)."""
-
-    def __init__(self, store: MetaStore, objects: ObjectStore, run: str, partition: int = 0) -> None:
-        self.store, self.objects, self.run, self.partition = store, objects, run, partition
-        self.epoch, _ = store.take_partition(partition, f"test-{run}")
-        self.aligner = RunAligner()
-        self.offset = 0
-        self.ts = 1000.0
-
-    def start(self, **config: Any) -> RunWriter:
-        self.aligner.apply(Start(ts=self.ts, name=f"name-{self.run}", config=config))
-        return self
-
-    def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> RunWriter:
-        self.ts += 1.0
-        self.aligner.apply_log(self.ts, data, step, commit)
-        return self
-
-    def finish(self, exit_code: int = 0) -> RunWriter:
-        self.ts += 1.0
-        self.aligner.apply(Finish(ts=self.ts, exit_code=exit_code))
-        return self
-
-    def prepare(self, level: int = 0) -> Commit:
-        """Write the rows made since the last commit as one segment; return the commit that references it."""
-        rows, rejected = self.aligner.take()
-        self.offset += 1
-        c = Commit(partition=self.partition, epoch=self.epoch, offset=f"{self.offset}-0")
-        if rows:
-            table = rows_to_table(rows, self.aligner.displays)
-            rel, size = write_table(self.objects, PROJECT, self.run, table, level)
-            c.segments.append(SegmentRef(PROJECT, self.run, level, rows[0].step, rows[-1].step, len(rows), size, rel))
-        c.rejections.extend(
-            RejectionRow(PROJECT, self.run, f"{self.offset}-{i}", r.reason, r.step, r.cursor, r.message, r.ts)
-            for i, r in enumerate(rejected)
-        )
-        a = self.aligner
-        c.runs.append(RunUpdate(
-            project=PROJECT, run=self.run, partition=self.partition, name=a.name, state=a.state,
-            created_at=a.created_at, updated_at=a.updated_at, last_step=a.last_step, rows=a.rows,
-            rejected=sum(a.rejected.values()), info=a.info(), state_blob=a.dump(),
-        ))
-        return c
-
-    def commit(self) -> RunWriter:
-        self.store.commit(self.prepare())
-        return self
 
 
 @pytest.fixture
@@ -337,7 +285,11 @@ def test_int_and_float_segments_promote(api: Api, store: MetaStore, objects: Obj
     h = run.history(samples=None, pandas=False)
     assert h["m"].dtype == np.float64
     assert h["m"].tolist() == [1.0, 2.0, 2.5, 4.0]
-    assert [type(r["m"]) for r in run.scan_history()] == [float] * 4
+    # Rows hold each value as logged (W&B's rows), whatever the column holds in other segments; also once merged.
+    assert [(type(r["m"]), r["m"]) for r in run.scan_history()] == [(int, 1), (int, 2), (float, 2.5), (int, 4)]
+    w.compact()
+    assert [(type(r["m"]), r["m"]) for r in run.scan_history()] == [(int, 1), (int, 2), (float, 2.5), (int, 4)]
+    assert run.history(samples=None, pandas=False)["m"].tolist() == [1.0, 2.0, 2.5, 4.0]
 
 
 def test_two_kinds_case_insensitive_and_media(api: Api, store: MetaStore, objects: ObjectStore) -> None:
