@@ -288,7 +288,7 @@ class Runs(Sequence["RunView"]):
             if rows:
                 offset = 0
             else:
-                offset -= int(conn.execute(select(func.count()).select_from(source).where(*where)).scalar_one())
+                offset -= int(conn.execute(select(func.count()).select_from(sec.source).where(*where)).scalar_one())
         return got
 
     def __len__(self) -> int:
