@@ -101,3 +101,32 @@ def test_scan_history_gives_back_every_value_as_logged(
         assert h["k"].dtype == object
         for i, want in enumerate(values):
             assert h["k"][i] is None if want is None else same(h["k"][i], want), (i, h["k"][i], want)
+
+
+def test_an_int_companion_only_where_a_float64_column_holds_ints() -> None:
+    """The format (schemas.store): all ints → int64 alone; all floats → float64 alone (nothing added to the common
+    case); both → float64 plus an int64 companion holding the ints, null elsewhere; a merge keeps it right."""
+    from schemas.store import INT_PART, int_field
+    from workers.align import Row
+    from workers.segments import merge_tables, rows_to_table
+
+    cols = {("i", "number"): "i", ("f", "number"): "f", ("m", "number"): "m"}
+    rows = [Row(0, 1.0, 0.0, {("i", "number"): 1, ("f", "number"): 0.5, ("m", "number"): 2**53 + 1}),
+            Row(1, 2.0, 1.0, {("i", "number"): 2, ("f", "number"): 1.5, ("m", "number"): 2.5}),
+            Row(2, 3.0, 2.0, {("i", "number"): 3})]
+    t = rows_to_table(rows, cols)
+    assert t.schema.field("i").type == "int64" and t.schema.field("f").type == "double"
+    assert t.schema.field("m").type == "double"
+    assert set(t.column_names) == {"_step", "_timestamp", "_runtime", "i", "f", "m", int_field("m")}
+    companion = t.schema.field(int_field("m"))
+    assert companion.metadata == {b"key": b"m", b"kind": INT_PART.encode()}
+    assert t.column(int_field("m")).to_pylist() == [2**53 + 1, None, None]
+
+    # A later segment where "i" holds a float: the merge makes "i" float64 and keeps its ints in a companion.
+    later = rows_to_table([Row(3, 4.0, 3.0, {("i", "number"): 4.5, ("m", "number"): 7})], cols)
+    assert later.schema.field("m").type == "int64" and int_field("m") not in later.column_names
+    merged = merge_tables([later, t])
+    assert merged.column("i").to_pylist() == [1.0, 2.0, 3.0, 4.5]
+    assert merged.column(int_field("i")).to_pylist() == [1, 2, 3, None]
+    assert merged.column(int_field("m")).to_pylist() == [2**53 + 1, None, None, 7]
+    assert int_field("f") not in merged.column_names
