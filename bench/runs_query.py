@@ -74,7 +74,7 @@ def fill(url: str, n: int) -> None:
             # The worker's commit writes these in the run's transaction (workers.metastore, schemas.run_values).
             values += [{"project": "bench", "run": f"r{i:06d}", "src": src, "path": path, "kind": kind, "num": num,
                         "str": text} for (src, path), (kind, num, text)
-                       in value_rows(columns["config"], columns["summary"]).items()]
+                       in value_rows(columns["config"], columns["summary"], columns["tags"]).items()]
             if len(batch) == 5000:
                 with engine.begin() as conn:
                     conn.execute(insert(runs), batch)
@@ -85,9 +85,12 @@ def fill(url: str, n: int) -> None:
                 conn.execute(insert(runs), batch)
                 conn.execute(insert(run_values), values)
         if url.startswith("postgresql"):
-            with engine.begin() as conn:  # committed: statistics written by a rolled-back ANALYZE are lost
-                conn.exec_driver_sql("ANALYZE sl_runs")
-                conn.exec_driver_sql("ANALYZE sl_run_values")
+            # VACUUM (outside a transaction) as autovacuum would for runs that stopped changing: it marks the pages
+            # all-visible, so index-only scans of sl_run_values (a filter's candidates) skip the table. ANALYZE
+            # writes the planner's statistics.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE sl_runs")
+                conn.exec_driver_sql("VACUUM ANALYZE sl_run_values")
         else:
             with engine.begin() as conn:
                 conn.exec_driver_sql("ANALYZE")

@@ -30,19 +30,31 @@ newest first. A malformed filter raises :class:`~history.query.QueryError` namin
 
 Indexes: ``(project, created_at)`` and ``(project, group_name)`` on both databases, GIN (``jsonb_path_ops``)
 on config, summary and tags on PostgreSQL, which an ``$eq`` there uses (compiled to containment ``@>``), and
-``sl_run_values`` (:mod:`schemas.run_values`): every number and string leaf of config and summary as plain columns,
-indexed by ``(project, src, path, num)`` and ``(project, src, path, str)``. An order on a JSON field is three
-:class:`Section` s (the numbers, joined with it and walking its num index; the strings, walking its str index;
-then the rest), so an ordered first page reads about as many index entries as it takes to find ``per_page``
-matches, each match tested against the filter on the run's own row. A filter that few runs pass walks far
-(``tags``/``$eq`` on PostgreSQL may start from their GIN index instead). ``len()`` is a COUNT: every run of the
-project the cheapest index leaves is tested against the filter, so it grows with the project (hundreds of ms at
-100,000 runs: bench/runs_query.py).
+``sl_run_values`` (:mod:`schemas.run_values`): every number and string leaf of config and summary, and every tag,
+as plain columns, indexed by ``(project, src, path, num)`` and ``(project, src, path, str)``.
+
+How a query reads them:
+
+- **Candidates.** The conditions that imply a match and that an index answers (:meth:`_Compiler.candidates`:
+  ``$eq``/``$in``/comparisons with a number or string on ``config.*``/``summary_metrics.*``, a tag's ``$eq``/
+  ``$in``, and on ``group``, ``name``, ``created_at``; every conjunct of the filter and every branch of an
+  ``$or``) are read first, at most ``Runs.CANDIDATES + 1`` index entries each (:func:`resolve_candidates`). When
+  they name at most that many runs (the intersection of the conjuncts read), the query reads only those runs by
+  key, tests each against the whole filter and sorts them: a filter that few runs pass costs about as much as it
+  has candidates, whatever the project's size. The index holds numbers as floats and strings by a 500 code point
+  prefix, so candidates are a superset (a strict comparison reads as non-strict); the filter itself decides.
+- **Walk.** Otherwise an order on a JSON field is three :class:`Section` s (the numbers, joined with it and walking
+  its num index; the strings, walking its str index; then the rest), so an ordered first page reads about as many
+  index entries as it takes to find ``per_page`` matches, each tested against the filter on the run's own row:
+  cheap when many runs match, which is when candidates are too many to read.
+- ``len()`` is a COUNT: of the candidates when they were few, else of every run of the project the cheapest index
+  leaves, tested against the filter (hundreds of ms at 100,000 runs: bench/runs_query.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -53,7 +65,8 @@ from sqlalchemy import (
     ARRAY,
     Boolean,
     ColumnElement,
-    Float,
+    Connection,
+    Numeric,
     String,
     and_,
     case,
@@ -67,16 +80,18 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import Join
 
 from schemas import SteplineError
-from schemas.run_values import CONFIG, SUMMARY, leaf_path, run_values
+from schemas.run_values import CONFIG, STR_PREFIX, SUMMARY, TAGS, leaf_path, run_values
 from schemas.store import runs
 
-__all__ = ["FIELDS", "FilterError", "Section", "compile_filters", "compile_order"]
+__all__ = ["FIELDS", "Candidates", "FilterError", "Section", "compile_candidates", "compile_filters",
+           "compile_order", "resolve_candidates"]
 
 
 class FilterError(SteplineError, ValueError):
@@ -106,6 +121,8 @@ FIELDS = (*_COLUMNS, "tags", "config.<path>", "summary_metrics.<path>")
 _CMP = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}
 _FIELD_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$exists"})
 _MAX_DEPTH = 32
+#: Plain fields with an index on (project, field): their conditions give a filter's candidates.
+_INDEXED = frozenset({"created_at", "name", "id", "group"})
 _MAX_PATTERN = 1000
 
 
@@ -161,7 +178,8 @@ class _Json:
 
     def number(self) -> Any:
         if self.pg:
-            return case((self.type_() == "number", cast(self.raw(), Float)))
+            # numeric, not float8: an int past 2**53 compares exactly, as SQLite compares its integers.
+            return case((self.type_() == "number", cast(self.raw(), Numeric)))
         return case((self.type_().in_(["integer", "real"]), self.raw()))
 
     def text(self) -> Any:
@@ -342,13 +360,89 @@ class _Compiler:
             return j.col.op("@>", is_comparison=True)(literal(doc, type_=JSONB))
         # A comparison reads the run's JSON, not sl_run_values: measured (bench/runs_query.py), probing the
         # index per run costs more than reading the JSON the query holds anyway, and an EXISTS on it led
-        # PostgreSQL's planner to worse plans for $or and COUNT; the index serves orders (Section).
+        # PostgreSQL's planner to worse plans for $or and COUNT. The index serves orders (Section) and narrows
+        # a filter to its candidates (candidates()).
         expr = j.number() if k == "number" else j.text()
         if k == "string" and self.pg:
             expr = expr.collate("C")
+        if k == "number" and self.pg:
+            # As numeric: a float by its shortest spelling (0.05 is JSON's 0.05, not the binary double's
+            # expansion), an int exactly.
+            v = literal(decimal.Decimal(repr(v) if isinstance(v, float) else v), Numeric())
         if op == "$eq":
             return expr == v
         return getattr(expr, _CMP[op])(v)
+
+    # --- candidates: a superset of a filter's runs, read from indexes ----------------------------------------
+
+    def candidates(self, f: Any, project: str) -> Candidates | None:
+        """The runs that may match ``f`` (already compiled, so well formed) as index reads, or None where no
+        index narrows them. Only what implies a match is used: a conjunct of the filter, every branch of an $or."""
+        parts: list[Candidates] = []
+        for key, value in f.items():
+            if key == "$and":
+                parts += [c for c in (self.candidates(x, project) for x in value) if c is not None]
+            elif key == "$or":
+                subs = [self.candidates(x, project) for x in value]
+                if all(c is not None for c in subs):
+                    parts.append(Candidates("or", parts=tuple(c for c in subs if c is not None)))
+            elif key == "$not":
+                continue
+            else:
+                parts += self.field_candidates(key, value, project)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else Candidates("and", parts=tuple(parts))
+
+    def field_candidates(self, name: str, cond: Any, project: str) -> list[Candidates]:
+        kind, target = self.field(name)
+        if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
+            ops = list(cond.items())
+        else:
+            ops = [("$eq", cond)]
+        out: list[Candidates] = []
+        for op, v in ops:
+            if op == "$in" and v:
+                subs = [self.op_candidates(kind, target, name, "$eq", x, project) for x in v]
+                if all(c is not None for c in subs):
+                    out.append(Candidates("or", parts=tuple(c for c in subs if c is not None)))
+            else:
+                c = self.op_candidates(kind, target, name, op, v, project)
+                if c is not None:
+                    out.append(c)
+        return out
+
+    def op_candidates(self, kind: str, target: Any, name: str, op: str, v: Any, project: str) -> Candidates | None:
+        if op not in ("$eq", *_CMP) or v is None or isinstance(v, bool):
+            return None
+        if kind == "tags":
+            path = leaf_path([v])
+            return Candidates("leaf", run_values, project, lambda t: [t.c.src == TAGS, t.c.path == path])
+        if kind == "column":
+            if target[0] not in _INDEXED:
+                return None
+            field, col = target
+            return Candidates("leaf", runs, project,
+                              lambda t: [self.column_op((field, t.c[col.name]), name, op, v)])
+        # config/summary: sl_run_values holds numbers as floats and strings cut to STR_PREFIX code points, both
+        # monotone maps, so a strict comparison becomes a non-strict one: never fewer runs than the filter's.
+        j: _Json = target
+        x: str | float
+        if isinstance(v, str):
+            x = v[:STR_PREFIX]
+        else:
+            try:
+                x = float(v)
+            except OverflowError:
+                return None
+        path = leaf_path(j.path)
+
+        def where(t: Any) -> list[Any]:
+            col = (t.c.str.collate("C") if self.pg else t.c.str) if isinstance(x, str) else t.c.num
+            cond = col == x if op == "$eq" else col >= x if op in ("$gt", "$gte") else col <= x
+            return [t.c.src == j.src, t.c.path == path, cond]
+
+        return Candidates("leaf", run_values, project, where)
 
     # --- tags (a JSON array of strings) ----------------------------------------------------------------------
 
@@ -401,16 +495,18 @@ class _Compiler:
         # Two long strings with the same indexed prefix: their whole values decide (case: NULL for the rest).
         whole = case((o.c.kind == "S", j.collated(j.text())))
         return [
-            Section(_Walk(o, runs, on(o.c.num)), None, [way(o.c.num), *newest]),
-            Section(_Walk(o, runs, on(o.c.str)), None, [way(j.collated(o.c.str)), way(whole), *newest]),
+            Section(_Walk(o, runs, on(o.c.num)), None, [way(o.c.num), *newest], _Walk(runs, o, on(o.c.num))),
+            Section(_Walk(o, runs, on(o.c.str)), None, [way(j.collated(o.c.str)), way(whole), *newest],
+                    _Walk(runs, o, on(o.c.str))),
             Section(runs, not_(j.side(lambda t: t.c.kind.in_(["n", "s", "S"]))), newest),
         ]
 
 
 class _Walk(Join):
-    """``ord JOIN sl_runs``, read in that order: SQLite's planner (no histograms) would rather read every run of
-    the project and sort them than walk the value index in order, which a first page of an ordered query needs
-    (CROSS JOIN is how SQLite is told the order of a join); PostgreSQL plans it from its statistics."""
+    """A join read in its written order on SQLite (CROSS JOIN is how SQLite is told the order of a join);
+    PostgreSQL plans it from its statistics. ``ord JOIN sl_runs``: SQLite's planner (no histograms) would rather
+    read every run of the project and sort them than walk the value index in order, which a first page of an
+    ordered query needs; ``sl_runs JOIN ord``: a short list of candidate runs, each looked up by its key."""
 
     inherit_cache = True
 
@@ -425,12 +521,107 @@ def _walk_sqlite(join: _Walk, compiler: Any, **kw: Any) -> str:
 class Section:
     """One part of an order: the runs of ``source`` (``sl_runs``, or it joined with ``sl_run_values`` as
     ``ord``), also filtered by ``where`` when set, sorted by ``order_by``. A query's runs are its sections' runs
-    one after the other."""
+    one after the other. ``driven``, when set, is the same join read the other way (runs first), for a query
+    whose runs are a short list of candidates (:func:`resolve_candidates`)."""
 
     source: Any
     where: Any | None
     order_by: list[Any]
+    driven: Any | None = None
 
+
+@dataclass(frozen=True)
+class Candidates:
+    """Index reads whose runs include every run a filter matches: a ``leaf`` (the runs of ``project`` in
+    ``table``, ``sl_run_values`` or ``sl_runs``, meeting ``where(alias of table)``), or the intersection (``and``)
+    or union (``or``) of ``parts``."""
+
+    kind: str
+    table: Any = None
+    project: str = ""
+    where: Callable[[Any], list[Any]] | None = None
+    parts: tuple[Candidates, ...] = ()
+
+    def select(self, ids: bool = True) -> Any:
+        """A SELECT of these runs' ids (a column ``run``); an ``and`` reads its first part, probing the rest.
+        ``ids=False``: a leaf's rows without them, to count (SQLite answers from the index alone, not visiting
+        each run's wide row for its id)."""
+        if self.kind == "leaf":
+            assert self.where is not None
+            t = self.table.alias()
+            return select(t.c.run if ids else literal(1)).where(t.c.project == self.project, *self.where(t))
+        if self.kind == "or":
+            return union(*(p.select() for p in self.parts))
+        return self.driven_by(self.parts[0])
+
+    def driven_by(self, driver: Candidates) -> Any:
+        """An ``and``'s runs: those of ``driver`` (one of its parts) that every other part has, each looked up by
+        the run's key (a probe per driver's run, not a read of every part)."""
+        sub = driver.select().subquery()
+        return select(sub.c.run).where(*(p.has(sub.c.run) for p in self.parts if p is not driver))
+
+    def has(self, run: Any) -> Any:
+        """Whether the run ``run`` (a column) is among these: index lookups by ``(project, run, ...)``."""
+        if self.kind == "leaf":
+            assert self.where is not None
+            t = self.table.alias()
+            # OFFSET 0 keeps PostgreSQL from turning the probe into a join whose plan rests on its estimate of
+            # the part's size, often far off for sl_run_values (a hash of 25,000 rows to probe 1,000 runs).
+            return exists(select(literal(1)).select_from(t).where(
+                t.c.project == self.project, t.c.run == run, *self.where(t)).offset(0))
+        probes = [p.has(run) for p in self.parts]
+        return or_(*probes) if self.kind == "or" else and_(*probes)
+
+
+def _leaves(c: Candidates) -> list[Candidates]:
+    return [c] if c.kind == "leaf" else [x for p in c.parts for x in _leaves(p)]
+
+
+def _count(conn: Connection, leaves: list[Candidates], limit: int, sizes: dict[int, int]) -> None:
+    """Each leaf's number of runs, up to ``limit + 1`` (a count reads at most that many index entries), into
+    ``sizes`` by the leaf's id: one statement for all of them, one round trip."""
+    if leaves:
+        counts = conn.execute(select(*(select(func.count()).select_from(leaf.select(False).limit(limit + 1).subquery())
+                                       .scalar_subquery() for leaf in leaves))).one()
+        sizes.update(zip(map(id, leaves), map(int, counts), strict=True))
+
+
+def _plan(c: Candidates, sizes: dict[int, int], limit: int) -> tuple[Candidates, int] | None:
+    """``c`` arranged to be read cheaply (an ``and`` driven by its smallest part) and a bound of its number of
+    runs, from its leaves' ``sizes``; None where that bound passes ``limit``."""
+    if c.kind == "leaf":
+        n = sizes[id(c)]
+        return (c, n) if n <= limit else None
+    if c.kind == "or":  # a union reads every part: together they must fit the limit
+        got = [_plan(p, sizes, limit) for p in c.parts]
+        if any(g is None for g in got):
+            return None
+        total = sum(g[1] for g in got if g is not None)
+        return (Candidates("or", parts=tuple(g[0] for g in got if g is not None)), total) if total <= limit else None
+    best: tuple[Candidates, Candidates, int] | None = None  # (part, its plan, its size)
+    for p in c.parts:
+        g = _plan(p, sizes, limit)
+        if g is not None and (best is None or g[1] < best[2]):
+            best = (p, *g)
+    if best is None:
+        return None
+    part, plan, n = best
+    return Candidates("and", parts=(plan, *(q for q in c.parts if q is not part))), n
+
+
+def resolve_candidates(conn: Connection, c: Candidates, cap: int, scan: int = 5_000) -> set[str] | None:
+    """The runs of ``c`` when they are at most ``cap``, else None (the query walks instead). Each leaf is counted
+    up to ``scan`` (one statement, at most ``scan + 1`` index entries per leaf); an ``and`` is read from its
+    smallest part, each of whose runs is looked up in the other parts, so a filter whose conditions each name
+    many runs but together few (a tag and a range) is still read from its candidates."""
+    leaves = _leaves(c)
+    sizes: dict[int, int] = {}
+    _count(conn, leaves, scan, sizes)
+    planned = _plan(c, sizes, scan)
+    if planned is None:
+        return None
+    got = list(conn.execute(planned[0].select().limit(cap + 1)).scalars())
+    return set(got) if len(got) <= cap else None
 
 def _epoch(s: str, name: str) -> float:
     try:
@@ -451,6 +642,14 @@ def compile_filters(filters: Mapping[str, Any] | None, dialect: str) -> ColumnEl
     if filters is None:
         return true()
     return _Compiler(dialect == "postgresql").filters(filters)
+
+
+def compile_candidates(filters: Mapping[str, Any] | None, project: str, dialect: str) -> Candidates | None:
+    """The index reads that narrow ``filters`` (well formed: :func:`compile_filters` first) to fewer runs than
+    the project's, or None."""
+    if filters is None:
+        return None
+    return _Compiler(dialect == "postgresql").candidates(filters, project)
 
 
 def compile_order(order: str, dialect: str) -> list[Section]:

@@ -78,7 +78,15 @@ from schemas.store import (
 )
 from schemas.values import BOOL, NUMBER, STRING
 
-from .filters import FilterError, Section, compile_filters, compile_order
+from .filters import (
+    Candidates,
+    FilterError,
+    Section,
+    compile_candidates,
+    compile_filters,
+    compile_order,
+    resolve_candidates,
+)
 from .sampling import m4
 from .stored import unpack_stored
 
@@ -226,11 +234,12 @@ class Api:
         try:
             where = [runs.c.project == project, compile_filters(filters, dialect)]
             sections = compile_order(order, dialect)
+            candidates = compile_candidates(filters, project, dialect)
         except FilterError as e:
             raise QueryError(str(e)) from None
         if state is not None:
             where.append(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
-        return Runs(self, where, sections, per_page)
+        return Runs(self, where, sections, per_page, candidates)
 
     def run(self, path: str) -> RunView:
         """Open ``"project/run"`` (or W&B's ``"entity/project/run"``); raises :class:`RunNotFound`."""
@@ -253,10 +262,28 @@ class Runs(Sequence["RunView"]):
     index, slice or ``len()`` it. Each page is one query, so runs added meanwhile may shift later pages; ``len()``
     is a COUNT of the matches when first asked. Compares equal to a list of the same runs."""
 
-    def __init__(self, api: Api, where: list[Any], order: list[Section], per_page: int) -> None:
+    #: A filter whose index reads name at most this many runs is answered from that list (looked up by key,
+    #: sorted) instead of walking the order's index and testing each run it meets (history.filters).
+    CANDIDATES = 1000
+
+    def __init__(self, api: Api, where: list[Any], order: list[Section], per_page: int,
+                 candidates: Candidates | None = None) -> None:
         self._api, self._where, self._order, self.per_page = api, where, order, per_page
+        self._candidates = candidates
+        self._driven = False
         self._pages: dict[int, list[RunView]] = {}
         self._count: int | None = None
+
+    def _narrow(self, conn: Connection) -> None:
+        """Once, at the first read: when the filter's candidates are few, the query reads only them. The runs
+        are still tested against the whole filter; the candidates only spare the reads of the others."""
+        if self._candidates is None:
+            return
+        ids = resolve_candidates(conn, self._candidates, self.CANDIDATES)
+        self._candidates = None
+        if ids is not None:
+            self._where = [*self._where, runs.c.run.in_(sorted(ids))]
+            self._driven = True
 
     def page(self, n: int) -> list[RunView]:
         """The ``n``-th page (from 0) of ``per_page`` runs; empty past the last."""
@@ -276,10 +303,12 @@ class Runs(Sequence["RunView"]):
         """``per_page`` rows from ``offset`` on: the order's sections (history.filters.Section) one after the
         other. A section that ends within the page hands on to the next at its start; a page that lies past a
         section counts that section's matches to know where in the next one it starts."""
+        self._narrow(conn)
         got: list[Any] = []
         for sec in self._order:
             where = [*self._where, *([] if sec.where is None else [sec.where])]
-            q = (select(*_RUN_COLUMNS).select_from(sec.source).where(*where).order_by(*sec.order_by)
+            source = sec.driven if self._driven and sec.driven is not None else sec.source
+            q = (select(*_RUN_COLUMNS).select_from(source).where(*where).order_by(*sec.order_by)
                  .limit(self.per_page - len(got)).offset(offset))
             rows = list(conn.execute(q))
             got += rows
@@ -288,7 +317,7 @@ class Runs(Sequence["RunView"]):
             if rows:
                 offset = 0
             else:
-                offset -= int(conn.execute(select(func.count()).select_from(sec.source).where(*where)).scalar_one())
+                offset -= int(conn.execute(select(func.count()).select_from(source).where(*where)).scalar_one())
         return got
 
     def __len__(self) -> int:
@@ -296,6 +325,7 @@ class Runs(Sequence["RunView"]):
             self._count = 0
             if self._api._ready():
                 with self._api._connect() as conn, conn.begin():
+                    self._narrow(conn)
                     self._count = int(conn.execute(
                         select(func.count()).select_from(runs).where(*self._where)).scalar_one())
         return self._count

@@ -12,6 +12,9 @@ every run of the project. This side table holds the same values as plain, indexe
   refuses entries past ~2.7 kB). Comparing prefixes orders strings as comparing them does, except between two
   long strings with the same prefix, which readers break with the full value.
 - Bools, nulls, lists and objects have no row (an order puts those runs after the strings).
+- ``src`` 2 (:data:`TAGS`): one row per tag of the run, ``path`` the tag as a one-element JSON array, ``kind``
+  ``t``, ``num`` and ``str`` NULL: ``(project, src, path)`` finds the runs with a tag through the num index
+  (a filter's candidates, ``history.filters``; SQLite has no index on a JSON array's elements).
 - Indexes ``(project, src, path, num)`` and ``(project, src, path, str)`` (PostgreSQL: ``str COLLATE "C"``, code
   point order as SQLite's BINARY), created by ``workers.migrations``: an ordered first page walks one of them and
   stops after a page of matches.
@@ -45,11 +48,12 @@ from sqlalchemy import (
 
 from .store import metadata
 
-__all__ = ["CONFIG", "STR_PREFIX", "SUMMARY", "create_run_values", "leaf_path", "run_values", "value_rows",
+__all__ = ["CONFIG", "STR_PREFIX", "SUMMARY", "TAGS", "create_run_values", "leaf_path", "run_values", "value_rows",
            "write_values", "write_values_many"]
 
 CONFIG: Final = 0
 SUMMARY: Final = 1
+TAGS: Final = 2
 #: Strings up to this many code points are indexed whole (at most 2 kB of UTF-8 in an index entry).
 STR_PREFIX: Final = 500
 
@@ -82,10 +86,14 @@ def _leaves(v: Any, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
         yield prefix, v
 
 
-def value_rows(config: Any, summary: Any) -> dict[tuple[int, str], tuple[str, float | None, str | None]]:
-    """The index rows of a run's JSON config and summary (as :func:`schemas.store.json_safe` gives them):
-    ``(src, path) -> (kind, num, str)`` for every number and string leaf."""
+def value_rows(config: Any, summary: Any, tags: Any = None
+               ) -> dict[tuple[int, str], tuple[str, float | None, str | None]]:
+    """The index rows of a run's JSON config and summary (as :func:`schemas.store.json_safe` gives them) and of
+    its tags: ``(src, path) -> (kind, num, str)`` for every number and string leaf and every tag."""
     out: dict[tuple[int, str], tuple[str, float | None, str | None]] = {}
+    for tag in tags or ():
+        if isinstance(tag, str):
+            out[(TAGS, leaf_path([tag]))] = ("t", None, None)
     for src, doc in ((CONFIG, config), (SUMMARY, summary)):
         for path, v in _leaves(doc, ()):
             if isinstance(v, bool) or v is None:

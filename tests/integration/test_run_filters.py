@@ -304,14 +304,15 @@ def test_the_value_index_follows_each_commit(db_url: str, data_dir: Path) -> Non
             with store.engine.connect() as conn:
                 stored = {(r.run, r.src, r.path): (r.kind, r.num, r.str) for r in conn.execute(
                     select(run_values).where(run_values.c.project == "live"))}
-                json_cols = {r.run: (r.config, r.summary) for r in conn.execute(
-                    select(runs_table.c.run, runs_table.c.config, runs_table.c.summary).where(
+                json_cols = {r.run: (r.config, r.summary, r.tags) for r in conn.execute(
+                    select(runs_table.c.run, runs_table.c.config, runs_table.c.summary, runs_table.c.tags).where(
                         runs_table.c.project == "live"))}
-            return stored, {(run, *k): v for run, (config, summary) in json_cols.items()
-                            for k, v in value_rows(config, summary).items()}
+            return stored, {(run, *k): v for run, (config, summary, tags) in json_cols.items()
+                            for k, v in value_rows(config, summary, tags).items()}
 
         stored, want = index_and_json()
         assert stored == want and ("a", 1, '["new"]') in stored and ("a", 1, '["gone"]') not in stored
+        assert ("a", 2, '["a"]') in stored and ("a", 2, '["b"]') in stored  # r1's tags
         # One commit changing several runs at once (the index's changes of all runs are written together): a key
         # gone from one, a value changed and a key added in the other, a third run new.
         commit_runs(store, "live", {"a": first, "b": {**RUNS["r2"], "summary": {"loss": 0.1, "extra": "e"}},
