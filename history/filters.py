@@ -550,9 +550,13 @@ class Candidates:
             assert self.where is not None
             t = self.table.alias()
             return select(t.c.run if ids else literal(1)).where(t.c.project == self.project, *self.where(t))
-        if self.kind == "or":
-            return union(*(p.select() for p in self.parts))
+        if self.kind == "or":  # one UNION of every branch: SQLite has no parenthesised compound SELECTs
+            return union(*(p.select() for p in self.branches()))
         return self.driven_by(self.parts[0])
+
+    def branches(self) -> list[Candidates]:
+        """An ``or``'s parts with the parts of the ``or`` s among them in their place."""
+        return [b for p in self.parts for b in (p.branches() if p.kind == "or" else [p])]
 
     def driven_by(self, driver: Candidates) -> Any:
         """An ``and``'s runs: those of ``driver`` (one of its parts) that every other part has, each looked up by
