@@ -6,7 +6,7 @@
 // a panel scrolled far away frees its chart and keeps its (bounded) data.
 // State for tests and debugging lives on window.__stepline (charts' drawn data, render timings, requests).
 
-import { HistogramChart, LineChart, MultiLineChart, exact, num } from "./charts.js";
+import { HistogramChart, LineChart, MultiLineChart, exact, loadUPlot, num, width } from "./charts.js";
 import { TableChart } from "./plots.js"; // wandb.plot charts over a table (#20)
 
 const KEY_STORE = "stepline.apiKey";
@@ -32,10 +32,16 @@ const SCROLL_QUIET_MS = 100;
  */
 function unpackF8(v) {
   if (!v || typeof v !== "object" || typeof v.f8 !== "string") return v;
-  const bin = atob(v.f8);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  const f = new Float64Array(bytes.buffer);
+  // Uint8Array.fromBase64 (Chromium 140+, Firefox 133+) decodes natively; the loop is for older browsers. On a
+  // fresh page that loop runs in the interpreter: 20-40 ms for a screenful of lines (6 keys, 1000 buckets).
+  let bytes;
+  if (typeof Uint8Array.fromBase64 === "function") bytes = Uint8Array.fromBase64(v.f8);
+  else {
+    const bin = atob(v.f8);
+    bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  }
+  const f = new Float64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 8);
   const out = new Array(f.length);
   for (let i = 0; i < f.length; i++) {
     const x = f[i];
@@ -75,14 +81,23 @@ const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => res
 // be a string) and an int past 2**53 as {"_type": "bigint", "value": "<digits>"} (a JS number would round it).
 const isNonFinite = (v) => v && typeof v === "object" && v._type === "nonfinite";
 
+/**
+ * An integer with thousands separators, as toLocaleString("en-US") writes it, without Intl: the first Intl use in
+ * a page starts ICU (20-50 ms), which would sit on the way to the first screen.
+ */
+function grouped(v) {
+  if (typeof v === "number" && (Object.is(v, -0) || Math.abs(v) >= 1e21)) return v.toLocaleString("en-US");
+  return String(v).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
 function fmt(v) {
   if (v === null || v === undefined) return "–";
   if (isNonFinite(v)) return v.value;
-  if (v && typeof v === "object" && v._type === "bigint") return BigInt(v.value).toLocaleString("en-US");
+  if (v && typeof v === "object" && v._type === "bigint") return grouped(BigInt(v.value));
   if (v && typeof v === "object" && v._type === "complex") return complexText(v);
   if (v && typeof v === "object" && typeof v._type === "string") return `[${v._type}]`; // media: shown in its panel
   if (v === "Infinity" || v === "-Infinity") return exact(v);
-  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : exact(v);
+  if (typeof v === "number") return Number.isInteger(v) ? grouped(v) : exact(v);
   if (typeof v === "boolean") return v ? "true" : "false";
   if (typeof v === "string") return v;
   return inner(v);
@@ -135,6 +150,16 @@ export function shownState(run) {
 }
 
 const badge = (s) => el("span", { class: `badge ${s}`, "data-state": s }, s);
+/**
+ * Keys, section names and config keys in order: case-insensitive, then by code point. Not localeCompare: its
+ * first call builds an ICU collator (30 ms and more), which sat between the run's info and the first reads.
+ */
+function byText(a, b) {
+  const x = a.toLowerCase();
+  const y = b.toLowerCase();
+  return x < y ? -1 : x > y ? 1 : a < b ? -1 : a > b ? 1 : 0;
+}
+
 const sectionOf = (key) => (key.includes("/") ? key.slice(0, key.indexOf("/")) : "");
 
 /** `{a: {b: 1}}` → [["a.b", 1]] (W&B's nested config as dotted keys; arrays stay values). */
@@ -854,11 +879,12 @@ class LinePanel extends Panel {
     const sig = JSON.stringify([xAxis, opts]);
     if (this.chart && this.chartSig !== sig) this.free();
     if (!this.chart) {
+      await loadUPlot();
       await this.page.frameSlot();
       if (!this.visible || this.s !== s) return; // scrolled away or replaced while waiting for the frame
       if (this.chart) this.free();
       this.chartSig = sig;
-      this.chart = new LineChart(this.box, { label: this.key, xAxis, ...opts,
+      this.chart = new LineChart(this.box, { label: this.key, xAxis, ...opts, w: this.page.chartWidth(this),
         height: this.el.classList.contains("fullscreen") ? window.innerHeight - 130 : 200,
         onZoom: (a, b) => this.page.zoomed(this, [a, b]),
         onReset: () => this.page.zoomed(this, null) });
@@ -876,7 +902,7 @@ class LinePanel extends Panel {
     const badText = [[bad.nan, "NaN"], [bad.pinf, "+inf"], [bad.ninf, "-inf"]].filter(([n]) => n)
       .map(([n, w]) => `${n} ${w}`).join(", ");
     this.note.textContent = !s.x.length ? `no points of ${this.key} against ${xAxis}`
-      : `${s.count.toLocaleString("en-US")} points${s.sampled ? `, ${s.x.length} drawn (M4, ${BUCKETS} buckets; band = bucket min–max)` : ""}` +
+      : `${grouped(s.count)} points${s.sampled ? `, ${s.x.length} drawn (M4, ${BUCKETS} buckets; band = bucket min–max)` : ""}` +
         `${badText ? ` · not drawn: ${badText}` : ""}${this.zoom ? " · zoomed (double-click to reset)" : ""}`;
     Object.assign(this.el.dataset, { points: String(s.x.length), count: String(s.count), xAxis,
       renderMs: (t2 - (this.t0 ?? t1)).toFixed(1), zoomed: this.zoom ? "1" : "0", drawn: "1", drawnAt: t2.toFixed(1) });
@@ -1020,6 +1046,7 @@ class SteppedPanel extends Panel {
 
   async render(v, step) {
     if (this.kind === "images") return renderGallery(this, v, step);
+    if (this.kind === "histogram" || this.kind === "plot") await loadUPlot();
     if (this.kind === "image") {
       if (!this.img) this.view.append(this.img = el("img", { class: "media", alt: this.key }),
         this.caption = el("div", { class: "note" }));
@@ -1164,7 +1191,7 @@ function problemsPanel(info) {
 function configTree(obj, q, prefix = "") {
   const test = matcher(q);
   const items = [];
-  for (const [k, v] of Object.entries(obj || {}).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [k, v] of Object.entries(obj || {}).sort(([a], [b]) => byText(a, b))) {
     const name = prefix ? `${prefix}.${k}` : k;
     if (v && typeof v === "object" && !Array.isArray(v) && !v._type) {
       const sub = configTree(v, q, name);
@@ -1280,6 +1307,7 @@ class PanelsView extends View {
     }, { rootMargin: "600px 0px" });
     this.onResize = () => {
       clearTimeout(this.resizeTimer);
+      this.frameWidth = null;
       this.resizeTimer = setTimeout(() => this.panels.forEach((pl) => pl.visible && pl.resize()), 150);
     };
     this.onKey = (ev) => { if (ev.key === "Escape" && this.full) this.fullscreen(this.full); };
@@ -1310,6 +1338,8 @@ class PanelsView extends View {
       this.inFlight++;
       job.fn().then(job.resolve, job.reject).finally(() => { this.inFlight--; this.pump(); });
     }
+    // Reads are on their way: the chart library can load and compile meanwhile (charts.js loadUPlot).
+    if (this.inFlight) loadUPlot().catch(() => {}); // a chart that needs it says the error
   }
 
   /**
@@ -1367,6 +1397,7 @@ class PanelsView extends View {
 
   runFrame() {
     const t0 = performance.now();
+    this.frameWidth = null; // chartWidth() measures again in this frame
     // Building a chart takes a frame or more on a slow machine: while the page is being scrolled (a scroll event
     // in the last SCROLL_QUIET_MS) charts wait, so the scroll itself stays smooth; then they are built, about 8 ms
     // per frame for a while after a scroll, as fast as they come otherwise (the first screen).
@@ -1378,6 +1409,16 @@ class PanelsView extends View {
     const budget = since < 500 ? 8 : 50;
     while (this.frameQueue.length && performance.now() - t0 < budget) this.frameQueue.shift()();
     if (this.frameQueue.length) requestAnimationFrame(() => this.runFrame());
+  }
+
+  /**
+   * The width of a line panel's chart, measured once per frame: the charts built in one frame all have the width
+   * of a grid column, and measuring after each chart was added laid the page out again for every one.
+   */
+  chartWidth(panel) {
+    if (panel.el.classList.contains("fullscreen")) return null; // the chart measures its own box
+    if (!this.frameWidth) this.frameWidth = width(panel.box);
+    return this.frameWidth;
   }
 
   axisFor(key) { return this.xOverride || stepMetricOf(this.infos, key) || "_step"; }
@@ -1632,7 +1673,9 @@ class RunPage extends PanelsView {
     }
     this.headInfo(info);
     // The first screen starts reading now rather than when the IntersectionObserver first reports (a frame later).
-    if (fresh) for (const pl of this.panels) if (!pl.el.hidden && inViewport(pl.el)) pl.show();
+    // All positions are read before any panel is shown: show() writes to the DOM, and a read after a write lays
+    // the page out again (30 panels made 30 layouts).
+    if (fresh) for (const pl of this.panels.filter((p) => !p.el.hidden && inViewport(p.el))) pl.show();
   }
 
   headInfo(info) {
@@ -1670,14 +1713,14 @@ class RunPage extends PanelsView {
       kinds.get(c.key).push(c);
     }
     const sections = new Map();
-    for (const [key, cols] of [...kinds.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    for (const [key, cols] of [...kinds.entries()].sort(([a], [b]) => byText(a, b))) {
       if (hidden(key)) continue;
       const sec = sectionOf(key);
       if (!sections.has(sec)) sections.set(sec, []);
       for (const c of cols) sections.get(sec).push({ ...c, label: cols.length > 1 ? c.field : c.key });
     }
     this.body.replaceChildren();
-    for (const [name, cols] of [...sections.entries()].sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a.localeCompare(b)))) {
+    for (const [name, cols] of [...sections.entries()].sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : byText(a, b)))) {
       const [box, panels] = sectionBox(name, new Set(cols.map((c) => c.key)).size);
       this.body.append(box);
       const scalars = [];
@@ -1765,6 +1808,7 @@ class ComparePanel extends Panel {
 
   async draw() {
     if (!this.lines) return;
+    await loadUPlot();
     const xAxis = this.xAxis;
     const opts = this.page.chartOpts();
     const sig = JSON.stringify([xAxis, opts]);
@@ -1831,6 +1875,7 @@ class CompareMediaPanel extends Panel {
     this.el.dataset.step = String(step);
     this.stepLabel.textContent = `${fmt(step)} (${i + 1}/${this.steps.length})`;
     this.free();
+    if (this.kind === "histogram") await loadUPlot();
     const cells = await Promise.all(this.byRun.map(async ({ info, rows }) => {
       // The run's latest value at or before the step (W&B shows the same step; a run that skipped it shows its last).
       let v = null;
@@ -1912,7 +1957,7 @@ class ComparePage extends PanelsView {
     const cols = this.infos.flatMap((i) => i.columns);
     const keys = [...new Set(cols.filter((c) => c.kind === "number").map((c) => c.key))].sort();
     const media = [...new Map(cols.filter((c) => c.kind === "image" || c.kind === "histogram").map((c) => [c.key, c.kind]))]
-      .sort(([a], [b]) => a.localeCompare(b));
+      .sort(([a], [b]) => byText(a, b));
     const colSig = JSON.stringify([keys, media, this.infos.map((i) => i.id)]);
     if (colSig === this.colSig) return;
     const rebuild = this.colSig !== null;
@@ -1929,13 +1974,13 @@ class ComparePage extends PanelsView {
     };
     for (const k of keys) put(k, () => new ComparePanel(this, k));
     for (const [k, kind] of media) put(k, () => new CompareMediaPanel(this, k, kind));
-    for (const [name, makers] of [...sections.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    for (const [name, makers] of [...sections.entries()].sort(([a], [b]) => byText(a, b))) {
       const [box, panels] = sectionBox(name, makers.length);
       this.body.append(box);
       for (const make of makers) this.add(make(), panels);
     }
     this.applySearch();
-    if (rebuild) for (const pl of this.panels) if (!pl.el.hidden && inViewport(pl.el)) pl.show();
+    if (rebuild) for (const pl of this.panels.filter((p) => !p.el.hidden && inViewport(p.el))) pl.show(); // reads, then writes
   }
 
   /** One stream for every run of the compare that is still running (`.../projects/{p}/events?run=…`). */

@@ -3,6 +3,26 @@
 // hover tooltip with the exact value and step, and can be resized and destroyed. Smoothing is W&B's / TensorBoard's
 // time-weighted EMA with debias (smoothEMA); log scales drop the points a log axis cannot show.
 
+// uPlot is not a <script> of index.html: evaluating it takes 15-50 ms (most of it the first Intl.NumberFormat it
+// builds, which starts ICU), and a deferred script would run before app.js, so before the first reads are sent. The
+// page loads it once its first reads are in flight; every chart awaits it.
+const UPLOT_SRC = "static/vendor/uPlot.iife.min.js";
+let uplotReady = null;
+
+/** Resolves once the global `uPlot` exists (loading it the first time); charts are built only after it. */
+export function loadUPlot() {
+  if (!uplotReady) {
+    uplotReady = typeof uPlot !== "undefined" ? Promise.resolve() : new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = UPLOT_SRC;
+      s.onload = () => resolve();
+      s.onerror = () => { uplotReady = null; reject(new Error("the chart library (uPlot) did not load")); };
+      document.head.append(s);
+    });
+  }
+  return uplotReady;
+}
+
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d",
   "#4f46e5", "#b45309"];
 export const color = (i) => COLORS[i % COLORS.length];
@@ -87,7 +107,7 @@ export function smoothEMA(x, y, weight) {
   return out;
 }
 
-function width(el) {
+export function width(el) {
   return Math.max(240, Math.floor(el.getBoundingClientRect().width) - 4);
 }
 
@@ -149,7 +169,7 @@ const positive = (a) => a.map((v) => (v !== null && v > 0 ? v : null));
  * on double click. `opts`: label, xAxis, smoothing (0..1), logY, logX, height.
  */
 export class LineChart {
-  constructor(el, { label, xAxis, onZoom, onReset, height = 200, smoothing = 0, logY = false, logX = false }) {
+  constructor(el, { label, xAxis, onZoom, onReset, height = 200, smoothing = 0, logY = false, logX = false, w = null }) {
     this.el = el;
     this.label = label;
     this.xAxis = xAxis;
@@ -160,7 +180,7 @@ export class LineChart {
     this.draws = 0;
     const faint = smoothing > 0;
     const opts = {
-      width: width(el), height,
+      width: w ?? width(el), height, // w: measured by the caller (one layout for a screenful of charts)
       scales: { x: { time: timeAxis(xAxis), distr: this.logX ? 3 : 1 }, y: { distr: logY ? 3 : 1 } },
       legend: { show: false },
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
