@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas import Finish, Start
 from schemas.objects import ObjectStore
-from workers.align import RunAligner
+from workers.align import Row, RowBatch, RunAligner
 from workers.metastore import Commit, MetaStore, RejectionRow, RunUpdate, SegmentRef
 from workers.segments import merge_tables, read_table, rows_to_table, write_table
 
@@ -45,7 +45,7 @@ class RunWriter:
         self.offset += 1
         c = Commit(partition=self.partition, epoch=self.epoch, offset=f"{self.offset}-0")
         if rows:
-            table = rows_to_table(rows, self.aligner.displays)
+            table = rows_to_table(list[Row | RowBatch](rows), self.aligner.displays)
             rel, size = write_table(self.objects, self.project, self.run, table, level)
             c.segments.append(SegmentRef(self.project, self.run, level, rows[0].step, rows[-1].step, len(rows), size,
                                          rel))

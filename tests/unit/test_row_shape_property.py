@@ -31,7 +31,7 @@ INTS = st.one_of(INT64, st.sampled_from([0, 1, -1, 2**53, 2**53 + 1, -(2**53) - 
                  st.integers(-5, 5))
 FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                    st.sampled_from([0.0, -0.0, 1.0, 2.5, float(2**53), math.inf, -math.inf, math.nan]))
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=4)
 #: None: the call logs another key only, so the row lacks this one.
 VALUES = st.one_of(INTS, FLOATS, TEXT, st.booleans(), st.none())
 
@@ -107,13 +107,14 @@ def test_an_int_companion_only_where_a_float64_column_holds_ints() -> None:
     """The format (schemas.store): all ints → int64 alone; all floats → float64 alone (nothing added to the common
     case); both → float64 plus an int64 companion holding the ints, null elsewhere; a merge keeps it right."""
     from schemas.store import INT_PART, int_field
-    from workers.align import Row
+    from workers.align import Row, RowBatch
     from workers.segments import merge_tables, rows_to_table
 
     cols = {("i", "number"): "i", ("f", "number"): "f", ("m", "number"): "m"}
-    rows = [Row(0, 1.0, 0.0, {("i", "number"): 1, ("f", "number"): 0.5, ("m", "number"): 2**53 + 1}),
-            Row(1, 2.0, 1.0, {("i", "number"): 2, ("f", "number"): 1.5, ("m", "number"): 2.5}),
-            Row(2, 3.0, 2.0, {("i", "number"): 3})]
+    rows: list[Row | RowBatch] = [
+        Row(0, 1.0, 0.0, {("i", "number"): 1, ("f", "number"): 0.5, ("m", "number"): 2**53 + 1}),
+        Row(1, 2.0, 1.0, {("i", "number"): 2, ("f", "number"): 1.5, ("m", "number"): 2.5}),
+        Row(2, 3.0, 2.0, {("i", "number"): 3})]
     t = rows_to_table(rows, cols)
     assert t.schema.field("i").type == "int64" and t.schema.field("f").type == "double"
     assert t.schema.field("m").type == "double"
