@@ -19,7 +19,12 @@ const MEDIA_KINDS = new Set(["histogram", "image", "plot", "html", "table"]);
 const SCALAR_KINDS = new Set(["string", "bool", "other"]);
 // A live line grows by appended rows up to this many points; past it, one re-read samples it down again.
 const MAX_LIVE_POINTS = 4000;
+// M4 buckets of a line: one per device pixel of its chart's width, at most BUCKETS (a full-screen chart keeps the
+// points it has), at least MIN_BUCKETS. M4 keeps each bucket's first, last, min and max point, so with a bucket
+// per pixel column the line and its band look as every point would; a 1000-bucket reply for a ~680 px chart was
+// a third more to send, decode and draw.
 const BUCKETS = 1000;
+const MIN_BUCKETS = 200;
 // Reads in flight at once from one page (the browser's own limit per host is 6; one is left for the live stream).
 const FETCH_SLOTS = 4;
 // Keys per sampled_batch read: a screenful of panels in one or two reads, without one slow reply holding up all.
@@ -857,10 +862,12 @@ class LinePanel extends Panel {
     const xAxis = this.xAxis;
     const zoom = this.zoom;
     const t0 = performance.now();
+    const buckets = this.page.bucketsFor(this);
     const s = zoom
       ? await this.page.limit(() => get(`${this.page.path}/sampled`, { key: this.key, x_axis: xAxis,
-        buckets: BUCKETS, x_min: zoom[0], x_max: zoom[1] }), this)
-      : await this.page.sampled(this.page.path, this.key, xAxis, this);
+        buckets, x_min: zoom[0], x_max: zoom[1] }), this)
+      : await this.page.sampled(this.page.path, this.key, xAxis, this, buckets);
+    s.buckets = buckets;
     const t1 = performance.now();
     if (xAxis !== this.xAxis || zoom !== this.zoom) return false; // changed while this was in flight
     this.s = s;
@@ -902,12 +909,12 @@ class LinePanel extends Panel {
     const badText = [[bad.nan, "NaN"], [bad.pinf, "+inf"], [bad.ninf, "-inf"]].filter(([n]) => n)
       .map(([n, w]) => `${n} ${w}`).join(", ");
     this.note.textContent = !s.x.length ? `no points of ${this.key} against ${xAxis}`
-      : `${grouped(s.count)} points${s.sampled ? `, ${s.x.length} drawn (M4, ${BUCKETS} buckets; band = bucket min–max)` : ""}` +
+      : `${grouped(s.count)} points${s.sampled ? `, ${s.x.length} drawn (M4, ${s.buckets} buckets; band = bucket min–max)` : ""}` +
         `${badText ? ` · not drawn: ${badText}` : ""}${this.zoom ? " · zoomed (double-click to reset)" : ""}`;
     Object.assign(this.el.dataset, { points: String(s.x.length), count: String(s.count), xAxis,
       renderMs: (t2 - (this.t0 ?? t1)).toFixed(1), zoomed: this.zoom ? "1" : "0", drawn: "1", drawnAt: t2.toFixed(1) });
     state.charts[this.key] = { key: this.key, xAxis, x: s.x, y: s.y, step: s.step, count: s.count,
-      sampled: s.sampled, zoom: this.zoom, fetchMs: this.fetchMs ?? 0, drawMs: t2 - t1,
+      sampled: s.sampled, buckets: s.buckets, zoom: this.zoom, fetchMs: this.fetchMs ?? 0, drawMs: t2 - t1,
       totalMs: t2 - (this.t0 ?? t1), loads: this.loads + 1, drawn: this.chart.data, nonFinite: bad };
     this.t0 = null;
   }
@@ -1346,10 +1353,10 @@ class PanelsView extends View {
    * The sampled line of `key` (as `.../sampled`): requests made in the same turn are sent together, at most
    * BATCH_KEYS keys per `sampled_batch` read, keys of panels in the viewport first.
    */
-  sampled(path, key, xAxis, panel) {
+  sampled(path, key, xAxis, panel, buckets = BUCKETS) {
     return new Promise((resolve, reject) => {
-      const id = `${path}\u0000${xAxis}`;
-      if (!this.batches.has(id)) this.batches.set(id, { path, xAxis, items: [] });
+      const id = `${path}\u0000${xAxis}\u0000${buckets}`;
+      if (!this.batches.has(id)) this.batches.set(id, { path, xAxis, buckets, items: [] });
       this.batches.get(id).items.push({ key, resolve, reject, panel });
       // Sent at the end of the current task (a microtask), not after a timer: a timer would wait for the first
       // layout and paint of the whole page (100 ms and more on a loaded machine).
@@ -1371,7 +1378,7 @@ class PanelsView extends View {
       for (let i = 0; i < b.items.length; i += BATCH_KEYS) {
         const chunk = b.items.slice(i, i + BATCH_KEYS);
         this.limit(() => get(`${b.path}/sampled_batch`, { key: chunk.map((c) => c.key), x_axis: b.xAxis,
-          buckets: BUCKETS, encoding: "f8" }), chunk[0].panel).then((r) => {
+          buckets: b.buckets, encoding: "f8" }), chunk[0].panel).then((r) => {
           performance.mark("stepline:batch");
           for (const c of chunk) {
             const s = r.sampled[c.key];
@@ -1419,6 +1426,12 @@ class PanelsView extends View {
     if (panel.el.classList.contains("fullscreen")) return null; // the chart measures its own box
     if (!this.frameWidth) this.frameWidth = width(panel.box);
     return this.frameWidth;
+  }
+
+  /** M4 buckets for a line panel: its chart's width in device pixels, within [MIN_BUCKETS, BUCKETS]. */
+  bucketsFor(panel) {
+    const w = this.chartWidth(panel) ?? width(panel.box);
+    return Math.max(MIN_BUCKETS, Math.min(BUCKETS, Math.ceil(w * (window.devicePixelRatio || 1))));
   }
 
   axisFor(key) { return this.xOverride || stepMetricOf(this.infos, key) || "_step"; }

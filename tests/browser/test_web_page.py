@@ -105,10 +105,12 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
     assert kinds["media/curves"] == "plot" and kinds["/*scalars"] == "table"
     assert page.locator('details.section[data-section="train"] summary').inner_text().startswith("train")
 
-    # The line chart draws exactly the sampled API's points (1000 buckets, step axis).
+    # The line chart draws exactly the sampled API's points (one bucket per pixel of its width, step axis).
     panel(page, "train/loss")
     wait_loads(page, "train/loss")
-    api = stack.get_json("projects/demo/runs/r1/sampled", key="train/loss", x_axis="_step", buckets=1000)
+    buckets = charts(page)["train/loss"]["buckets"]
+    assert 200 <= buckets < 1000  # a ~680 px chart at devicePixelRatio 1
+    api = stack.get_json("projects/demo/runs/r1/sampled", key="train/loss", x_axis="_step", buckets=buckets)
     same_line(charts(page)["train/loss"], api)
     assert max(charts(page)["train/loss"]["y"]) > 3.0  # the spike at step 271 is drawn
     first_render_ms = charts(page)["train/loss"]["totalMs"]
@@ -126,7 +128,7 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
     lo, hi = zoomed["zoom"]
     assert 150 < lo < hi < 350 and zoomed["x"][0] >= lo and zoomed["x"][-1] <= hi
     same_line(zoomed, stack.get_json("projects/demo/runs/r1/sampled", key="train/loss", x_axis="_step",
-                                     buckets=1000, x_min=lo, x_max=hi))
+                                     buckets=zoomed["buckets"], x_min=lo, x_max=hi))
     page.screenshot(path=tmp_path / "zoomed.png")
     over.dblclick()
     wait_loads(page, "train/loss", n + 1)

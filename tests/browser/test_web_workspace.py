@@ -80,7 +80,8 @@ def test_zoom_draws_the_refetched_points(stack: Stack, page: Any) -> None:
     page.mouse.up()
     zoomed = wait_drawn(page, "loss", "c.zoom !== null")
     lo, hi = zoomed["zoom"]
-    api = stack.get_json("projects/z/runs/z1/sampled", key="loss", x_axis="_step", buckets=1000, x_min=lo, x_max=hi)
+    api = stack.get_json("projects/z/runs/z1/sampled", key="loss", x_axis="_step", buckets=zoomed["buckets"],
+                         x_min=lo, x_max=hi)
     assert zoomed["x"] == api["x"]
     # What was drawn last: the refetched points, over the zoomed range.
     page.wait_for_function(f"window.__draws.length && window.__draws.at(-1).n === {len(api['x'])}", timeout=10_000)
