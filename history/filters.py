@@ -124,6 +124,7 @@ _MAX_DEPTH = 32
 #: Plain fields with an index on (project, field): their conditions give a filter's candidates.
 _INDEXED = frozenset({"created_at", "name", "id", "group"})
 _MAX_PATTERN = 1000
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _scalar(v: Any) -> bool:
@@ -316,6 +317,10 @@ class _Compiler:
         # $eq and the comparisons
         if not _scalar(v) or (isinstance(v, float) and not math.isfinite(v)):
             raise FilterError(f"{op} on {name!r:.80} takes a finite number, a string, a bool or null, got {_show(v)}")
+        if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
+            # No stored value is such an int (the store holds int64) and the databases cannot bind one.
+            raise FilterError(f"{op} on {name!r:.80}: {v!r:.40} is an int outside int64 (use a float to compare "
+                              "with numbers that large)")
         if kind == "tags":
             if op != "$eq" or not isinstance(v, str):
                 raise FilterError(f"tags take $eq/$ne/$in/$nin with strings, $regex or $exists; got {op} {_show(v)}")
