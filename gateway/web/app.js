@@ -1424,7 +1424,10 @@ class PanelsView extends View {
    */
   chartWidth(panel) {
     if (panel.el.classList.contains("fullscreen")) return null; // the chart measures its own box
-    if (!this.frameWidth) this.frameWidth = width(panel.box);
+    if (!this.frameWidth) {
+      if (!(panel.box.getBoundingClientRect().width > 0)) return null; // not laid out: nothing to share
+      this.frameWidth = width(panel.box);
+    }
     return this.frameWidth;
   }
 
