@@ -350,7 +350,8 @@ async def list_runs(request: web.Request) -> web.Response:
             raise Refused(400, "bad_query", f"filters must be JSON: {e}") from None
         if not isinstance(filters, dict):
             raise Refused(400, "bad_query", f"filters must be a JSON object, got {type(filters).__name__}")
-    order = request.query.get("order") or "-created_at"
+    # An empty order= is refused as the Api refuses order="" (not taken for the default).
+    order = request.query.get("order", "-created_at")
     per_page = int_param(request, "per_page", None, lo=1)
     page = int_param(request, "page", 0, lo=0)
     assert page is not None

@@ -469,10 +469,11 @@ class _Compiler:
     # --- order -----------------------------------------------------------------------------------------------
 
     def order(self, order: Any) -> list[Section]:
-        if not isinstance(order, str) or not order.strip("+-"):
+        # One optional sign: "--x" or "+-x" is a typo, not an order.
+        name = order[1:] if isinstance(order, str) and order[:1] in ("+", "-") else order
+        if not isinstance(name, str) or not name or name[0] in "+-":
             raise FilterError(f"order must be a field name with an optional + or - prefix, got {_show(order)}")
         desc = order.startswith("-")
-        name = order.lstrip("+-")
         kind, target = self.field(name)
         if kind == "tags":
             raise FilterError("runs cannot be ordered by tags")

@@ -111,6 +111,20 @@ class QueryError(SteplineError, ValueError):
     """A malformed run path or argument."""
 
 
+#: The states a run has: 'running' until it finishes, then 'finished' (exit code 0) or 'crashed'.
+RUN_STATES = ("running", "finished", "crashed")
+
+
+def history_keys(keys: Sequence[str] | None) -> list[str] | None:
+    """``keys`` of a history read as a list, or QueryError: a bare string would be read as its characters (one key
+    per letter, so no row holds them all: an empty result instead of the key's rows). W&B refuses it too."""
+    if keys is None:
+        return None
+    if isinstance(keys, (str, bytes)) or not all(isinstance(k, str) for k in keys):
+        raise QueryError(f"keys must be a list of key names, got {type(keys).__name__} {keys!r:.60}")
+    return list(keys)
+
+
 @dataclass(frozen=True, slots=True)
 class QuerySettings:
     data_dir: Path
@@ -238,7 +252,12 @@ class Api:
         except FilterError as e:
             raise QueryError(str(e)) from None
         if state is not None:
-            where.append(runs.c.state.in_([state] if isinstance(state, str) else list(state)))
+            states = [state] if isinstance(state, str) else list(state)
+            unknown = [s for s in states if s not in RUN_STATES]
+            if unknown:
+                # A misspelt state would match no run: an empty list that looks like an answer.
+                raise QueryError(f"unknown run state {unknown[0]!r} (known: {', '.join(RUN_STATES)})")
+            where.append(runs.c.state.in_(states))
         return Runs(self, where, sections, per_page, candidates)
 
     def run(self, path: str) -> RunView:
@@ -760,6 +779,7 @@ class RunView:
         """
         if samples is not None and samples < 1:
             raise QueryError(f"samples must be >= 1 or None, got {samples}")
+        keys = history_keys(keys)
         data = self._history_arrays(keys, samples, x_axis, min_step, max_step, split_kinds)
         if pandas:
             try:
@@ -832,6 +852,7 @@ class RunView:
         """
         if page_size < 1:
             raise QueryError(f"page_size must be >= 1, got {page_size}")
+        keys = history_keys(keys)
         lo = min_step
         for attempt in range(_RETRIES):
             cols, segs = self._snapshot(lo, max_step, split_kinds)

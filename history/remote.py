@@ -41,7 +41,18 @@ from urllib3.util.retry import Retry
 from schemas import SteplineError
 from schemas.store import STEP
 
-from .query import Api, Array, QueryError, RunNotFound, Runs, RunView, Sampled, split_project_path, split_run_path
+from .query import (
+    Api,
+    Array,
+    QueryError,
+    RunNotFound,
+    Runs,
+    RunView,
+    Sampled,
+    history_keys,
+    split_project_path,
+    split_run_path,
+)
 from .stored import unpack_stored
 
 __all__ = ["AccessDenied", "GatewayError", "RemoteApi", "RemoteRunView"]
@@ -324,6 +335,7 @@ class RemoteRunView(RunView):
     ) -> Iterator[dict[str, Any]]:
         if page_size < 1:
             raise QueryError(f"page_size must be >= 1, got {page_size}")
+        history_keys(keys)
         return self._stream(keys, page_size, min_step, max_step, split_kinds)
 
     def _stream(self, keys: Sequence[str] | None, page_size: int, lo: int | None, hi: int | None,
@@ -361,7 +373,7 @@ class RemoteRunView(RunView):
 def _key_list(keys: Sequence[str] | None) -> list[str] | None:
     """Keys as repeated ``key=`` parameters, one key each whatever it holds (commas, spaces, any text); the
     gateway's comma-separated ``keys=`` cannot carry a key with a comma."""
-    return None if keys is None else list(keys)
+    return history_keys(keys)
 
 
 def _num(v: float | None) -> str | None:

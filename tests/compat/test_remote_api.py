@@ -211,6 +211,18 @@ def test_errors_are_the_local_ones(api: Api) -> None:
         api.run("a/b/c/d")
     with pytest.raises(QueryError, match="page_size"):
         list(api.run("pp/r1").scan_history(page_size=0))
+    # Over HTTP an empty order was taken for the default, a bogus state and a bare string of keys (read as its
+    # letters) gave empty answers: each is refused, as locally.
+    with pytest.raises(QueryError, match="order must be a field name"):
+        list(api.runs("pp", order=""))
+    with pytest.raises(QueryError, match="order must be a field name"):
+        list(api.runs("pp", order="--created_at"))
+    with pytest.raises(QueryError, match="unknown run state 'done'"):
+        list(api.runs("pp", state=["finished", "done"]))
+    with pytest.raises(QueryError, match="keys must be a list"):
+        api.run("pp/r1").history(keys="count", samples=None)
+    with pytest.raises(QueryError, match="keys must be a list"):
+        list(api.run("pp/r1").scan_history(keys="count"))
 
 
 # --- the two backends compared directly -------------------------------------------------------------------------

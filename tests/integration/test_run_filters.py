@@ -367,6 +367,11 @@ def test_malformed_order_and_paths(api: Api) -> None:
         ids(api, order="tags")
     with pytest.raises(QueryError, match="order must be a field name"):
         ids(api, order="-")
+    for typo in ("", "--created_at", "+-name", "-+name"):
+        with pytest.raises(QueryError, match="order must be a field name"):
+            ids(api, order=typo)
+    with pytest.raises(QueryError, match="unknown run state 'failed'"):
+        api.runs(P, state="failed")
     with pytest.raises(QueryError, match="project path"):
         api.runs("a/b/c")
     with pytest.raises(QueryError, match="per_page"):
