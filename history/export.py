@@ -39,6 +39,7 @@ from schemas.store import STEP
 
 from .formatting import plain
 from .query import Api, Array
+from .remote import RemoteApi
 
 __all__ = ["FORMATS", "export_history", "main"]
 
@@ -159,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             suffix, "parquet")
     try:
         with Api(data_dir=args.data_dir, db_url=args.db_url, storage_url=args.storage_url) as api:
+            if isinstance(api, RemoteApi):  # STEPLINE_URL set and no store named: Api() went to the gateway
+                raise SteplineError(
+                    "export reads the store itself: run it where the data directory or database is (--data-dir, "
+                    "--db-url); through the gateway (STEPLINE_URL), read Api().run(path).history(samples=None)")
             # CSV and JSON write each value as logged (an int as an int); Parquet's number columns are history()'s.
             data = api.run(args.path)._history_arrays(
                 args.keys, None, STEP, args.min_step, args.max_step, exact=fmt != "parquet")

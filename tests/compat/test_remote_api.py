@@ -325,6 +325,24 @@ def test_settings_and_keys(served: tuple[Stack, Gateway], monkeypatch: pytest.Mo
         Api(url="http://127.0.0.1:1", retries=0).run("pp/r1")
 
 
+def test_export_through_a_gateway_is_refused_in_one_line(
+    served: tuple[Stack, Gateway], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    # With STEPLINE_URL set and no store named, Api() is the remote one, which export cannot read exactly from:
+    # it died with an AttributeError traceback; now one line naming what to do, exit status 1.
+    from history.export import main
+
+    _, gw = served
+    monkeypatch.setenv("STEPLINE_URL", gw.url)
+    monkeypatch.delenv("STEPLINE_DATA_DIR", raising=False)
+    monkeypatch.delenv("STEPLINE_DB_URL", raising=False)
+    assert main(["pp/r1", "--out", str(tmp_path / "r1.csv")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("stepline export: error: export reads the store itself"), err
+    assert not (tmp_path / "r1.csv").exists()
+
+
 def test_refused_keys_are_access_denied(served: tuple[Stack, Gateway]) -> None:
     from gateway.keys import KeyStore
     from schemas.store import writer_engine
