@@ -88,7 +88,7 @@ from sqlalchemy.sql.selectable import Join
 
 from schemas import SteplineError
 from schemas.run_values import CONFIG, STR_PREFIX, SUMMARY, TAGS, leaf_path, run_values
-from schemas.store import runs
+from schemas.store import json_safe, runs
 
 __all__ = ["FIELDS", "Candidates", "FilterError", "Section", "compile_candidates", "compile_filters",
            "compile_order", "resolve_candidates"]
@@ -124,7 +124,18 @@ _MAX_DEPTH = 32
 #: Plain fields with an index on (project, field): their conditions give a filter's candidates.
 _INDEXED = frozenset({"created_at", "name", "id", "group"})
 _MAX_PATTERN = 1000
-_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _operand(v: Any, op: str, name: str) -> Any:
+    """A scalar operand as the store holds values (:func:`schemas.store.json_safe`, which wrote the JSON columns
+    and sl_run_values): NUL and lone surrogates in a string escaped (PostgreSQL refuses them, so a stored string
+    holds them escaped), an int past int64 a float (as a stored one); FilterError if no float holds it."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+        try:
+            float(v)
+        except OverflowError:
+            raise FilterError(f"{op} on {name!r:.80}: {v!r:.40}... is too large to compare with any number") from None
+    return json_safe(v)
 
 
 def _scalar(v: Any) -> bool:
@@ -304,6 +315,9 @@ class _Compiler:
                 raise FilterError(f"$regex on {name!r:.80} takes a string, got {_show(v)}")
             if len(v) > _MAX_PATTERN:
                 raise FilterError(f"$regex on {name!r:.80}: the pattern is longer than {_MAX_PATTERN} characters")
+            if v != json_safe(v):
+                raise FilterError(f"$regex on {name!r:.80}: a pattern cannot hold NUL or a lone surrogate "
+                                  "(stored text holds them escaped: match the escape, e.g. \\\\x00)")
             try:
                 re.compile(v)
             except re.error as e:
@@ -317,10 +331,7 @@ class _Compiler:
         # $eq and the comparisons
         if not _scalar(v) or (isinstance(v, float) and not math.isfinite(v)):
             raise FilterError(f"{op} on {name!r:.80} takes a finite number, a string, a bool or null, got {_show(v)}")
-        if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
-            # No stored value is such an int (the store holds int64) and the databases cannot bind one.
-            raise FilterError(f"{op} on {name!r:.80}: {v!r:.40} is an int outside int64 (use a float to compare "
-                              "with numbers that large)")
+        v = _operand(v, op, name)
         if kind == "tags":
             if op != "$eq" or not isinstance(v, str):
                 raise FilterError(f"tags take $eq/$ne/$in/$nin with strings, $regex or $exists; got {op} {_show(v)}")
@@ -420,6 +431,7 @@ class _Compiler:
     def op_candidates(self, kind: str, target: Any, name: str, op: str, v: Any, project: str) -> Candidates | None:
         if op not in ("$eq", *_CMP) or v is None or isinstance(v, bool):
             return None
+        v = _operand(v, op, name)  # as op() compared it (the filter compiled: it does not raise)
         if kind == "tags":
             path = leaf_path([v])
             return Candidates("leaf", run_values, project, lambda t: [t.c.src == TAGS, t.c.path == path])

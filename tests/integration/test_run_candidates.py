@@ -75,6 +75,7 @@ def test_values_the_index_holds_approximately(monkeypatch: pytest.MonkeyPatch, d
     long = "x" * 600
     specs = {f"b{i}": {**RUNS["r5"], "created_at": 100.0 + i, "config": c} for i, c in enumerate([
         {"n": big, "s": long + "a"}, {"n": big + 1, "s": long + "b"}, {"n": big + 2, "s": long}, {"n": 1.5, "s": "x"},
+        {"n": 2**63 + 4096, "s": "a\x00b"},  # stored as a float; the text with its NUL escaped
     ])}
     store = MetaStore(db_url)
     try:
@@ -82,13 +83,19 @@ def test_values_the_index_holds_approximately(monkeypatch: pytest.MonkeyPatch, d
     finally:
         store.close()
     with Api(data_dir=data_dir, db_url=db_url) as api:
-        assert both_ways(monkeypatch, api, {"config.n": {"$gt": big}}) == ["b1", "b2"]
+        assert both_ways(monkeypatch, api, {"config.n": {"$gt": big}}) == ["b1", "b2", "b4"]
         assert both_ways(monkeypatch, api, {"config.n": big + 1}) == ["b1"]
         assert both_ways(monkeypatch, api, {"config.n": {"$lt": big + 1}}) == ["b0", "b3"]
         assert both_ways(monkeypatch, api, {"config.s": long + "b"}) == ["b1"]
         assert both_ways(monkeypatch, api, {"config.s": {"$gt": long + "a"}}) == ["b1"]
-        assert both_ways(monkeypatch, api, {"config.s": {"$lte": long}}) == ["b2", "b3"]
+        assert both_ways(monkeypatch, api, {"config.s": {"$lte": long}}) == ["b2", "b3", "b4"]
         assert both_ways(monkeypatch, api, {"config.n": {"$gt": 1e300}}) == []
+        # Operands are compared as the store holds values: an int past int64 as a float, text escaped.
+        assert both_ways(monkeypatch, api, {"config.n": 2**63 + 4096}) == ["b4"]
+        assert both_ways(monkeypatch, api, {"config.n": {"$gte": 2**63}}) == ["b4"]
+        assert both_ways(monkeypatch, api, {"config.s": "a\x00b"}) == ["b4"]
+        assert both_ways(monkeypatch, api, {"config.s": {"$in": ["a\x00b", "x"]}}) == ["b3", "b4"]
+        assert both_ways(monkeypatch, api, {"config.s": "\ud800"}) == []  # a lone surrogate: no crash, no match
 
 
 def test_many_candidates_fall_back_to_the_walk(monkeypatch: pytest.MonkeyPatch, api: Api) -> None:

@@ -338,9 +338,9 @@ BAD: list[tuple[Any, str]] = [
     ({"config.lr": {"$in": 3}}, "$in on 'config.lr' takes a list"),
     ({"config.lr": {"$gt": [1]}}, "$gt on 'config.lr' takes a finite number"),
     ({"config.lr": {"$gt": None}}, "cannot compare with null"),
-    ({"config.lr": {"$gt": 2**70}}, "$gt on 'config.lr': 1180591620717411303424 is an int outside int64"),
-    ({"rows": {"$in": [1, -(2**63) - 1]}}, "$eq on 'rows': -9223372036854775809 is an int outside int64"),
-    ({"created_at": {"$lt": 10**400}}, "is an int outside int64"),
+    ({"created_at": {"$lt": 10**400}}, "$lt on 'created_at': 1000000000000000000000000000000000000000... is too "
+                                        "large to compare with any number"),
+    ({"config.opt": {"$regex": "a\x00"}}, "$regex on 'config.opt': a pattern cannot hold NUL"),
     ({"config.flag": {"$gt": True}}, "cannot order bools"),
     ({"config.lr": {"$regex": "("}}, "$regex on 'config.lr': bad pattern"),
     ({"config.lr": {"$exists": 1}}, "$exists on 'config.lr' takes true or false"),
@@ -376,6 +376,19 @@ def test_malformed_order_and_paths(api: Api) -> None:
         api.runs("a/b/c")
     with pytest.raises(QueryError, match="per_page"):
         api.runs(P, per_page=0)
+
+
+def test_a_pattern_postgresql_refuses_is_a_query_error(api: Api) -> None:
+    # Python's re accepts a named group, PostgreSQL's regular expressions do not: the query raised psycopg's
+    # DataError (a traceback in the CLI, 503 metadata_unavailable over HTTP, retried by the remote Api).
+    f = {"name": {"$regex": "(?P<x>r)1"}}
+    if api._engine.url.get_backend_name() == "postgresql":
+        with pytest.raises(QueryError, match=r"\$regex: PostgreSQL refused the pattern \(invalid regular expression"):
+            ids(api, f)
+        with pytest.raises(QueryError, match=r"\$regex: PostgreSQL refused"):
+            len(api.runs(P, filters=f))
+    else:
+        assert ids(api, f) == ["r1"]
 
 
 def test_migration_adds_the_columns_and_fills_config_and_summary(db_url: str, data_dir: Path) -> None:
