@@ -46,6 +46,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -57,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy.exc import DataError
 
 from schemas import SteplineError, key_ident, section_of
 from schemas.local import READ_SIDE_ENV, local_stack
@@ -272,6 +274,9 @@ class Api:
         raise RunNotFound(f"no run {run_id!r} in project {project!r}")
 
 
+#: PostgreSQL's SQLSTATE for a regular expression it cannot compile (invalid_regular_expression).
+_PG_INVALID_REGEX = "2201B"
+
 #: What a RunView needs of a run's row (not the aligner's state blob nor the JSON copies for filters).
 _RUN_COLUMNS = [runs.c[name] for name in RUN_INFO_COLUMNS]
 
@@ -293,6 +298,20 @@ class Runs(Sequence["RunView"]):
         self._pages: dict[int, list[RunView]] = {}
         self._count: int | None = None
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for the query's reads. PostgreSQL's regular expressions are not Python's, which checked
+        the pattern when the filter compiled: one it refuses (a named group ``(?P<x>..)``, ...) is a QueryError
+        naming $regex, not a database error (over HTTP a 503, which clients retry)."""
+        try:
+            with self._api._connect() as conn, conn.begin():
+                yield conn
+        except DataError as e:
+            if getattr(e.orig, "sqlstate", None) != _PG_INVALID_REGEX:
+                raise
+            reason = str(e.orig).splitlines()[0] if str(e.orig) else "invalid regular expression"
+            raise QueryError(f"$regex: PostgreSQL refused the pattern ({reason})") from None
+
     def _narrow(self, conn: Connection) -> None:
         """Once, at the first read: when the filter's candidates are few, the query reads only them. The runs
         are still tested against the whole filter; the candidates only spare the reads of the others."""
@@ -313,7 +332,7 @@ class Runs(Sequence["RunView"]):
         if page is None:
             page = []
             if self._api._ready():
-                with self._api._connect() as conn, conn.begin():
+                with self._reading() as conn:
                     page = [RunView(self._api, dict(r._mapping)) for r in self._query(conn, n * self.per_page)]
             self._pages[n] = page
         return page
@@ -343,7 +362,7 @@ class Runs(Sequence["RunView"]):
         if self._count is None:
             self._count = 0
             if self._api._ready():
-                with self._api._connect() as conn, conn.begin():
+                with self._reading() as conn:
                     self._narrow(conn)
                     self._count = int(conn.execute(
                         select(func.count()).select_from(runs).where(*self._where)).scalar_one())
