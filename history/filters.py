@@ -10,9 +10,9 @@ Fields: ``config.<path>`` (``config.lr``, ``config.model.depth``; W&B's ``config
 ``name`` (the run id, as in W&B), ``display_name``, ``group``, ``job_type``, ``tags``, ``notes``, ``rows``,
 ``rejected`` (rejected calls), ``last_step`` (camelCase spellings are accepted too). A path is split on ``.``.
 
-Operators: ``$and``, ``$or`` (a list of filters), ``$not`` (a filter), and per field ``$eq``, ``$ne``, ``$gt``,
-``$gte``, ``$lt``, ``$lte``, ``$in``, ``$nin``, ``$regex``, ``$exists``; ``{"field": value}`` is ``$eq``, and several
-operators on one field all apply. Semantics (the same on SQLite and PostgreSQL):
+Operators: ``$and``, ``$or``, ``$nor`` (a list of filters), ``$not`` (a filter), and per field ``$eq``, ``$ne``,
+``$gt``, ``$gte``, ``$lt``, ``$lte``, ``$in``, ``$nin``, ``$regex``, ``$exists``; ``{"field": value}`` is ``$eq``, and
+several operators on one field all apply. Semantics (the same on SQLite and PostgreSQL):
 
 - A comparison compares values of the operand's kind only: ``{"config.lr": {"$gt": 0.01}}`` matches numbers
   (ints and floats alike) above 0.01, never a string or a bool; strings compare by code point.
@@ -20,8 +20,10 @@ operators on one field all apply. Semantics (the same on SQLite and PostgreSQL):
   rule); ``$exists: true`` matches runs that have the field (even null).
 - ``tags``: ``{"tags": "x"}`` (or ``$eq``) — the run has tag x; ``$ne`` — it has not; ``$in`` — any of the list;
   ``$nin`` — none of them; ``$regex`` — some tag matches; ``$exists`` — the run has any tag.
-- ``$regex`` is a regular expression searched in the text (PostgreSQL's ``~``, SQLite's REGEXP = Python's ``re``;
-  they agree on the common syntax: classes, anchors, alternation, repetition).
+- ``$regex`` is a regular expression in Python's syntax searched in the text (SQLite's REGEXP is Python's ``re``;
+  on PostgreSQL, ``~`` with the pattern respelled where its syntax differs: ``\\b``/``\\B`` word boundaries,
+  ``{,n}``). POSIX classes (``[[:alpha:]]``) and inline flags other than a leading ``(?i)`` are refused; a
+  construct PostgreSQL lacks (a named group) is a QueryError there.
 - ``created_at``/``updated_at`` compare with epoch seconds or ISO 8601 strings (``"2026-12-01T00:00:00Z"``).
 
 Ordering: ``order`` is a field with ``+`` (ascending, the default) or ``-`` (descending); on JSON fields numbers
@@ -57,6 +59,7 @@ import datetime as dt
 import decimal
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -259,16 +262,17 @@ class _Compiler:
             raise FilterError(f"a filter must be an object, got {type(f).__name__}")
         parts: list[ColumnElement[bool]] = []
         for key, value in f.items():
-            if key in ("$and", "$or"):
+            if key in ("$and", "$or", "$nor"):
                 if not isinstance(value, list) or not value:
                     raise FilterError(f"{key} takes a non-empty list of filters, got {_show(value)}")
                 subs = [self.filters(x, depth + 1) for x in value]
-                parts.append(and_(*subs) if key == "$and" else or_(*subs))
+                parts.append(and_(*subs) if key == "$and" else or_(*subs) if key == "$or"
+                             else not_(_yes(or_(*subs))))
             elif key == "$not":
                 parts.append(not_(_yes(self.filters(value, depth + 1))))
             elif isinstance(key, str) and key.startswith("$"):
                 raise FilterError(f"unknown operator {key!r:.40} at the top of a filter "
-                                  "(use $and, $or, $not, or a field)")
+                                  "(use $and, $or, $nor, $not, or a field)")
             else:
                 parts.append(self.on_field(key, value))
         if not parts:
@@ -318,10 +322,7 @@ class _Compiler:
             if v != json_safe(v):
                 raise FilterError(f"$regex on {name!r:.80}: a pattern cannot hold NUL or a lone surrogate "
                                   "(stored text holds them escaped: match the escape, e.g. \\\\x00)")
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise FilterError(f"$regex on {name!r:.80}: bad pattern {v!r:.80}: {e}") from None
+            v = _pattern(v, name, self.pg)
             if kind == "tags":
                 return self.tags_where(lambda t: t.regexp_match(v))
             text = target.text() if kind == "json" else target[1]
@@ -402,7 +403,7 @@ class _Compiler:
                 subs = [self.candidates(x, project) for x in value]
                 if all(c is not None for c in subs):
                     parts.append(Candidates("or", parts=tuple(c for c in subs if c is not None)))
-            elif key == "$not":
+            elif key in ("$not", "$nor"):  # a negation implies no index read
                 continue
             else:
                 parts += self.field_candidates(key, value, project)
@@ -644,6 +645,51 @@ def resolve_candidates(conn: Connection, c: Candidates, cap: int, scan: int = 5_
         return None
     got = list(conn.execute(planned[0].select().limit(cap + 1)).scalars())
     return set(got) if len(got) <= cap else None
+
+def _pattern(v: str, name: str, pg: bool) -> str:
+    """A ``$regex`` pattern (Python's syntax, what SQLite's REGEXP runs) checked, and for PostgreSQL spelled so
+    that it means the same: ``\\b``/``\\B`` (a word boundary and its opposite) are ``\\y``/``\\Y`` there (its
+    ``\\b`` is a backspace) and ``{,n}`` is ``{0,n}``. What means different things in the two (POSIX classes such
+    as ``[[:alpha:]]``, which Python reads as a set of characters; inline flags other than a leading ``(?i)``) is
+    refused rather than matched differently; what PostgreSQL cannot compile is a QueryError when it runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # Python's "possible nested set": [[:alpha:]]
+        try:
+            re.compile(v)
+        except FutureWarning:
+            raise FilterError(f"$regex on {name!r:.80}: POSIX classes such as [[:alpha:]] are not supported "
+                              "(SQLite and PostgreSQL read them differently): use a set such as [A-Za-z]") from None
+        except re.error as e:
+            raise FilterError(f"$regex on {name!r:.80}: bad pattern {v!r:.80}: {e}") from None
+    flags = re.findall(r"\(\?([a-zA-Z-]+)[:)]", v)
+    if flags and not (flags == ["i"] and v.startswith("(?i)")):
+        raise FilterError(f"$regex on {name!r:.80}: inline flags other than a leading (?i) are not supported "
+                          "(they mean different things in SQLite's and PostgreSQL's regular expressions)")
+    if not pg:
+        return v
+    out: list[str] = []
+    i, set_from = 0, -1  # set_from: where the open set's members start (-1: outside a set)
+    while i < len(v):
+        c = v[i]
+        if c == "\\" and i + 1 < len(v):
+            nxt = v[i + 1]
+            outside = set_from < 0
+            out.append("\\y" if nxt == "b" and outside else "\\Y" if nxt == "B" and outside else c + nxt)
+            i += 2
+            continue
+        if set_from >= 0:
+            if c == "]" and i > set_from:  # a "]" first in the set is a member
+                set_from = -1
+        elif c == "[":
+            set_from = i + 2 if v.startswith("[^", i) else i + 1
+        elif c == "{" and v.startswith("{,", i):
+            out.append("{0")
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
 
 def _epoch(s: str, name: str) -> float:
     try:

@@ -121,6 +121,11 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("regex display name", {"display_name": {"$regex": "^(alpha|delta)$"}}, ["r1", "r4"]),
     ("regex never matches numbers", {"config.lr": {"$regex": "1"}}, []),
     ("regex notes", {"notes": {"$regex": "try"}}, ["r1"]),
+    # Python's syntax on both databases (PostgreSQL's \b is a backspace, its {,n} not a repetition)
+    ("regex word boundary", {"notes": {"$regex": "\\btry\\b"}}, ["r1"]),
+    ("regex not a boundary", {"notes": {"$regex": "\\Bry"}}, ["r1"]),
+    ("regex up to n", {"display_name": {"$regex": "^al{,1}p"}}, ["r1"]),
+    ("regex leading (?i)", {"display_name": {"$regex": "(?i)^BETA$"}}, ["r2"]),
     # $exists
     ("exists", {"config.opt": {"$exists": True}}, ["r1", "r2", "r3"]),
     ("exists null counts", {"config.depth": {"$exists": True}}, ["r1", "r2", "r4"]),
@@ -140,6 +145,7 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("or", {"$or": [{"state": "running"}, {"tags": "c"}]}, ["r3", "r4"]),
     ("nested", {"$or": [{"$and": [{"group": "g1"}, {"job_type": "eval"}]}, {"config.lr": "high"}]}, ["r2", "r4"]),
     ("not", {"$not": {"group": "g1"}}, ["r3", "r4", "r5"]),
+    ("nor", {"$nor": [{"group": "g1"}, {"tags": "c"}]}, ["r3", "r5"]),
     ("several fields", {"group": "g1", "state": "finished", "tags": "a"}, ["r1"]),
     ("empty filter", {}, ["r1", "r2", "r3", "r4", "r5"]),
 ]
@@ -341,6 +347,9 @@ BAD: list[tuple[Any, str]] = [
     ({"created_at": {"$lt": 10**400}}, "$lt on 'created_at': 1000000000000000000000000000000000000000... is too "
                                         "large to compare with any number"),
     ({"config.opt": {"$regex": "a\x00"}}, "$regex on 'config.opt': a pattern cannot hold NUL"),
+    ({"notes": {"$regex": "[[:alpha:]]+"}}, "$regex on 'notes': POSIX classes such as [[:alpha:]] are not supported"),
+    ({"notes": {"$regex": "(?m)^x"}}, "$regex on 'notes': inline flags other than a leading (?i) are not supported"),
+    ({"$nor": {"state": "x"}}, "$nor takes a non-empty list"),
     ({"config.flag": {"$gt": True}}, "cannot order bools"),
     ({"config.lr": {"$regex": "("}}, "$regex on 'config.lr': bad pattern"),
     ({"config.lr": {"$exists": 1}}, "$exists on 'config.lr' takes true or false"),
