@@ -632,7 +632,7 @@ def _plan(c: Candidates, sizes: dict[int, int], limit: int) -> tuple[Candidates,
     return Candidates("and", parts=(plan, *(q for q in c.parts if q is not part))), n
 
 
-def resolve_candidates(conn: Connection, c: Candidates, cap: int, scan: int = 5_000) -> set[str] | None:
+def resolve_candidates(conn: Connection, c: Candidates, cap: int, scan: int = 2_500) -> set[str] | None:
     """The runs of ``c`` when they are at most ``cap``, else None (the query walks instead). Each leaf is counted
     up to ``scan`` (one statement, at most ``scan + 1`` index entries per leaf); an ``and`` is read from its
     smallest part, each of whose runs is looked up in the other parts, so a filter whose conditions each name
