@@ -194,10 +194,10 @@ def test_runs_list_and_run_page(stack: Stack, page: Any, tmp_path: Path) -> None
     page.click("#compare-btn")
     panel(page, "val/loss")
     page.wait_for_function("window.__stepline.charts['val/loss']?.runs")
-    runs = charts(page)["val/loss"]["runs"]
-    assert set(runs) == {"r1", "r2"}
+    runs, buckets = charts(page)["val/loss"]["runs"], charts(page)["val/loss"]["buckets"]
+    assert set(runs) == {"r1", "r2"} and 200 <= buckets < 1000  # one bucket per pixel of a ~680 px chart
     for rid in ("r1", "r2"):
-        api = stack.get_json(f"projects/demo/runs/{rid}/sampled", key="val/loss", x_axis="epoch", buckets=1000)
+        api = stack.get_json(f"projects/demo/runs/{rid}/sampled", key="val/loss", x_axis="epoch", buckets=buckets)
         assert runs[rid] == {"x": api["x"], "y": api["y"]}
     legend = page.locator('.panel[data-key="val/loss"] .u-legend').inner_text()
     assert "r1" in legend and "r2" in legend
