@@ -141,6 +141,14 @@ def _operand(v: Any, op: str, name: str) -> Any:
     return json_safe(v)
 
 
+def _ops(cond: Any) -> list[tuple[Any, Any]]:
+    """A field's condition as ``(operator, operand)`` pairs: ``{"$gt": 1, "$lt": 2}`` as it is, a bare value as
+    ``$eq`` (shared by the filter's SQL and its candidates, so both read a condition alike)."""
+    if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
+        return list(cond.items())
+    return [("$eq", cond)]
+
+
 def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, bool | int | float | str)
 
@@ -281,10 +289,7 @@ class _Compiler:
 
     def on_field(self, name: str, cond: Any) -> ColumnElement[bool]:
         kind, target = self.field(name)
-        if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
-            ops = list(cond.items())
-        else:
-            ops = [("$eq", cond)]
+        ops = _ops(cond)
         parts = []
         for op, v in ops:
             if op not in _FIELD_OPS:
@@ -413,10 +418,7 @@ class _Compiler:
 
     def field_candidates(self, name: str, cond: Any, project: str) -> list[Candidates]:
         kind, target = self.field(name)
-        if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
-            ops = list(cond.items())
-        else:
-            ops = [("$eq", cond)]
+        ops = _ops(cond)
         out: list[Candidates] = []
         for op, v in ops:
             if op == "$in" and v:
