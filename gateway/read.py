@@ -48,7 +48,7 @@ from sqlalchemy import func, select
 from history.formatting import format_history, plain
 from history.query import QueryError, RunNotFound, RunView, columns_of
 from schemas import Media, key_ident, packb
-from schemas.store import STEP, blob_path, runs
+from schemas.store import STEP, blob_path, info_counts, runs
 
 from .errors import Refused
 from .state import GW
@@ -212,8 +212,8 @@ async def authorized(request: web.Request) -> tuple[GW, str, str | None]:
 def run_brief(r: RunView) -> dict[str, Any]:
     return {"project": r.project, "id": r.id, "name": r.name, "state": r.state, "rows": r.rows,
             "last_step": r.last_step, "rejected": sum(r.rejected.values()), "created_at": r.created_at,
-            "updated_at": r.updated_at, "column_count": len({key_ident(c["key"]) for c in r.columns}),
-            "warning_count": len(r.warnings) + len(r.conflicts), "group": r.group, "job_type": r.job_type,
+            # The counts sl_runs holds for ordering runs by them (schemas.store.info_counts).
+            "updated_at": r.updated_at, **info_counts(r.info), "group": r.group, "job_type": r.job_type,
             "tags": r.tags, "notes": r.notes}
 
 

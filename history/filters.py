@@ -8,7 +8,8 @@
 Fields: ``config.<path>`` (``config.lr``, ``config.model.depth``; W&B's ``config.lr.value`` is accepted as
 ``config.lr``), ``summary_metrics.<path>`` (also ``summary.<path>``), ``state``, ``created_at``, ``updated_at``,
 ``name`` (the run id, as in W&B), ``display_name``, ``group``, ``job_type``, ``tags``, ``notes``, ``rows``,
-``rejected`` (rejected calls), ``last_step`` (camelCase spellings are accepted too). A path is split on ``.``.
+``rejected`` (rejected calls), ``last_step``, ``warning_count`` (warnings and keys logged with several kinds),
+``column_count`` (keys logged) (camelCase spellings are accepted too). A path is split on ``.``.
 
 Operators: ``$and``, ``$or``, ``$nor`` (a list of filters), ``$not`` (a filter), and per field ``$eq``, ``$ne``,
 ``$gt``, ``$gte``, ``$lt``, ``$lte``, ``$in``, ``$nin``, ``$regex``, ``$exists``; ``{"field": value}`` is ``$eq``, and
@@ -16,6 +17,10 @@ several operators on one field all apply. Semantics (the same on SQLite and Post
 
 - A comparison compares values of the operand's kind only: ``{"config.lr": {"$gt": 0.01}}`` matches numbers
   (ints and floats alike) above 0.01, never a string or a bool; strings compare by code point.
+- A float ±inf is a number past every finite one (``$gt``/``$gte`` match +inf, ``$lt``/``$lte`` -inf; operands are
+  finite), never a string, although the JSON copy holds it as the text ``"Infinity"``/``"-Infinity"``: a string
+  logged with that text stays a string (sl_run_values tells them apart: :meth:`_Json.infinite`). NaN is no
+  number: null in the JSON, a missing value.
 - ``$eq: null`` matches a missing or null value; ``$ne`` and ``$nin`` match runs without the field (MongoDB's
   rule); ``$exists: true`` matches runs that have the field (even null).
 - ``tags``: ``{"tags": "x"}`` (or ``$eq``) — the run has tag x; ``$ne`` — it has not; ``$in`` — any of the list;
@@ -27,8 +32,9 @@ several operators on one field all apply. Semantics (the same on SQLite and Post
 - ``created_at``/``updated_at`` compare with epoch seconds or ISO 8601 strings (``"2026-12-01T00:00:00Z"``).
 
 Ordering: ``order`` is a field with ``+`` (ascending, the default) or ``-`` (descending); on JSON fields numbers
-sort before strings, then the runs with neither (bools, lists, objects, null, or no value) newest first; ties
-newest first. A malformed filter raises :class:`~history.query.QueryError` naming the operator or field.
+(-inf and +inf at their ends) sort before strings, then the runs with neither (bools, lists, objects, null or NaN,
+or no value) newest first; ties newest first. A malformed filter raises :class:`~history.query.QueryError`
+naming the operator or field.
 
 Indexes: ``(project, created_at)`` and ``(project, group_name)`` on both databases, GIN (``jsonb_path_ops``)
 on config, summary and tags on PostgreSQL, which an ``$eq`` there uses (compiled to containment ``@>``), and
@@ -80,9 +86,11 @@ from sqlalchemy import (
     func,
     literal,
     not_,
+    null,
     or_,
     select,
     true,
+    tuple_,
     union,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -90,7 +98,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import Join
 
 from schemas import SteplineError
-from schemas.run_values import CONFIG, STR_PREFIX, SUMMARY, TAGS, leaf_path, run_values
+from schemas.run_values import CONFIG, INFINITIES, STR_PREFIX, SUMMARY, TAGS, leaf_path, run_values
 from schemas.store import json_safe, runs
 
 __all__ = ["FIELDS", "Candidates", "FilterError", "Section", "compile_candidates", "compile_filters",
@@ -115,11 +123,14 @@ _COLUMNS: dict[str, Any] = {
     "rows": runs.c.rows,
     "rejected": runs.c.rejected,  # rejected calls (the sum of the run's counts by reason)
     "last_step": runs.c.last_step,
+    "warning_count": runs.c.warning_count,  # warnings and keys logged with several kinds
+    "column_count": runs.c.column_count,  # keys logged
 }
 _ALIASES = {"createdAt": "created_at", "updatedAt": "updated_at", "displayName": "display_name",
-            "jobType": "job_type", "lastStep": "last_step", "summaryMetrics": "summary_metrics"}
+            "jobType": "job_type", "lastStep": "last_step", "summaryMetrics": "summary_metrics",
+            "warningCount": "warning_count", "columnCount": "column_count"}
 _TIMES = frozenset({"created_at", "updated_at"})
-_NUMBERS = frozenset({"created_at", "updated_at", "rows", "rejected", "last_step"})
+_NUMBERS = frozenset({"created_at", "updated_at", "rows", "rejected", "last_step", "warning_count", "column_count"})
 FIELDS = (*_COLUMNS, "tags", "config.<path>", "summary_metrics.<path>")
 _CMP = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}
 _FIELD_OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$exists"})
@@ -170,6 +181,7 @@ class _Json:
     col: Any
     path: tuple[str, ...]
     pg: bool
+    project: str | None = None  # the query's project, when known: the index reads of infinite() seek it
 
     @property
     def src(self) -> int:
@@ -205,11 +217,38 @@ class _Json:
             return case((self.type_() == "number", cast(self.raw(), Numeric)))
         return case((self.type_().in_(["integer", "real"]), self.raw()))
 
-    def text(self) -> Any:
+    def _text(self) -> Any:
+        """The value's text, whatever a string of the JSON stands for."""
         if self.pg:
             path = literal(list(self.path), type_=_text_array())
             return case((self.type_() == "string", self.col.op("#>>", return_type=String)(path)))
         return case((self.type_() == "text", self.raw()))
+
+    def text(self) -> Any:
+        """The value if it is a string: not a float ±inf, which the JSON spells as a string too."""
+        return case((self.infinite(), null()), else_=self._text())
+
+    def infinite(self, spelling: str | None = None) -> Any:
+        """Whether the value is a float infinity (``spelling``: that one, ``"Infinity"`` or ``"-Infinity"``);
+        never NULL. The JSON holds it as that text, as it holds a string logged with that text; sl_run_values tells
+        them apart: a number (±Infinity) there. The runs with one at the path are one uncorrelated read of its num
+        index (made once per query, and only if a value has that text: a CASE's branches are evaluated lazily).
+        Not a correlated EXISTS per run: PostgreSQL costs that as a probe per run of the project, and the COUNT
+        of a range filter lost its parallel scan and paid JIT compilation (bench/runs_query.py at 100,000 runs:
+        69 -> 264 ms)."""
+        spellings = list(INFINITIES) if spelling is None else [spelling]
+        # One extraction per run: a jsonb comparison; SQLite's json_extract gives a JSON string as text, and no
+        # number equals a text there.
+        if self.pg:
+            spelled = or_(*(self.raw() == literal(x, type_=JSONB) for x in spellings))
+        else:
+            spelled = self.raw().in_(spellings)
+        v = run_values.alias()
+        nums = [INFINITIES[spelling]] if spelling is not None else list(INFINITIES.values())
+        mine = [] if self.project is None else [v.c.project == self.project]
+        flagged = tuple_(runs.c.project, runs.c.run).in_(select(v.c.project, v.c.run).where(
+            *mine, v.c.src == self.src, v.c.path == leaf_path(self.path), v.c.num.in_(nums)))
+        return case((spelled, flagged), else_=false())
 
     def boolean(self, b: bool) -> Any:
         if self.pg:
@@ -233,8 +272,9 @@ def _yes(expr: Any) -> Any:
 
 
 class _Compiler:
-    def __init__(self, pg: bool) -> None:
+    def __init__(self, pg: bool, project: str | None = None) -> None:
         self.pg = pg
+        self.project = project
 
     # --- fields ----------------------------------------------------------------------------------------------
 
@@ -251,7 +291,7 @@ class _Compiler:
             if any(not p for p in path):
                 raise FilterError(f"filter field {name!r:.80} has an empty path segment")
             col = runs.c.config if head == "config" else runs.c.summary
-            return "json", _Json(col, path, self.pg)
+            return "json", _Json(col, path, self.pg, self.project)
         if rest:
             raise FilterError(f"unknown filter field {name!r:.80}: only config.* and summary_metrics.* have paths")
         if head == "tags":
@@ -379,7 +419,9 @@ class _Compiler:
             doc: Any = v
             for p in reversed(j.path):
                 doc = {p: doc}
-            return j.col.op("@>", is_comparison=True)(literal(doc, type_=JSONB))
+            contains = j.col.op("@>", is_comparison=True)(literal(doc, type_=JSONB))
+            # The text "Infinity" is also how the JSON holds a float +inf, which no string equals.
+            return and_(contains, not_(j.infinite(v))) if v in INFINITIES else contains
         # A comparison reads the run's JSON, not sl_run_values: measured (bench/runs_query.py), probing the
         # index per run costs more than reading the JSON the query holds anyway, and an EXISTS on it led
         # PostgreSQL's planner to worse plans for $or and COUNT. The index serves orders (Section) and narrows
@@ -393,7 +435,12 @@ class _Compiler:
             v = literal(decimal.Decimal(repr(v) if isinstance(v, float) else v), Numeric())
         if op == "$eq":
             return expr == v
-        return getattr(expr, _CMP[op])(v)
+        cmp = getattr(expr, _CMP[op])(v)
+        if k == "number":
+            # A float ±inf (text in the JSON) is a number past every finite one: above any operand of $gt/$gte,
+            # below any of $lt/$lte (operands are finite), as the index orders it.
+            return or_(cmp, j.infinite("Infinity" if op in ("$gt", "$gte") else "-Infinity"))
+        return cmp
 
     # --- candidates: a superset of a filter's runs, read from indexes ----------------------------------------
 
@@ -707,11 +754,13 @@ def _show(v: Any) -> str:
     return f"{type(v).__name__} {v!r:.60}"
 
 
-def compile_filters(filters: Mapping[str, Any] | None, dialect: str) -> ColumnElement[bool]:
-    """The WHERE clause of ``filters`` for ``dialect`` (``sqlite`` or ``postgresql``); FilterError if malformed."""
+def compile_filters(filters: Mapping[str, Any] | None, dialect: str, project: str | None = None
+                    ) -> ColumnElement[bool]:
+    """The WHERE clause of ``filters`` for ``dialect`` (``sqlite`` or ``postgresql``); FilterError if malformed.
+    ``project``: the runs' project, which the clause's index reads then seek (give it when the query has one)."""
     if filters is None:
         return true()
-    return _Compiler(dialect == "postgresql").filters(filters)
+    return _Compiler(dialect == "postgresql", project).filters(filters)
 
 
 def compile_candidates(filters: Mapping[str, Any] | None, project: str, dialect: str) -> Candidates | None:

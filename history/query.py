@@ -248,7 +248,7 @@ class Api:
         project = split_project_path(path)
         dialect = self._engine.url.get_backend_name()
         try:
-            where = [runs.c.project == project, compile_filters(filters, dialect)]
+            where = [runs.c.project == project, compile_filters(filters, dialect, project)]
             sections = compile_order(order, dialect)
             candidates = compile_candidates(filters, project, dialect)
         except FilterError as e:

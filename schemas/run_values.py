@@ -7,10 +7,14 @@ every run of the project. This side table holds the same values as plain, indexe
 - ``(project, run, src, path)`` is the key: ``src`` 0 for config, 1 for summary; ``path`` the leaf's path of
   keys through nested objects as a compact JSON array (``["model","depth"]``), unambiguous whatever the keys hold.
 - ``kind`` ``n``: a number (``num``, a float, NULL for every other kind; ints past 2**53 lose precision here, as
-  in PostgreSQL's own cast); ``s``: a string of at most :data:`STR_PREFIX` code points (``str`` holds it); ``S``:
-  a longer string, ``str`` its first :data:`STR_PREFIX` code points (index entries stay small: PostgreSQL's b-tree
-  refuses entries past ~2.7 kB). Comparing prefixes orders strings as comparing them does, except between two
-  long strings with the same prefix, which readers break with the full value.
+  in PostgreSQL's own cast). ±inf are numbers here (``num`` ±Infinity, which both databases order below and
+  above every finite float), although the JSON columns hold them as the strings ``"Infinity"``/``"-Infinity"``
+  (JSON has no infinity): the run's exact values (``info``) tell them from a string logged with that text, which
+  stays a string. NaN (null in the JSON) has no row, as a missing value. ``s``: a string of at most
+  :data:`STR_PREFIX` code points (``str`` holds it); ``S``: a longer string, ``str`` its first :data:`STR_PREFIX`
+  code points (index entries stay small: PostgreSQL's b-tree refuses entries past ~2.7 kB). Comparing prefixes
+  orders strings as comparing them does, except between two long strings with the same prefix, which readers
+  break with the full value.
 - Bools, nulls, lists and objects have no row (an order puts those runs after the strings).
 - ``src`` 2 (:data:`TAGS`): one row per tag of the run, ``path`` the tag as a one-element JSON array, ``kind``
   ``t``, ``num`` and ``str`` NULL: ``(project, src, path)`` finds the runs with a tag through the num index
@@ -27,6 +31,7 @@ with the JSON columns it mirrors.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -46,10 +51,10 @@ from sqlalchemy import (
     tuple_,
 )
 
-from .store import metadata
+from .store import json_safe, metadata
 
-__all__ = ["CONFIG", "STR_PREFIX", "SUMMARY", "TAGS", "create_run_values", "leaf_path", "run_values", "value_rows",
-           "write_values", "write_values_many"]
+__all__ = ["CONFIG", "INFINITIES", "STR_PREFIX", "SUMMARY", "TAGS", "create_run_values", "leaf_path", "run_values",
+           "value_rows", "write_values", "write_values_many"]
 
 CONFIG: Final = 0
 SUMMARY: Final = 1
@@ -86,23 +91,52 @@ def _leaves(v: Any, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
         yield prefix, v
 
 
-def value_rows(config: Any, summary: Any, tags: Any = None
+#: How :func:`schemas.store.json_safe` spells ±inf in JSON, and the float each stands for.
+INFINITIES: Final = {"Infinity": math.inf, "-Infinity": -math.inf}
+_MISSING = object()
+
+
+def _raw_at(doc: Any, path: tuple[str, ...]) -> Any:
+    """The exact value at a JSON ``path`` (keys as :func:`schemas.store.json_safe` spells them) of a run's
+    config or summary as logged, or ``_MISSING``."""
+    for p in path:
+        if not isinstance(doc, dict):
+            return _MISSING
+        if p in doc:
+            doc = doc[p]
+            continue
+        doc = next((x for k, x in doc.items() if json_safe(str(k)) == p), _MISSING)
+        if doc is _MISSING:
+            return _MISSING
+    return doc
+
+
+def value_rows(config: Any, summary: Any, tags: Any = None, *, exact: tuple[Any, Any] | None = None
                ) -> dict[tuple[int, str], tuple[str, float | None, str | None]]:
     """The index rows of a run's JSON config and summary (as :func:`schemas.store.json_safe` gives them) and of
-    its tags: ``(src, path) -> (kind, num, str)`` for every number and string leaf and every tag."""
+    its tags: ``(src, path) -> (kind, num, str)`` for every number and string leaf and every tag. ``exact``: the
+    same config and summary as logged (``info``), which tell a float ±inf (a number row at ±Infinity) from a
+    string logged as ``"Infinity"``; without it both are strings."""
     out: dict[tuple[int, str], tuple[str, float | None, str | None]] = {}
     for tag in tags or ():
         if isinstance(tag, str):
             out[(TAGS, leaf_path([tag]))] = ("t", None, None)
-    for src, doc in ((CONFIG, config), (SUMMARY, summary)):
+    for i, (src, doc) in enumerate(((CONFIG, config), (SUMMARY, summary))):
         for path, v in _leaves(doc, ()):
             if isinstance(v, bool) or v is None:
                 continue
             if isinstance(v, int | float):
                 out[(src, leaf_path(path))] = ("n", float(v), None)
+            elif isinstance(v, str) and v in INFINITIES and exact is not None and _is_inf(_raw_at(exact[i], path), v):
+                out[(src, leaf_path(path))] = ("n", INFINITIES[v], None)
             elif isinstance(v, str):
                 out[(src, leaf_path(path))] = ("s", None, v) if len(v) <= STR_PREFIX else ("S", None, v[:STR_PREFIX])
     return out
+
+
+def _is_inf(raw: Any, spelled: str) -> bool:
+    """Whether a logged value that JSON spells ``spelled`` is a float infinity (a float or numpy float), not text."""
+    return raw is not _MISSING and not isinstance(raw, str) and json_safe(raw) == spelled
 
 
 def create_run_values(conn: Connection) -> None:

@@ -10,7 +10,8 @@ neither imports the other.
   warnings, rejection counts, metric definitions, group, job_type, tags, notes) plus ``state`` (msgpack: the
   aligner's per-run state). For finding runs in SQL (``history.filters``) the same commit also writes
   ``group_name``, ``job_type``, ``notes``, and ``tags``, ``config``, ``summary`` as JSON (:func:`json_safe`:
-  PostgreSQL ``jsonb``, SQLite JSON text for its JSON1 functions); ``info`` stays authoritative.
+  PostgreSQL ``jsonb``, SQLite JSON text for its JSON1 functions), and ``warning_count``/``column_count``
+  (:func:`info_counts`) for ordering runs by them; ``info`` stays authoritative.
 - ``segments``: immutable Parquet files of a run with their step range and level (0 fresh, 1+ compacted).
 - ``rejections``: every rejected call with its reason, tried step and cursor.
 - ``garbage``: files no longer referenced, removed after a grace period.
@@ -67,11 +68,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from .keys import key_ident
 from .settings import normalize_db_url
 from .values import NUMBER, Media
 
 #: The metadata schema this code writes; ``workers.migrations`` brings an older database up to it.
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 9
 STEP: Final = "_step"
 TIMESTAMP: Final = "_timestamp"
 RUNTIME: Final = "_runtime"
@@ -113,6 +115,10 @@ runs = Table(
     Column("notes", Text),
     Column("config", JSON_TYPE),
     Column("summary", JSON_TYPE),
+    # Schema version 8: counts of ``info`` that the runs table orders by (:func:`info_counts`), kept by the
+    # commit that writes ``info``.
+    Column("warning_count", Integer),
+    Column("column_count", Integer),
     Index("ix_sl_runs_created", "project", "created_at"),
     Index("ix_sl_runs_group", "project", "group_name"),
 )
@@ -120,6 +126,16 @@ runs = Table(
 #: The columns of ``runs`` a reader of one run needs (not the aligner's state or the JSON copies for filters).
 RUN_INFO_COLUMNS: Final = ("project", "run", "name", "state", "partition", "created_at", "updated_at", "last_step",
                            "rows", "rejected", "info", "group_name", "job_type", "notes")
+
+
+
+def info_counts(info: dict[str, Any]) -> dict[str, int]:
+    """``warning_count`` (the run's warnings and the keys logged with several kinds) and ``column_count`` (its
+    keys, each counted once whatever its kinds) of a run's ``info``: what the gateway's listing shows and what
+    ``sl_runs`` holds for ordering runs by them."""
+    return {"warning_count": len(info.get("warnings") or []) + len(info.get("conflicts") or []),
+            "column_count": len({key_ident(c["key"]) for c in info.get("columns") or []})}
+
 
 segments = Table(
     "sl_segments",

@@ -30,7 +30,18 @@ from sqlalchemy import Engine, delete, insert, select, update
 from schemas import FencedError, SettingsError, packb
 from schemas.objects import ObjectStore, as_store
 from schemas.run_values import value_rows, write_values_many
-from schemas.store import commits, deployment, garbage, json_safe, partitions, rejections, runs, segments, writer_engine
+from schemas.store import (
+    commits,
+    deployment,
+    garbage,
+    info_counts,
+    json_safe,
+    partitions,
+    rejections,
+    runs,
+    segments,
+    writer_engine,
+)
 
 from ._faults import poison_point
 from .migrations import migrate
@@ -61,7 +72,8 @@ def run_columns(info: dict[str, Any]) -> dict[str, Any]:
 
     return {"group_name": text_or_none(info.get("group")), "job_type": text_or_none(info.get("job_type")),
             "notes": text_or_none(info.get("notes")), "tags": json_safe(list(info.get("tags") or [])),
-            "config": json_safe(info.get("config") or {}), "summary": json_safe(info.get("summary") or {})}
+            "config": json_safe(info.get("config") or {}), "summary": json_safe(info.get("summary") or {}),
+            **info_counts(info)}
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -250,9 +262,11 @@ class MetaStore:
                 )
                 if res.rowcount == 0:
                     conn.execute(insert(runs).values(project=u.project, run=u.run, **values))
-                # The run's indexed config/summary values (schemas.run_values), from the same JSON copies.
-                indexed.append((u.project, u.run, value_rows(values["config"], values["summary"], values["tags"]),
-                                res.rowcount == 0))
+                # The run's indexed config/summary values (schemas.run_values), from the same JSON copies; the
+                # exact values tell a float ±inf (a number there) from the text "Infinity".
+                exact = (u.info.get("config"), u.info.get("summary"))
+                indexed.append((u.project, u.run, value_rows(values["config"], values["summary"], values["tags"],
+                                                             exact=exact), res.rowcount == 0))
             # All runs' index changes at once: a few round trips per commit, not a few per run.
             write_values_many(conn, indexed)
 

@@ -21,17 +21,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, inspect, select, text, tuple_, update
 
 from schemas import unpackb
 from schemas.archive import archive
-from schemas.run_values import create_run_values, value_rows, write_values
+from schemas.run_values import CONFIG, INFINITIES, SUMMARY, create_run_values, run_values, value_rows, write_values
 from schemas.store import (
     SCHEMA_VERSION,
     api_keys,
     commits,
     deployment,
     garbage,
+    info_counts,
     json_safe,
     partitions,
     rejections,
@@ -104,6 +105,60 @@ def _v7_run_tags(conn: Connection) -> None:
             write_values(conn, r.project, r.run, value_rows(None, None, r.tags), fresh=True)
 
 
+def _add_columns(conn: Connection, names: tuple[str, ...]) -> None:
+    """``sl_runs``'s columns ``names`` as :data:`schemas.store.runs` defines them, where missing."""
+    have = {c["name"] for c in inspect(conn).get_columns(runs.name)}
+    prep = conn.dialect.identifier_preparer
+    for name in names:
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {prep.quote(runs.name)} ADD COLUMN {prep.quote(name)} "
+                              f"{runs.c[name].type.compile(dialect=conn.dialect)}"))
+
+
+#: Runs read (and their info unpacked) at a time by the migrations that fill a column from ``info``.
+_BATCH = 1000
+
+
+def _v8_run_counts(conn: Connection) -> None:
+    """``warning_count`` and ``column_count`` on ``sl_runs`` (:func:`schemas.store.info_counts`), so runs can be
+    ordered by them; filled here from the ``info`` of the runs already stored, as a commit would."""
+    _add_columns(conn, ("warning_count", "column_count"))
+    last: tuple[str, str] = ("", "")
+    while True:  # keyset pages of _BATCH runs: never every run's info in memory at once
+        rows = conn.execute(select(runs.c.project, runs.c.run, runs.c.info)
+                            .where(tuple_(runs.c.project, runs.c.run) > last)
+                            .order_by(runs.c.project, runs.c.run).limit(_BATCH)).all()
+        if not rows:
+            return
+        conn.execute(update(runs).where(runs.c.project == bindparam("b_project"), runs.c.run == bindparam("b_run"))
+                     .values(warning_count=bindparam("b_w"), column_count=bindparam("b_c")),
+                     [{"b_project": r.project, "b_run": r.run, **dict(zip(("b_w", "b_c"), _counts(r.info),
+                                                                            strict=True))} for r in rows])
+        last = (rows[-1].project, rows[-1].run)
+
+
+def _counts(info: bytes) -> tuple[int, int]:
+    c = info_counts(unpackb(bytes(info)))
+    return c["warning_count"], c["column_count"]
+
+
+def _v9_run_values_infinities(conn: Connection) -> None:
+    """A float ±inf in config or summary is a number in ``sl_run_values`` (``num`` ±Infinity) instead of the
+    text ``"Infinity"``/``"-Infinity"`` its JSON copy holds: the runs with such a row get their rows again from
+    their exact values (``info``), which keep a string logged as ``"Infinity"`` a string."""
+    v = run_values
+    found = select(v.c.project, v.c.run).where(v.c.src.in_([CONFIG, SUMMARY]), v.c.kind == "s",
+                                               v.c.str.in_(list(INFINITIES))).distinct()
+    keys = [(r.project, r.run) for r in conn.execute(found)]
+    for i in range(0, len(keys), _BATCH):
+        q = select(runs.c.project, runs.c.run, runs.c.config, runs.c.summary, runs.c.tags, runs.c.info).where(
+            tuple_(runs.c.project, runs.c.run).in_(keys[i:i + _BATCH]))
+        for r in conn.execute(q).all():
+            info = unpackb(bytes(r.info))
+            write_values(conn, r.project, r.run, value_rows(r.config, r.summary, r.tags, exact=(
+                info.get("config"), info.get("summary"))), fresh=False)
+
+
 #: (version, description, step): in order, each applied once.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema (partitions, runs, segments, rejections, garbage, api keys)", _v1_initial),
@@ -113,6 +168,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "sl_archive: the stream archive's objects (partition, entry id range)", _v5_stream_archive),
     (6, "sl_run_values: config and summary values indexed for filters and orders", _v6_run_values),
     (7, "sl_run_values: the runs' tags, for filters on a tag", _v7_run_tags),
+    (8, "sl_runs: warning_count and column_count, for ordering runs by them", _v8_run_counts),
+    (9, "sl_run_values: float infinities as numbers, for orders and filters", _v9_run_values_infinities),
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 

@@ -476,7 +476,8 @@ function columnFilter(id, text) {
 }
 
 /** Columns the runs query can order by (the others sort the shown page only). */
-const ORDERABLE = new Set(["name", "state", "last_step", "rows", "rejected", "updated_at", "group"]);
+const ORDERABLE = new Set(["name", "state", "last_step", "rows", "column_count", "rejected", "warning_count",
+  "updated_at", "group"]);
 const RUNS_PER_PAGE = Number(localStorage.getItem("stepline.runsPerPage")) || 50;
 
 class RunsView extends View {
@@ -687,7 +688,7 @@ class RunsView extends View {
   render() {
     this.header();
     // Filtered and ordered by the gateway; the page's rows are sorted again here only for the columns the query
-    // cannot order by (counts), and so that a click re-sorts at once while the new page is read.
+    // cannot order by (tags), and so that a click re-sorts at once while the new page is read.
     let shown = this.runs;
     const { id, desc } = this.sort;
     shown = shown.map((r, i) => [r, i]).sort(([a, i], [b, j]) => {

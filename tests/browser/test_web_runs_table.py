@@ -96,3 +96,80 @@ def test_counter_columns_sort_every_run(stack: Stack, page: Any) -> None:
     page.wait_for_function(f"{ORDER} === 'r4,r1'")
     rows.click()
     page.wait_for_function(f"{ORDER} === 'r2,r3'")
+
+
+def test_infinities_sort_across_pages(stack: Stack, page: Any) -> None:
+    """Sorting by a summary column orders every run of the project, ±inf at the numeric ends: the gateway's order
+    took them for the strings "Infinity"/"-Infinity" (its value index held the JSON's text), so the first page
+    ascending was the smallest finite numbers and ±inf came after them all, in both directions."""
+    page.add_init_script("localStorage.setItem('stepline.runsPerPage', '5')")
+    losses: dict[str, float | None] = {"r0": 1.0, "r1": float("inf"), "r2": -2.0, "r3": float("nan"),
+                                       "r4": float("-inf"), "r5": 3.0, "r6": None, "r7": 0.5, "r8": 2.0}
+    for rid, v in losses.items():  # created in this order: the newest page is r8..r4
+        run = stack.init("infp", rid)
+        run.log({"acc": 1.0} if v is None else {"loss": v}, step=0)
+        run.finish()
+    for rid in losses:
+        stack.wait(f"infp/{rid}", lambda v: v.state == "finished", what="finished")
+
+    page.goto(stack.url + "#/p/infp")
+    page.wait_for_selector('#runs tr[data-run="r8"]')
+    add_column(page, "summary.loss")
+    head = page.locator('#runs th[data-col="summary.loss"] .th-label')
+    head.click()  # ascending: -inf first, +inf after every finite number, NaN and no value last
+    page.wait_for_function(f"{ORDER} === 'r4,r2,r7,r0,r8'")
+    assert cells(page, "summary.loss")["r4"] == "-Infinity"
+    page.click("#runs-next")
+    page.wait_for_function(f"{ORDER} === 'r5,r1,r3,r6'")
+    assert cells(page, "summary.loss") == {"r5": "3", "r1": "Infinity", "r3": "NaN", "r6": "–"}
+    page.click("#runs-prev")
+    page.wait_for_function(f"{ORDER} === 'r4,r2,r7,r0,r8'")
+    head.click()  # descending: +inf first, -inf after every finite number, NaN and no value still last
+    page.wait_for_function(f"{ORDER} === 'r1,r5,r8,r0,r7'")
+    page.click("#runs-next")
+    page.wait_for_function(f"{ORDER} === 'r2,r4,r3,r6'")
+
+
+def test_warning_and_column_counts_sort_across_pages(stack: Stack, page: Any) -> None:
+    """The warnings and columns columns sorted the page shown only (the counts were not in the run index): with 2
+    runs a page, sorting by them shows the runs with the fewest/most of every run of the project."""
+    page.add_init_script("localStorage.setItem('stepline.runsPerPage', '2')")
+    # run -> (keys logged, keys of them also logged as a string: a conflict and a client warning each); created in
+    # this order, so the newest page is (w4, w3). Columns 2, 5, 1, 3; warnings fewest to most: w1, w3, w4, w2.
+    plan = {"w1": (2, 0), "w2": (5, 3), "w3": (1, 1), "w4": (3, 2)}
+    warned: dict[str, int] = {}
+    for rid, (keys, mixed) in plan.items():
+        run = stack.init("wcp", rid)
+        run.log({f"k{i}": float(i) for i in range(keys)}, step=0)
+        if mixed:
+            run.log({f"k{i}": "text" for i in range(mixed)}, step=1)
+        run.finish()
+
+        def counted(v: Any, n: int = keys, k: int = mixed) -> bool:
+            return bool(v.state == "finished" and len(v.conflicts) == k and len({c["key"] for c in v.columns}) == n)
+
+        view = stack.wait(f"wcp/{rid}", counted, what="committed with its columns and warnings")
+        warned[rid] = len(view.warnings) + len(view.conflicts)
+    assert sorted(plan, key=warned.__getitem__) == ["w1", "w3", "w4", "w2"] and len(set(warned.values())) == 4
+
+    page.goto(stack.url + "#/p/wcp")
+    page.wait_for_selector('#runs tr[data-run="w4"]')
+    assert page.evaluate(ORDER) == "w4,w3"  # newest first
+    warnings = page.locator('#runs th[data-col="warning_count"] .th-label')
+    warnings.click()  # ascending: the fewest warnings of all four runs
+    page.wait_for_function(f"{ORDER} === 'w1,w3'")
+    assert cells(page, "warning_count") == {"w1": "0", "w3": str(warned["w3"])}
+    page.click("#runs-next")
+    page.wait_for_function(f"{ORDER} === 'w4,w2'")
+    page.click("#runs-prev")
+    page.wait_for_function(f"{ORDER} === 'w1,w3'")
+    warnings.click()  # descending
+    page.wait_for_function(f"{ORDER} === 'w2,w4'")
+    columns = page.locator('#runs th[data-col="column_count"] .th-label')
+    columns.click()  # ascending
+    page.wait_for_function(f"{ORDER} === 'w3,w1'")
+    assert cells(page, "column_count") == {"w3": "1", "w1": "2"}
+    columns.click()  # descending
+    page.wait_for_function(f"{ORDER} === 'w2,w4'")
+    page.click("#runs-next")
+    page.wait_for_function(f"{ORDER} === 'w1,w3'")
