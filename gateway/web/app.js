@@ -888,7 +888,7 @@ class LinePanel extends Panel {
     if (this.chart && this.chartSig !== sig) this.free();
     if (!this.chart) {
       await loadUPlot();
-      await this.page.frameSlot();
+      await this.page.frameSlot(this);
       if (!this.visible || this.s !== s) return; // scrolled away or replaced while waiting for the frame
       if (this.chart) this.free();
       this.chartSig = sig;
@@ -1313,6 +1313,10 @@ class PanelsView extends View {
         if (e.isIntersecting) pl.show(); else if (pl.visible) pl.hide();
       }
     }, { rootMargin: "600px 0px" });
+    // Whether a panel is in the viewport itself (the observer above reads ahead of it): frameSlot builds these first.
+    this.inViewObserver = new IntersectionObserver((entries) => {
+      for (const e of entries) if (e.target.__panel) e.target.__panel.inView = e.isIntersecting;
+    });
     this.onResize = () => {
       clearTimeout(this.resizeTimer);
       this.frameWidth = null;
@@ -1395,12 +1399,24 @@ class PanelsView extends View {
     }
   }
 
-  /** Resolves in a frame with time left (about 8 ms of chart building per frame), so scrolling stays smooth. */
-  frameSlot() {
+  /**
+   * Resolves in a frame with time left (about 8 ms of chart building per frame), so scrolling stays smooth. Panels
+   * in the viewport go first: a frame that builds any of them leaves the panels read ahead below it (the observer's
+   * 600 px margin) to a later frame, so the charts the user sees are not held up by charts they might scroll to.
+   */
+  frameSlot(panel) {
     return new Promise((resolve) => {
-      this.frameQueue.push(resolve);
-      if (this.frameQueue.length === 1) requestAnimationFrame(() => this.runFrame());
+      this.frameQueue.push({ resolve, panel });
+      if (!this.frameAsked) this.askFrame();
     });
+  }
+
+  askFrame(late = false) {
+    this.frameAsked = true;
+    // late: after this frame is painted, so the next frame's first callbacks are those the charts just built
+    // registered (their "drawn" marks), not the building of the charts that waited.
+    const ask = () => requestAnimationFrame(() => { this.frameAsked = false; this.runFrame(); });
+    if (late) setTimeout(ask, 0); else ask();
   }
 
   runFrame() {
@@ -1411,12 +1427,18 @@ class PanelsView extends View {
     // per frame for a while after a scroll, as fast as they come otherwise (the first screen).
     const since = t0 - this.lastScroll;
     if (since < SCROLL_QUIET_MS) {
-      setTimeout(() => requestAnimationFrame(() => this.runFrame()), SCROLL_QUIET_MS - since);
+      this.frameAsked = true;
+      setTimeout(() => requestAnimationFrame(() => { this.frameAsked = false; this.runFrame(); }), SCROLL_QUIET_MS - since);
       return;
     }
     const budget = since < 500 ? 8 : 50;
-    while (this.frameQueue.length && performance.now() - t0 < budget) this.frameQueue.shift()();
-    if (this.frameQueue.length) requestAnimationFrame(() => this.runFrame());
+    const seen = this.frameQueue.filter((j) => j.panel?.inView);
+    const jobs = seen.length ? seen : this.frameQueue;
+    let ran = 0;
+    while (ran < jobs.length && performance.now() - t0 < budget) jobs[ran++].resolve();
+    const done = new Set(jobs.slice(0, ran));
+    this.frameQueue = this.frameQueue.filter((j) => !done.has(j));
+    if (this.frameQueue.length) this.askFrame(seen.length > 0);
   }
 
   /**
@@ -1522,6 +1544,7 @@ class PanelsView extends View {
     this.panels.push(panel);
     panel.zoom = this.zoomFor(panel);
     this.observer.observe(panel.el);
+    this.inViewObserver.observe(panel.el);
   }
 
   clearPanels() {
@@ -1530,6 +1553,7 @@ class PanelsView extends View {
     this.full = null;
     document.body.classList.remove("has-fullscreen");
     this.observer.disconnect();
+    this.inViewObserver.disconnect();
     state.charts = {};
   }
 
@@ -1692,7 +1716,12 @@ class RunPage extends PanelsView {
     // The first screen starts reading now rather than when the IntersectionObserver first reports (a frame later).
     // All positions are read before any panel is shown: show() writes to the DOM, and a read after a write lays
     // the page out again (30 panels made 30 layouts).
-    if (fresh) for (const pl of this.panels.filter((p) => !p.el.hidden && inViewport(p.el))) pl.show();
+    if (fresh) {
+      for (const pl of this.panels.filter((p) => !p.el.hidden && inViewport(p.el))) {
+        pl.inView = true; // before the observer's first report, which comes with the next frame
+        pl.show();
+      }
+    }
   }
 
   headInfo(info) {

@@ -113,23 +113,50 @@ export function width(el) {
 
 const timeAxis = (xAxis) => xAxis === "_timestamp";
 
-/** Per point, the min and max of the sampling bucket it belongs to (null when the line is not sampled). */
-export function bandOf(s) {
-  const n = s.x.length;
-  const lo = new Array(n).fill(null);
-  const hi = new Array(n).fill(null);
-  if (!s.sampled || !s.bucket_x0 || !s.bucket_x0.length) return [lo, hi];
-  let b = 0;
-  const nb = s.bucket_x0.length;
-  for (let j = 0; j < n; j++) {
-    const x = s.x[j];
-    while (b < nb - 1 && x > s.bucket_x1[b]) b++;
-    if (x >= s.bucket_x0[b] && x <= s.bucket_x1[b]) {
-      lo[j] = num(s.bucket_min[b]);
-      hi[j] = num(s.bucket_max[b]);
-    }
+/**
+ * The index of the sampling bucket holding x (`s.bucket_x0/x1`, ascending), or -1: a binary search, for the tooltip.
+ */
+export function bucketAt(s, x) {
+  const x0 = s.bucket_x0;
+  const x1 = s.bucket_x1;
+  if (!s.sampled || !x0 || !x0.length || x === null) return -1;
+  let lo = 0;
+  let hi = x0.length - 1;
+  while (lo < hi) { // the last bucket starting at or before x
+    const mid = (lo + hi + 1) >> 1;
+    if (x0[mid] <= x) lo = mid; else hi = mid - 1;
   }
-  return [lo, hi];
+  return x0[lo] <= x && x <= x1[lo] ? lo : -1;
+}
+
+/**
+ * Each sampling bucket's min–max as a filled box over the bucket's x range (at least a pixel wide), drawn under the
+ * line. Drawn by the chart itself rather than as two more uPlot series with a band between them: those cost two more
+ * paths over every point and a per-point copy of the bucket bounds, about a third of building a chart.
+ */
+function drawBand(u, s, logY) {
+  const n = s.sampled && s.bucket_x0 ? s.bucket_x0.length : 0;
+  if (!n) return;
+  const { ctx } = u;
+  const { left, top, width: w, height: h } = u.bbox;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(left, top, w, h);
+  ctx.clip();
+  ctx.fillStyle = "rgba(37,99,235,0.14)";
+  ctx.beginPath();
+  for (let b = 0; b < n; b++) {
+    const lo = num(s.bucket_min[b]);
+    const hi = num(s.bucket_max[b]);
+    if (lo === null || hi === null || (logY && lo <= 0)) continue; // a log axis cannot show it
+    const xa = u.valToPos(s.bucket_x0[b], "x", true);
+    const xb = u.valToPos(s.bucket_x1[b], "x", true);
+    const ya = u.valToPos(hi, "y", true);
+    const yb = u.valToPos(lo, "y", true);
+    ctx.rect(xa, ya, Math.max(1, xb - xa), Math.max(1, yb - ya));
+  }
+  ctx.fill();
+  ctx.restore();
 }
 
 /** A tooltip div over a chart: `show(left, top, html)` near the cursor, `hide()`. */
@@ -186,14 +213,12 @@ export class LineChart {
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       series: [
         { label: xAxis },
-        { label: "bucket max", stroke: "rgba(37,99,235,0.25)", width: 0.5, points: { show: false } },
-        { label: "bucket min", stroke: "rgba(37,99,235,0.25)", width: 0.5, points: { show: false } },
         { label, stroke: faint ? "rgba(37,99,235,0.3)" : color(0), width: faint ? 1 : 1.5, points: { show: false },
           spanGaps: false },
-        { label: `${label} (smoothed)`, stroke: color(0), width: 1.75, points: { show: false }, spanGaps: true,
-          show: faint },
+        // Only when smoothing: a hidden series still costs its copy of the data and a pass over it.
+        ...(faint ? [{ label: `${label} (smoothed)`, stroke: color(0), width: 1.75, points: { show: false },
+          spanGaps: true }] : []),
       ],
-      bands: [{ series: [1, 2], fill: "rgba(37,99,235,0.14)" }],
       axes: [
         { space: 70, label: xAxis, labelSize: 18, labelFont: "12px system-ui", font: "11px system-ui",
           ...(timeAxis(xAxis) ? {} : { values: axisValues }) },
@@ -208,6 +233,7 @@ export class LineChart {
             onZoom(a, b);
           }
         }],
+        drawAxes: [(u) => this.s && drawBand(u, this.s, this.logY)], // after the grid, before the lines
         draw: [(u) => {
           this.draws++;
           this.drawn = { points: u.data[0].length, xMin: u.scales.x.min, xMax: u.scales.x.max,
@@ -231,17 +257,19 @@ export class LineChart {
   }
 
   hover(u) {
-    const i = u.cursor.idx;
-    if (i === null || i === undefined || !this.s || !this.tip || u.cursor.left < 0) {
+    const at = u.cursor.idx;
+    if (at === null || at === undefined || !this.s || !this.tip || u.cursor.left < 0) {
       this.tip?.hide();
       return;
     }
     const s = this.s;
+    const i = this.kept ? this.kept[at] : at; // the reply's index of the drawn point
     const lines = [`step ${exact(s.step?.[i])}`];
     if (this.xAxis !== "_step") lines.push(`${this.xAxis} ${xText(this.xAxis, s.x[i])}`);
     lines.push(`${this.label} ${exact(s.y[i])}`);
     if (this.smoothing > 0 && this.smoothed[i] !== null) lines.push(`smoothed ${exact(this.smoothed[i])}`);
-    if (s.sampled && this.data[1][i] !== null) lines.push(`bucket ${exact(this.data[2][i])} … ${exact(this.data[1][i])}`);
+    const b = bucketAt(s, s.x[i]);
+    if (b >= 0) lines.push(`bucket ${exact(s.bucket_min[b])} … ${exact(s.bucket_max[b])}`);
     this.tip.show(u.cursor.left, u.cursor.top, lines);
     this.hovered = lines;
   }
@@ -249,15 +277,19 @@ export class LineChart {
   /** Draw a sampled reply (`/sampled`); `zoom` = [xMin, xMax] keeps that x range, null fits the data. */
   set(s, zoom = null) {
     this.s = s;
-    const [lo, hi] = bandOf(s);
     const x = this.logX ? s.x.map((v) => (num(v) !== null && v > 0 ? v : null)) : s.x.map(num);
     const y = s.y.map(num);
-    this.smoothed = smoothEMA(x, y, this.smoothing);
     const fy = this.logY ? positive : (a) => a;
-    this.data = [x, fy(hi), fy(lo), fy(y), fy(this.smoothed)];
-    if (this.logX) {
+    this.data = [x, fy(y)];
+    if (this.smoothing > 0) { // the chart is rebuilt when the smoothing changes (LinePanel's chartSig)
+      this.smoothed = smoothEMA(x, y, this.smoothing);
+      this.data.push(fy(this.smoothed));
+    }
+    this.kept = null;
+    if (this.logX) { // a log x axis drops x <= 0: kept maps a drawn point to its index in the reply (the tooltip)
       const keep = x.map((v, i) => (v !== null ? i : -1)).filter((i) => i >= 0);
       this.data = this.data.map((a) => keep.map((i) => a[i]));
+      this.kept = keep;
     }
     // setData(…, false) alone draws nothing until the next redraw: set the scale in the same batch so the chart
     // shows the new points over the range they were fetched for.

@@ -105,7 +105,7 @@ def test_non_finite_values_render(stack: Stack, page: Any) -> None:
     assert p.locator(".err").count() == 0
     assert c["count"] == 50 and "Infinity" in c["y"] and "-Infinity" in c["y"]
     assert "not drawn: 1 NaN, 1 +inf, 1 -inf" in p.locator(".note").inner_text()
-    assert page.evaluate(f"{uplot('loss')}.data[3].filter(v => v !== null).length") == 47
+    assert page.evaluate(f"{uplot('loss')}.data[1].filter(v => v !== null).length") == 47
     # The tooltip names them: hover over step 20.
     page.evaluate(f"(() => {{ const u = {uplot('loss')}; u.setCursor({{left: u.valToPos(20, 'x'), top: 10}}); }})()")
     assert "+inf" in p.locator(".tip").inner_text()
@@ -288,9 +288,9 @@ def test_chart_tools_and_url(stack: Stack, page: Any) -> None:
     wait_drawn(page, "gpu/util")
     page.evaluate("scrollTo(0, 0)")
     shot(page, "run-page")
-    smoothed = page.evaluate(f"{uplot('train/loss')}.data[4]")
+    smoothed = page.evaluate(f"{uplot('train/loss')}.data[2]")
     assert smoothed == pytest.approx(ema(c["x"], c["y"], 0.6), rel=1e-9)
-    assert page.evaluate(f"{uplot('train/loss')}.series[3].stroke()").startswith("rgba")  # the raw line faint
+    assert page.evaluate(f"{uplot('train/loss')}.series[1].stroke()").startswith("rgba")  # the raw line faint
 
     # Tooltip: exact value, step and smoothed value.
     page.evaluate(f"(() => {{ const u = {uplot('train/loss')}; u.setCursor({{left: u.valToPos(150, 'x'), top: 20}});"
@@ -352,6 +352,36 @@ def log_sweep(stack: Stack) -> None:
         run.finish()
     for i in range(3):
         finished(stack, f"sw/s{i}")
+
+
+def js(v: float) -> str:
+    """A number as the page's tooltip writes it (JavaScript's String(v): shortest round trip, 0 not 0.0)."""
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def test_tooltip_on_a_log_x_axis_and_the_sampling_band(stack: Stack, page: Any) -> None:
+    """A log x axis drops x <= 0 (here step 0): the tooltip still names the hovered point's own step and value, and
+    on a sampled line it gives the min–max of the sampling bucket that point is in, as the API reports it."""
+    run = stack.init("lx", "l1")
+    for s in range(5000):
+        run.log({"loss": math.sin(s / 37.0) + s / 5000}, step=s)
+    run.finish()
+    finished(stack, "lx/l1")
+    page.goto(stack.url + "#/p/lx/r/l1?logx=1")
+    p = panel(page, "loss")
+    c = wait_drawn(page, "loss")
+    assert c["sampled"] and c["x"][0] == 0  # step 0 is in the reply, not on the log axis
+    page.wait_for_function(f"{uplot('loss')}?.scales.x.distr === 3")
+    api = stack.get_json("projects/lx/runs/l1/sampled", key="loss", x_axis="_step", buckets=c["buckets"])
+    assert api["x"] == c["x"]
+    for i in (1, len(c["x"]) // 3, len(c["x"]) - 1):
+        x = c["x"][i]
+        page.evaluate(f"(() => {{ const u = {uplot('loss')}; const j = u.data[0].indexOf({x});"
+                      " u.setCursor({left: u.valToPos(u.data[0][j], 'x'), top: 10}); })()")
+        tip = p.locator(".tip").inner_text()
+        assert f"step {c['step'][i]}" in tip.splitlines() and f"loss {js(c['y'][i])}" in tip.splitlines()
+        b = max(k for k, x0 in enumerate(api["bucket_x0"]) if x0 <= x)
+        assert f"bucket {js(api['bucket_min'][b])} … {js(api['bucket_max'][b])}" in tip.splitlines()
 
 
 def test_overview_runs_table_and_compare(stack: Stack, page: Any) -> None:
