@@ -261,10 +261,10 @@ function takePrefetched(path) {
   pre.delete(path);
   if (!pre.size) window.__steplinePrefetch = null;
   state.requests++;
-  return reply.then(async (r) => {
+  return reply.then(async ({ r, body }) => {
     if (!r.ok) throw await apiError(r);
     document.getElementById("auth-error").hidden = true;
-    return r.json();
+    return body;
   });
 }
 
