@@ -899,7 +899,7 @@ class LinePanel extends Panel {
     }
     const t1 = performance.now();
     this.chart.set(s, this.zoom);
-    await nextFrame();
+    await this.page.painted();
     const t2 = performance.now();
     const bad = { nan: 0, pinf: 0, ninf: 0 };
     for (const v of s.y) {
@@ -1342,9 +1342,12 @@ class PanelsView extends View {
 
   pump() {
     while (this.inFlight < FETCH_SLOTS && this.fetchQueue.length) {
-      let best = 0;
-      for (let i = 0; i < this.fetchQueue.length; i++) {
-        if (inViewport(this.fetchQueue[i].panel.el)) { best = i; break; }
+      let best = this.fetchQueue.findIndex((j) => j.panel.inView);
+      if (best < 0) {
+        // Reads ahead of the viewport wait while the first screen is being read and drawn: their replies would be
+        // decoded (and their charts queued) in the main thread the first screen's charts are waiting for.
+        if (this.holdAhead) break;
+        best = 0;
       }
       const job = this.fetchQueue.splice(best, 1)[0];
       this.inFlight++;
@@ -1378,8 +1381,7 @@ class PanelsView extends View {
     const batches = [...this.batches.values()];
     this.batches.clear();
     for (const b of batches) {
-      const seen = new Map(b.items.map((it) => [it, inViewport(it.panel.el)])); // one layout read per item
-      b.items.sort((a, c) => Number(seen.get(c)) - Number(seen.get(a)));
+      b.items.sort((a, c) => Number(Boolean(c.panel.inView)) - Number(Boolean(a.panel.inView))); // stable
       for (let i = 0; i < b.items.length; i += BATCH_KEYS) {
         const chunk = b.items.slice(i, i + BATCH_KEYS);
         this.limit(() => get(`${b.path}/sampled_batch`, { key: chunk.map((c) => c.key), x_axis: b.xAxis,
@@ -1432,6 +1434,8 @@ class PanelsView extends View {
       return;
     }
     const budget = since < 500 ? 8 : 50;
+    this.inFrame = true; // until this frame is painted (a task queued now runs after it): painted()
+    setTimeout(() => { this.inFrame = false; }, 0);
     const seen = this.frameQueue.filter((j) => j.panel?.inView);
     const jobs = seen.length ? seen : this.frameQueue;
     let ran = 0;
@@ -1439,6 +1443,18 @@ class PanelsView extends View {
     const done = new Set(jobs.slice(0, ran));
     this.frameQueue = this.frameQueue.filter((j) => !done.has(j));
     if (this.frameQueue.length) this.askFrame(seen.length > 0);
+  }
+
+  /**
+   * Resolves once what was drawn so far has been painted: right after the frame being built when called from one
+   * (frameSlot), else after the next frame. A chart's "drawn" time is then when it reached the screen, not when the
+   * frame after it started.
+   */
+  painted() {
+    return new Promise((resolve) => {
+      if (this.inFrame) setTimeout(resolve, 0);
+      else requestAnimationFrame(() => setTimeout(resolve, 0));
+    });
   }
 
   /**
@@ -1650,10 +1666,17 @@ class RunPage extends PanelsView {
     performance.mark("stepline:info");
     this.rowsThrough = info.last_step ?? -1; // the panels read at least this far
     this.update(info);
-    // The live stream opens once the first screen of panels has its data (it would compete with their reads).
-    const first = this.panels.filter((pl) => inViewport(pl.el));
+    // The live stream opens, and reads ahead of the viewport start, once the first screen of panels is drawn (they
+    // would compete with its reads and its main thread); at most 2 s after the page's info arrived.
+    const first = this.panels.filter((pl) => pl.inView);
+    this.holdAhead = first.length > 0;
     Promise.race([Promise.all(first.map((pl) => pl.shown)), new Promise((r) => { this.connectTimer = setTimeout(r, 2000); })])
-      .then(() => { clearTimeout(this.connectTimer); this.connect(); });
+      .then(() => {
+        clearTimeout(this.connectTimer);
+        this.holdAhead = false;
+        this.pump();
+        this.connect();
+      });
   }
 
   /** The live stream: one per page; reconnects with a growing pause when the connection breaks (not on 4xx). */
