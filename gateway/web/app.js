@@ -1673,6 +1673,7 @@ class RunPage extends PanelsView {
     Promise.race([Promise.all(first.map((pl) => pl.shown)), new Promise((r) => { this.connectTimer = setTimeout(r, 2000); })])
       .then(() => {
         clearTimeout(this.connectTimer);
+        if (!this.alive) return;
         this.holdAhead = false;
         this.pump();
         this.connect();
