@@ -437,19 +437,21 @@ function sortKey(v) {
   return { str: String(v) };
 }
 
-/** Pinned to the end of a sort in both directions (`sortKey`). */
-const sortsLast = (v) => Boolean(sortKey(v).last);
-
-function compareValues(a, b) {
+/**
+ * The gateway's order of two table values (history/filters.py): numbers, then strings, then NaN, then missing, in
+ * both directions; `desc` reverses the order within numbers and within strings only.
+ */
+function compareValues(a, b, desc = false) {
   const ka = sortKey(a);
   const kb = sortKey(b);
   if (ka.last || kb.last) return (ka.last || 0) - (kb.last || 0);
+  const way = desc ? -1 : 1;
   if (ka.num !== undefined && kb.num !== undefined) {
-    if (ka.big !== undefined && kb.big !== undefined) return ka.big < kb.big ? -1 : ka.big > kb.big ? 1 : 0;
-    return ka.num < kb.num ? -1 : ka.num > kb.num ? 1 : 0; // no subtraction: Infinity - Infinity is NaN
+    if (ka.big !== undefined && kb.big !== undefined) return way * (ka.big < kb.big ? -1 : ka.big > kb.big ? 1 : 0);
+    return way * (ka.num < kb.num ? -1 : ka.num > kb.num ? 1 : 0); // no subtraction: Infinity - Infinity is NaN
   }
   if (ka.num !== undefined || kb.num !== undefined) return ka.num !== undefined ? -1 : 1;
-  return ka.str.localeCompare(kb.str, "en", { numeric: true });
+  return way * ka.str.localeCompare(kb.str, "en", { numeric: true });
 }
 
 const reEscape = (t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
@@ -694,8 +696,7 @@ class RunsView extends View {
     shown = shown.map((r, i) => [r, i]).sort(([a, i], [b, j]) => {
       const va = this.value(a, id);
       const vb = this.value(b, id);
-      const c = compareValues(va, vb);
-      return (sortsLast(va) || sortsLast(vb) ? c : desc ? -c : c) || i - j;
+      return compareValues(va, vb, desc) || i - j;
     }).map(([r]) => r);
     const cols = this.columns();
     const row = (r) => el("tr", { "data-run": r.id },

@@ -173,3 +173,28 @@ def test_warning_and_column_counts_sort_across_pages(stack: Stack, page: Any) ->
     page.wait_for_function(f"{ORDER} === 'w2,w4'")
     page.click("#runs-next")
     page.wait_for_function(f"{ORDER} === 'w1,w3'")
+
+
+def test_numbers_and_strings_in_one_column_sort_as_the_gateway_orders(stack: Stack, page: Any) -> None:
+    """A column holding numbers in some runs and strings in others: the gateway orders numbers first, then strings,
+    in both directions; the page's own re-sort of the rows shown flipped that when descending (strings first), so a
+    page holding both disagreed with the pages around it."""
+    page.add_init_script("localStorage.setItem('stepline.runsPerPage', '4')")
+    values: dict[str, float | str] = {"m0": 2.0, "m1": "adam", "m2": 5.0, "m3": "sgd", "m4": 1.0}
+    for rid, v in values.items():
+        run = stack.init("mixp", rid)
+        run.log({"opt": v}, step=0)
+        run.finish()
+    for rid in values:
+        stack.wait(f"mixp/{rid}", lambda v: v.state == "finished", what="finished")
+
+    page.goto(stack.url + "#/p/mixp")
+    page.wait_for_selector('#runs tr[data-run="m4"]')
+    add_column(page, "summary.opt")
+    head = page.locator('#runs th[data-col="summary.opt"] .th-label')
+    head.click()  # ascending: 1, 2, 5, then "adam"; "sgd" on the next page
+    page.wait_for_function(f"{ORDER} === 'm4,m0,m2,m1'")
+    head.click()  # descending: 5, 2, 1, then "sgd"; "adam" on the next page
+    page.wait_for_function(f"{ORDER} === 'm2,m0,m4,m3'")
+    page.click("#runs-next")
+    page.wait_for_function(f"{ORDER} === 'm1'")
