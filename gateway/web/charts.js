@@ -3,9 +3,9 @@
 // hover tooltip with the exact value and step, and can be resized and destroyed. Smoothing is W&B's / TensorBoard's
 // time-weighted EMA with debias (smoothEMA); log scales drop the points a log axis cannot show.
 
-// uPlot is not a <script> of index.html: evaluating it takes 15-50 ms (most of it the first Intl.NumberFormat it
-// builds, which starts ICU), and a deferred script would run before app.js, so before the first reads are sent. The
-// page loads it once its first reads are in flight; every chart awaits it.
+// uPlot is not a <script> of index.html: a deferred script would run before app.js, so before the first reads are
+// sent. The page loads it once its first reads are in flight; every chart awaits it. The vendored copy builds its
+// Intl objects lazily and asks V8 to compile it while it streams in (vendor/PATCHES.md).
 const UPLOT_SRC = "static/vendor/uPlot.iife.min.js";
 let uplotReady = null;
 
