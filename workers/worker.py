@@ -101,6 +101,17 @@ def rendezvous_owner(workers: list[str], p: int) -> str | None:
     return best[1] if best else None
 
 
+
+def _end_if_cancelled() -> None:
+    """End the running task if it was asked to: a cancel that arrives while a Redis command is in flight can come
+    out of the client as a connection error (caught and logged by the loops), or not at all, and the loop would go
+    on. Seen in the browser tests: at shutdown the membership loop outlived its cancel, kept heartbeating on new
+    connections after the client was closed, and its event loop closed under them (ResourceWarning: loop is
+    closed)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 class Worker:
     """Consume and commit partitions until stopped. ``run()`` for processes, ``async_run()`` inside a loop."""
 
@@ -344,6 +355,7 @@ class Worker:
     async def _membership_loop(self) -> None:
         interval = self.settings.lease_ttl_s / 3
         while True:
+            _end_if_cancelled()
             await asyncio.sleep(interval)
             if self.settings.health_file is not None:  # liveness: this loop runs, whatever Redis does
                 with contextlib.suppress(OSError):
@@ -633,6 +645,7 @@ class Worker:
         s = self.settings
         last_trim = last_gc = last_orphans = time.monotonic()
         while True:
+            _end_if_cancelled()
             await asyncio.sleep(s.compaction_interval_s)
             try:
                 for proc in list(self.owned.values()):

@@ -58,6 +58,11 @@ class _LoopThread:
         except BaseException as e:  # reported by close(), not lost in a thread
             self.errors.append(e)
             self.ready.set()
+        # Nothing may outlive the server it belongs to: a task still pending here would hold its connections past
+        # the loop's close (they surface later as ResourceWarnings in whichever test the garbage collector runs in).
+        left = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        if left:
+            self.errors.append(AssertionError(f"{self.thread.name} left tasks running: {left}"))
 
     def close(self) -> None:
         if self._stop is not None and not self.loop.is_closed():
