@@ -29,6 +29,24 @@ def add_column(page: Any, col: str) -> None:
     page.wait_for_selector(f'#runs th[data-col="{col}"]')
 
 
+def log_runs(stack: Stack, project: str, rows: dict[str, dict[str, Any]]) -> None:
+    """One finished run per id (created in this order), each logging its row at step 0."""
+    for rid, row in rows.items():
+        run = stack.init(project, rid)
+        run.log(row, step=0)
+        run.finish()
+    for rid in rows:
+        stack.wait(f"{project}/{rid}", lambda v: v.state == "finished", what="finished")
+
+
+def sort_header(page: Any, stack: Stack, project: str, newest: str, col: str) -> Any:
+    """The project's runs table with ``col`` added (``newest`` shown first); the locator of its sort header."""
+    page.goto(stack.url + f"#/p/{project}")
+    page.wait_for_selector(f'#runs tr[data-run="{newest}"]')
+    add_column(page, col)
+    return page.locator(f'#runs th[data-col="{col}"] .th-label')
+
+
 def test_non_finite_config_and_summary_columns(stack: Stack, page: Any) -> None:
     """The listing sent NaN as JSON null (shown "–", sorted as missing) and ±inf as the strings "Infinity" /
     "-Infinity" (sorted after every number); the table shows NaN, Infinity, -Infinity and sorts -inf < numbers <
@@ -105,17 +123,9 @@ def test_infinities_sort_across_pages(stack: Stack, page: Any) -> None:
     page.add_init_script("localStorage.setItem('stepline.runsPerPage', '5')")
     losses: dict[str, float | None] = {"r0": 1.0, "r1": float("inf"), "r2": -2.0, "r3": float("nan"),
                                        "r4": float("-inf"), "r5": 3.0, "r6": None, "r7": 0.5, "r8": 2.0}
-    for rid, v in losses.items():  # created in this order: the newest page is r8..r4
-        run = stack.init("infp", rid)
-        run.log({"acc": 1.0} if v is None else {"loss": v}, step=0)
-        run.finish()
-    for rid in losses:
-        stack.wait(f"infp/{rid}", lambda v: v.state == "finished", what="finished")
-
-    page.goto(stack.url + "#/p/infp")
-    page.wait_for_selector('#runs tr[data-run="r8"]')
-    add_column(page, "summary.loss")
-    head = page.locator('#runs th[data-col="summary.loss"] .th-label')
+    # created in this order: the newest page is r8..r4
+    log_runs(stack, "infp", {rid: {"acc": 1.0} if v is None else {"loss": v} for rid, v in losses.items()})
+    head = sort_header(page, stack, "infp", "r8", "summary.loss")
     head.click()  # ascending: -inf first, +inf after every finite number, NaN and no value last
     page.wait_for_function(f"{ORDER} === 'r4,r2,r7,r0,r8'")
     assert cells(page, "summary.loss")["r4"] == "-Infinity"
@@ -181,17 +191,8 @@ def test_numbers_and_strings_in_one_column_sort_as_the_gateway_orders(stack: Sta
     page holding both disagreed with the pages around it."""
     page.add_init_script("localStorage.setItem('stepline.runsPerPage', '4')")
     values: dict[str, float | str] = {"m0": 2.0, "m1": "adam", "m2": 5.0, "m3": "sgd", "m4": 1.0}
-    for rid, v in values.items():
-        run = stack.init("mixp", rid)
-        run.log({"opt": v}, step=0)
-        run.finish()
-    for rid in values:
-        stack.wait(f"mixp/{rid}", lambda v: v.state == "finished", what="finished")
-
-    page.goto(stack.url + "#/p/mixp")
-    page.wait_for_selector('#runs tr[data-run="m4"]')
-    add_column(page, "summary.opt")
-    head = page.locator('#runs th[data-col="summary.opt"] .th-label')
+    log_runs(stack, "mixp", {rid: {"opt": v} for rid, v in values.items()})
+    head = sort_header(page, stack, "mixp", "m4", "summary.opt")
     head.click()  # ascending: 1, 2, 5, then "adam"; "sgd" on the next page
     page.wait_for_function(f"{ORDER} === 'm4,m0,m2,m1'")
     head.click()  # descending: 5, 2, 1, then "sgd"; "adam" on the next page
